@@ -1,0 +1,258 @@
+"""The extract stage: dataset images and prompted class names -> a feature store.
+
+``extract_dataset`` encodes only what the store lacks, in chunks that are each
+committed on their own (see ``store``), so it is incremental and resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import store as st
+from .augment import AugmentConfig, AugmentedViews
+from .datasets import SPLITS, DatasetSplits, Item, check_images, load_dataset
+from .errors import ConfigError, CorruptImageError, StoreMismatchError
+from .fewshot import needed_train_indices
+from .models import LoadedModel, encode_images, encode_text, versions
+from .templates import format_prompts, get_templates
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+CHUNK_FORWARDS = 2048   # image forwards per committed chunk: bounds the work a kill can lose
+
+Progress = Callable[[str, int, int], None]   # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to encode and how; every field that changes the bytes is recorded in the store."""
+
+    cache_dir: str = "cache"
+    templates: str = "default"                  # template set name or file
+    dtype: str = "float16"                      # stored feature dtype: float16 | float32
+    augment: AugmentConfig = AugmentConfig()
+    train: str = "fewshot"                      # fewshot (what the planned runs need) | all
+    shots: tuple[int, ...] = DEFAULT_SHOTS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    holdout_val: bool = False                   # also encode the hold-out val of datasets without val
+    batch_size: int = 64
+    workers: int = min(4, os.cpu_count() or 1)
+    precision: str = "auto"                     # auto (amp on cuda, fp32 on cpu) | fp32 | amp
+
+    def validate(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype {self.dtype} is not supported", "use float16 or float32")
+        if self.train not in ("fewshot", "all"):
+            raise ConfigError(f"--train {self.train} is not supported", "use fewshot or all")
+        if self.precision not in ("auto", "fp32", "amp"):
+            raise ConfigError(f"--precision {self.precision} is not supported", "use auto, fp32 or amp")
+        if self.augment.views < 0 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("--aug-views, --batch-size and --workers must not be negative",
+                              "e.g. --aug-views 10 --batch-size 64 --workers 4")
+
+
+@dataclass
+class ExtractSummary:
+    dataset: str
+    store: Path
+    encoded: dict[str, int] = field(default_factory=dict)    # newly encoded images per split
+    total: dict[str, int] = field(default_factory=dict)      # images with features per split
+    text_updated: bool = False
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.encoded.values()) / self.seconds if self.seconds else 0.0
+
+
+def resolve_precision(precision: str, device: str) -> bool:
+    """True when encoding runs under CUDA autocast (fp16)."""
+    if precision == "amp" and not device.startswith("cuda"):
+        raise ConfigError("--precision amp needs a CUDA device", "use --precision fp32 on CPU")
+    return precision == "amp" or (precision == "auto" and device.startswith("cuda"))
+
+
+def store_identity(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, amp: bool) -> dict:
+    identity = {
+        "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **loaded.identity(),
+        "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": "amp-fp16" if amp else "fp32",
+        **cfg.augment.attrs(),
+    }
+    # lists are stored as JSON text in HDF5 attributes; compare them in that form
+    return {k: st.json_attr(v) if isinstance(v, (list, dict)) else v for k, v in identity.items()}
+
+
+def planned_items(ds: DatasetSplits, cfg: ExtractConfig) -> dict[str, list[int]]:
+    """Item indices each split needs: val and test fully; train all, or the few-shot union."""
+    plan = {"val": list(range(len(ds.val))), "test": list(range(len(ds.test)))}
+    if cfg.train == "all":
+        plan["train"] = list(range(len(ds.train)))
+    else:
+        labels = [it.label for it in ds.train]
+        plan["train"] = needed_train_indices(labels, [it.label for it in ds.val], cfg.shots, cfg.seeds,
+                                             holdout=cfg.holdout_val)
+    return {s: plan[s] for s in SPLITS}
+
+
+class _ImageReader(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers; a bad file is reported, not raised, so the
+    main process can name it cleanly (worker exceptions arrive as mangled tracebacks)."""
+
+    def __init__(self, ds: DatasetSplits, items: list[tuple[int, Item]], transform, views: AugmentedViews | None):
+        self.root, self.items, self.transform, self.views = str(ds.image_root), items, transform, views
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        index, item = self.items[i]
+        try:
+            with Image.open(os.path.join(self.root, item.path)) as im:
+                image = im.convert("RGB")
+            clean = self.transform(image)
+            aug = self.views(image, item.path) if self.views else torch.zeros(0)
+            return index, clean, aug, ""
+        except Exception as e:  # PIL raises many types for broken files
+            return index, torch.zeros(0), torch.zeros(0), f"{type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    indices, clean, aug, errors = zip(*batch)
+    for (index, err) in zip(indices, errors):
+        if err:
+            return torch.tensor(indices), None, None, (index, err)
+    aug_t = torch.stack(aug) if aug[0].numel() else None
+    return torch.tensor(indices), torch.stack(clean), aug_t, None
+
+
+def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, amp: bool):
+    """One forward over clean + augmented views: (B, D) and (B, V, D) or None."""
+    if aug is None:
+        return encode_images(loaded, clean, amp).cpu().numpy(), None
+    b, v = aug.shape[:2]
+    feats = encode_images(loaded, torch.cat([clean, aug.flatten(0, 1)]), amp).cpu().numpy()
+    return feats[:b], feats[b:].reshape(b, v, -1)
+
+
+def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: LoadedModel,
+                 cfg: ExtractConfig, path: Path, amp: bool, progress: Progress | None = None) -> int:
+    """Encode the given items of one split, committing a part file every chunk."""
+    items = ds.split(split)
+    views = AugmentedViews(cfg.augment, loaded.preprocess) if split == "train" and cfg.augment.views else None
+    reader = _ImageReader(ds, [(i, items[i]) for i in indices], loaded.val_transform, views)
+    loader = torch.utils.data.DataLoader(
+        reader, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=_collate,
+        pin_memory=loaded.device.startswith("cuda"), persistent_workers=False)
+    chunk_images = max(cfg.batch_size, CHUNK_FORWARDS // (1 + (cfg.augment.views if views else 0)))
+    buffer: list[tuple] = []
+    pending: Future | None = None
+    done = 0
+    with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
+        for idx, clean, aug, error in loader:
+            if error is not None:
+                raise CorruptImageError(f"cannot decode {ds.image_root / items[error[0]].path}: {error[1]}",
+                                        "replace or delete the file (and its line in the split file), then rerun")
+            feats, aug_feats = _encode_batch(loaded, clean, aug, amp)
+            buffer.append((idx.numpy(), feats, aug_feats))
+            done += len(idx)
+            if sum(len(b[0]) for b in buffer) >= chunk_images or done == len(indices):
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
+                buffer = []
+            if progress:
+                progress(split, done, len(indices))
+        if pending is not None:
+            pending.result()
+    return done
+
+
+def _to_chunk(split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
+    aug = None if buffer[0][2] is None else np.concatenate([b[2] for b in buffer]).astype(dtype)
+    return st.Chunk(split, np.concatenate([b[0] for b in buffer]),
+                    np.concatenate([b[1] for b in buffer]).astype(dtype), aug)
+
+
+def _check_parts_identity(path: Path, identity: dict) -> None:
+    """Parts left by a killed run must come from the same inputs as this run."""
+    marker = st.parts_dir(path) / "identity.json"
+    if marker.exists():
+        import json
+        recorded = json.loads(marker.read_text())
+        try:
+            st.check_identity(path, recorded, identity)
+        except StoreMismatchError as e:
+            raise StoreMismatchError(e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
+                                     f"rerun with the same options, or delete {st.parts_dir(path)}") from None
+    else:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(st.json_attr(identity))
+
+
+def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, cfg: ExtractConfig = ExtractConfig(),
+                    progress: Progress | None = None) -> ExtractSummary:
+    """Bring the store of ``dataset`` for ``loaded`` up to date with ``cfg``; return what was done."""
+    cfg.validate()
+    start = time.perf_counter()
+    ds = load_dataset(dataset, data_root)
+    amp = resolve_precision(cfg.precision, loaded.device)
+    identity = store_identity(ds, loaded, cfg, amp)
+    path = st.store_path(cfg.cache_dir, loaded.model_id, loaded.weights_id, ds.name)
+    templates = list(get_templates(cfg.templates, ds.name))
+    summary = ExtractSummary(dataset=ds.name, store=path)
+    with st.writer_lock(path):
+        old = st.open_store(path) if path.is_file() else None
+        try:
+            if old is not None:
+                st.check_identity(path, old.attrs, identity)
+            have = {s: set(old.encoded(s).tolist()) if old else set() for s in SPLITS}
+            old_templates = old.templates if old else None
+            old_text = old.text_features() if old and old_templates == templates else None
+        finally:
+            if old is not None:
+                old.close()
+        _check_parts_identity(path, identity)
+        for split, staged in st.staged_indices(path).items():
+            have[split] |= staged
+        todo = {s: [i for i in want if i not in have[s]] for s, want in planned_items(ds, cfg).items()}
+        check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
+        for split in SPLITS:
+            if todo[split]:
+                summary.encoded[split] = encode_split(ds, split, todo[split], loaded, cfg, path, amp, progress)
+        summary.text_updated = old_text is None
+        if old_text is None:
+            if progress:
+                progress("text", 0, len(templates))
+            old_text = encode_text(loaded, format_prompts(templates, ds.classnames))
+            old_text = (old_text[0].numpy(), old_text[1].numpy())
+            if progress:
+                progress("text", len(templates), len(templates))
+        if summary.encoded or summary.text_updated or st.parts_dir(path).exists():
+            st.commit(path, _contents(ds, loaded, cfg, identity, templates, old_text), cfg.dtype)
+    with st.open_store(path) as s:
+        summary.total = {split: int(len(s.encoded(split))) for split in s.splits}
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _contents(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, identity: dict,
+              templates: list[str], text: tuple[np.ndarray, np.ndarray]) -> st.StoreContents:
+    attrs = dict(identity)
+    attrs.update({
+        "split_source": ds.split_source, "image_root": str(ds.image_root), "templates_spec": cfg.templates,
+        "logit_scale": loaded.logit_scale, "embed_dim": loaded.embed_dim,
+        "checkpoint_path": loaded.checkpoint_path or "",
+        **{f"{k}_version": v for k, v in versions().items()},
+    })
+    listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)])
+                for s in SPLITS}
+    return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1])

@@ -1,0 +1,269 @@
+"""Loading open_clip models and encoding text. The only module that imports open_clip.
+
+A model is named by ``--model`` (an open_clip model name or a path to a model
+config JSON) and ``--pretrained`` (an open_clip tag, a local checkpoint file,
+or ``none`` for random weights). ``load_model`` resolves both into a
+``LoadedModel`` whose ``identity`` is what the feature store records and checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelLoadError, UnknownNameError
+
+DEFAULT_MODEL = "RN50"
+DEFAULT_PRETRAINED = "openai"
+RANDOM_WEIGHTS = "none"
+RANDOM_INIT_SEED = 0  # random-weight models are seeded so their features are reproducible
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved (model, weights) pair: enough to name its store without building it."""
+
+    name: str                     # resolved open_clip name, e.g. "RN50-quickgelu"
+    pretrained: str               # the tag, "none", or "file"
+    checkpoint_path: str | None   # local file the weights come from (--pretrained PATH)
+    weights_sha256: str | None    # of that file
+    config_sha256: str | None     # of the model-config JSON (--model PATH.json)
+    quick_gelu: bool
+
+    @property
+    def weights_id(self) -> str:
+        """Short, path-safe name of the weights: the tag, ``random-init``, or ``file-<sha12>``."""
+        if self.pretrained == RANDOM_WEIGHTS:
+            return "random-init"
+        if self.weights_sha256:
+            return f"file-{self.weights_sha256[:12]}"
+        return self.pretrained
+
+    @property
+    def model_id(self) -> str:
+        """Path-safe model name; a config file adds its hash so two files named alike differ."""
+        if self.config_sha256:
+            return f"{self.name}-{self.config_sha256[:8]}"
+        return self.name
+
+
+@dataclass
+class LoadedModel:
+    """A frozen open_clip model ready to encode, with everything that identifies it."""
+
+    ref: ModelRef
+    model: torch.nn.Module
+    preprocess: dict[str, Any]    # size, mean, std, interpolation, resize_mode
+    val_transform: Callable
+    tokenizer: Callable
+    logit_scale: float
+    embed_dim: int
+    device: str
+    warnings: list[str] = field(default_factory=list)
+
+    name = property(lambda self: self.ref.name)
+    model_id = property(lambda self: self.ref.model_id)
+    weights_id = property(lambda self: self.ref.weights_id)
+    checkpoint_path = property(lambda self: self.ref.checkpoint_path)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the model that changes the bytes of its features."""
+        return {
+            "model": self.ref.name,
+            "model_config_sha256": self.ref.config_sha256 or "",
+            "pretrained": self.ref.pretrained,
+            "weights_sha256": self.ref.weights_sha256 or "",
+            "quick_gelu": self.ref.quick_gelu,
+            "preprocess": json.dumps(self.preprocess, sort_keys=True),
+        }
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_models() -> list[str]:
+    import open_clip
+
+    return open_clip.list_models()
+
+
+def _register_config_file(path: Path) -> tuple[str, str]:
+    """Register a model-config JSON with open_clip; return (name, sha256)."""
+    import open_clip
+
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read model config {path}: {e}",
+                             "pass a valid open_clip model-config JSON") from e
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
+    if missing:
+        raise ModelLoadError(f"model config {path} lacks {', '.join(missing)}",
+                             "see open_clip's model_configs/*.json for the format")
+    open_clip.add_model_config(path)
+    return path.stem, sha256_file(path)
+
+
+def _resolve_name(model: str) -> tuple[str, str | None]:
+    if model.endswith(".json") or os.path.sep in model:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"model config file not found: {path}",
+                                 "pass an open_clip model name (cacheclip models) or an existing JSON file")
+        return _register_config_file(path)
+    names = list_models()
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownNameError(
+            f"unknown model '{model}'",
+            hint + "run `cacheclip models` for the open_clip names, or pass a model-config JSON path",
+        )
+    return model, None
+
+
+def _quickgelu_name(name: str, tag_cfg: dict) -> tuple[str, bool]:
+    """OpenAI-style tags need QuickGELU; open_clip >= 2.29 only warns. Prefer the
+    explicit `-quickgelu` config so the store path says which activation ran."""
+    if not tag_cfg.get("quick_gelu", False) or name.endswith("-quickgelu"):
+        return name, name.endswith("-quickgelu")
+    if f"{name}-quickgelu" in list_models():
+        return f"{name}-quickgelu", True
+    return name, True  # no such config: force it at creation
+
+
+def _offline_hint(name: str, tag: str) -> str:
+    return (f"on a machine with network run `python -c \"import open_clip; "
+            f"open_clip.create_model('{name}', pretrained='{tag}')\"` and copy its Hugging Face cache "
+            f"(~/.cache/huggingface) here, or download the checkpoint file and pass --pretrained /path/to/file")
+
+
+def _create(name: str, pretrained: str | None, force_quick_gelu: bool, device: str, cache_dir: str | None):
+    import open_clip
+
+    if pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return open_clip.create_model_and_transforms(
+                name, pretrained=None, force_quick_gelu=force_quick_gelu, device=device)
+    return open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, device=device,
+        cache_dir=cache_dir)
+
+
+def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> ModelRef:
+    """Resolve --model / --pretrained to a ModelRef (hashes files; downloads nothing)."""
+    import open_clip
+
+    name, config_sha = _resolve_name(model)
+    if pretrained.lower() == RANDOM_WEIGHTS:
+        return ModelRef(name, RANDOM_WEIGHTS, None, None, config_sha, name.endswith("-quickgelu"))
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        name, quick_gelu = _quickgelu_name(name, tag_cfg)
+        return ModelRef(name, pretrained, None, None, config_sha, quick_gelu)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return ModelRef(name, "file", str(path.resolve()), sha256_file(path), config_sha,
+                        name.endswith("-quickgelu"))
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise UnknownNameError(
+        f"--pretrained '{pretrained}' is neither a tag of {name} nor an existing file",
+        f"tags for {name}: {', '.join(tags) or '(none)'}; or a checkpoint file path; or 'none'",
+    )
+
+
+def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, *,
+               device: str = "cpu", weights_dir: str | None = None) -> LoadedModel:
+    """Build a frozen open_clip model in eval mode from a name/config and a tag/file/none."""
+    import open_clip
+
+    ref = resolve_model(model, pretrained)
+    warnings: list[str] = []
+    if ref.pretrained == RANDOM_WEIGHTS:
+        warnings.append(f"--pretrained none: {ref.name} has RANDOM weights; its features and "
+                        "accuracies mean nothing (use it for tests and smoke runs only)")
+    source = None if ref.pretrained == RANDOM_WEIGHTS else (ref.checkpoint_path or ref.pretrained)
+    force = ref.quick_gelu and not ref.name.endswith("-quickgelu")
+    try:
+        net, _, val_transform = _create(ref.name, source, force, device, weights_dir)
+    except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike
+        raise _load_error(ref.name, ref.pretrained, ref.checkpoint_path, e) from e
+    net.eval().requires_grad_(False)
+    return LoadedModel(
+        ref=ref, model=net, preprocess=_preprocess_cfg(net), val_transform=val_transform,
+        tokenizer=open_clip.get_tokenizer(ref.name), logit_scale=float(net.logit_scale.exp().item()),
+        embed_dim=_embed_dim(net), device=device, warnings=warnings,
+    )
+
+
+def _load_error(name: str, pretrained: str, checkpoint: str | None, e: Exception) -> ModelLoadError:
+    cause = re.sub(r"\s+", " ", str(e))[:300]
+    if checkpoint:
+        return ModelLoadError(f"cannot load checkpoint {checkpoint} into {name}: {cause}",
+                              "check that the file holds weights for this --model (a -quickgelu name for OpenAI weights)")
+    return ModelLoadError(f"cannot get the '{pretrained}' weights of {name} (offline, or not downloaded yet): {cause}",
+                          _offline_hint(name, pretrained))
+
+
+def _preprocess_cfg(net: torch.nn.Module) -> dict[str, Any]:
+    from open_clip import get_model_preprocess_cfg
+
+    cfg = dict(get_model_preprocess_cfg(net))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(cfg.items())}
+
+
+def _embed_dim(net: torch.nn.Module) -> int:
+    return int(net.text_projection.shape[1]) if getattr(net, "text_projection", None) is not None \
+        else int(net.visual.output_dim)
+
+
+@torch.no_grad()
+def encode_images(loaded: LoadedModel, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) -> raw (un-normalised) image features (B, D), float32."""
+    images = images.to(loaded.device, non_blocking=True)
+    if amp:
+        images = images.to(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            return loaded.model.encode_image(images).float()
+    return loaded.model.encode_image(images).float()
+
+
+@torch.no_grad()
+def encode_text(loaded: LoadedModel, prompts: Sequence[Sequence[str]],
+                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts[t][k] -> (per-template raw embeddings (T, K, D), ensemble (K, D)).
+
+    Ensemble = normalise each template's embedding, average over templates,
+    normalise again (CLIP's prompt ensembling).
+    """
+    per_template = []
+    for template_prompts in prompts:
+        chunks = []
+        for start in range(0, len(template_prompts), batch_size):
+            tokens = loaded.tokenizer(list(template_prompts[start:start + batch_size])).to(loaded.device)
+            chunks.append(loaded.model.encode_text(tokens).float().cpu())
+        per_template.append(torch.cat(chunks))
+    raw = torch.stack(per_template)                                 # (T, K, D)
+    ensemble = F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1)  # (K, D)
+    return raw, ensemble
+
+
+def versions() -> dict[str, str]:
+    import open_clip
+
+    return {"open_clip": str(open_clip.__version__), "torch": str(torch.__version__)}

@@ -1,0 +1,133 @@
+"""Shared CLI pieces: option aliases, list parsing, the error boundary, progress display.
+
+Heavy imports (torch, open_clip, h5py) happen inside commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+console = Console(stderr=True)
+out = Console()
+
+DEBUG_ENV = "CACHECLIP_DEBUG"
+
+# ---------------------------------------------------------------- option aliases (declared once)
+DatasetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--dataset", "-d", help="Dataset name(s): a CoOp name (eurosat, imagenet, ...), 'all', or imagefolder:PATH. "
+                            "Repeat or comma-separate.")]
+RootOpt = Annotated[Optional[Path], typer.Option(
+    "--root", help="Data root holding the dataset folders (default: $CACHECLIP_DATA).")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="open_clip model name, or path to a model-config JSON.")]
+PretrainedOpt = Annotated[str, typer.Option(
+    "--pretrained", "-p", help="open_clip weights tag, a local checkpoint file, or 'none' (random weights).")]
+CacheDirOpt = Annotated[Path, typer.Option(
+    "--cache-dir", help="Root of the feature stores.", envvar="CACHECLIP_CACHE")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda when available).")]
+ShotsOpt = Annotated[str, typer.Option("--shots", help="Shots per class, a comma list.")]
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Few-shot sampling seeds, a comma list.")]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got '{text}'", param_hint=option) from None
+    if not values:
+        raise typer.BadParameter("needs at least one value", param_hint=option)
+    return values
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got '{text}'", param_hint=option) from None
+    if not values:
+        raise typer.BadParameter("needs at least one value", param_hint=option)
+    return values
+
+
+def split_names(values: Optional[list[str]]) -> list[str]:
+    return [v for value in values or [] for v in value.split(",") if v]
+
+
+# ---------------------------------------------------------------- error boundary
+
+def quiet_libraries() -> None:
+    """open_clip and huggingface_hub log download retries and init notes at WARNING; we say
+    what matters ourselves."""
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("", "huggingface_hub", "open_clip", "timm"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", category=UserWarning, module="open_clip")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def report_error(exc: BaseException) -> int:
+    """One line (and a hint) for a user error; exit code 1. Traceback only with CACHECLIP_DEBUG=1."""
+    from cacheclip.errors import CacheClipError
+
+    if os.environ.get(DEBUG_ENV):
+        console.print_exception()
+    if isinstance(exc, CacheClipError):
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        return 1
+    console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]hint:[/] rerun with {DEBUG_ENV}=1 for the traceback, and report it", highlight=False)
+    return 1
+
+
+# ---------------------------------------------------------------- progress
+
+class StageProgress:
+    """Adapts the library's (stage, done, total) callbacks to one rich progress bar per stage."""
+
+    def __init__(self, progress: Progress, unit: str = "img"):
+        self.progress, self.unit, self.tasks = progress, unit, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@contextmanager
+def progress_bar(unit: str = "img") -> Iterator[StageProgress]:
+    columns = [TextColumn("[bold]{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
+               TaskProgressColumn(), _SpeedColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal and
+                  bool(os.environ.get("CI"))) as progress:
+        yield StageProgress(progress, unit)
+
+
+class _SpeedColumn(TextColumn):
+    def __init__(self, unit: str):
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):  # type: ignore[override]
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:7.1f} {self.unit}/s" if speed else f"{'':>7} {self.unit}/s")
+

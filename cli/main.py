@@ -1,0 +1,176 @@
+"""The `cacheclip` command: parse options -> one library call -> render.
+
+Every user error becomes one `error:` line, a `hint:` line and exit code 1
+(bad option values exit 2, from typer). Set CACHECLIP_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from . import common as c
+
+app = typer.Typer(
+    name="cacheclip", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="CLIP-Adapter few-shot adaptation on cached open_clip features: extract once, fit in seconds.",
+)
+
+
+def _load(model: str, pretrained: str, device: str | None):
+    from cacheclip.models import load_model
+
+    loaded = load_model(model, pretrained, device=device or c.default_device())
+    for warning in loaded.warnings:
+        c.console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    return loaded
+
+
+@app.command()
+def extract(
+    dataset: c.DatasetOpt = None,
+    root: c.RootOpt = None,
+    model: c.ModelOpt = "RN50",
+    pretrained: c.PretrainedOpt = "openai",
+    cache_dir: c.CacheDirOpt = Path("cache"),
+    device: c.DeviceOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes for decoding.")] = 4,
+    templates: Annotated[str, typer.Option(help="Template set (default, photo, imagenet7, imagenet80) or a file.")] = "default",
+    train: Annotated[str, typer.Option(help="fewshot: the train images the planned runs need; all: every one.")] = "fewshot",
+    shots: c.ShotsOpt = "1,2,4,8,16",
+    seeds: c.SeedsOpt = "1,2,3",
+    holdout_val: Annotated[bool, typer.Option(help="Also encode a hold-out val for datasets without val (ImageNet).")] = False,
+    aug_views: Annotated[int, typer.Option(min=0, help="Augmented views per train image (0: none).")] = 10,
+    aug_scale: Annotated[str, typer.Option(help="RandomResizedCrop scale range (CoOp: 0.08,1; Tip-Adapter: 0.5,1).")] = "0.08,1",
+    aug_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
+    precision: Annotated[str, typer.Option(help="auto (amp on CUDA, fp32 on CPU), fp32, or amp.")] = "auto",
+) -> None:
+    """Encode datasets' images and prompted class names into feature stores (resumable)."""
+    from cacheclip.augment import AugmentConfig
+    from cacheclip.datasets import expand_names
+    from cacheclip.extract import ExtractConfig, extract_dataset
+
+    names = expand_names(c.split_names(dataset) or ["all"]) if dataset else _require_dataset()
+    scale = c.parse_floats(aug_scale, "--aug-scale")
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise typer.BadParameter("expected two numbers 0 < lo <= hi <= 1", param_hint="--aug-scale")
+    cfg = ExtractConfig(
+        cache_dir=str(cache_dir), templates=templates, dtype=dtype, train=train,
+        augment=AugmentConfig(views=aug_views, scale=(scale[0], scale[1]), seed=aug_seed),
+        shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"), holdout_val=holdout_val,
+        batch_size=batch_size, workers=workers, precision=precision)
+    cfg.validate()
+    loaded = _load(model, pretrained, device)
+    failures = []
+    for name in names:
+        try:
+            with c.progress_bar() as bar:
+                summary = extract_dataset(name, root, loaded, cfg, progress=bar)
+        except Exception as e:  # one dataset's failure must not stop the others
+            if len(names) == 1:
+                raise
+            c.report_error(e)
+            failures.append(name)
+            continue
+        new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
+        c.out.print(f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "
+                    f"({summary.images_per_second:.1f} img/s); store has "
+                    + ", ".join(f"{s} {n}" for s, n in summary.total.items())
+                    + (" (text re-encoded)" if summary.text_updated else ""), highlight=False)
+        c.out.print(f"  store: {summary.store}", highlight=False)
+    if failures:
+        c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
+        raise typer.Exit(1)
+
+
+def _require_dataset() -> list[str]:
+    raise typer.BadParameter("give at least one dataset (or 'all')", param_hint="--dataset")
+
+
+@app.command("ls")
+def list_stores(cache_dir: c.CacheDirOpt = Path("cache")) -> None:
+    """List feature stores: model, weights, splits, counts, size."""
+    from cacheclip.store import describe, find_stores
+
+    stores = find_stores(cache_dir)
+    if not stores:
+        c.console.print(f"no stores under {cache_dir} (run `cacheclip extract`)")
+        return
+    table = Table("dataset", "model", "weights", "train", "val", "test", "aug views", "dtype", "size", "path")
+    for path in stores:
+        try:
+            d = describe(path)
+        except Exception as e:  # a damaged store is listed, not fatal
+            table.add_row(path.stem, "?", "?", "", "", "", "", "", "", f"{path} (unreadable: {e})")
+            continue
+        counts = [f"{d['splits'].get(s, {}).get('encoded', 0)}/{d['splits'].get(s, {}).get('items', 0)}"
+                  for s in ("train", "val", "test")]
+        pending = f" (+{d['pending_parts']} unfinished chunks)" if d["pending_parts"] else ""
+        table.add_row(d["dataset"], d["model"], path.parent.name, *counts, str(d["aug_views"]), d["dtype"],
+                      f"{d['bytes'] / 2**20:.1f} MiB", str(path) + pending)
+    c.out.print(table)
+
+
+@app.command()
+def export(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .npz file.")],
+    model: c.ModelOpt = "RN50",
+    pretrained: c.PretrainedOpt = "openai",
+    cache_dir: c.CacheDirOpt = Path("cache"),
+) -> None:
+    """Export one split of a store to .npz (features, labels, paths, classnames, text features)."""
+    from cacheclip.export import export_split
+    from cacheclip.locate import locate_store
+
+    path = locate_store(cache_dir, model, pretrained, dataset)
+    shapes = export_split(path, split, out)
+    c.out.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List open_clip model names (use -quickgelu names with OpenAI weights)."""
+    from cacheclip.models import list_models
+
+    c.out.print("\n".join(list_models()))
+
+
+@app.command()
+def datasets() -> None:
+    """List the dataset names and the folder each is expected in."""
+    from cacheclip.datasets import get_dataset_spec, list_datasets
+
+    table = Table("name", "folder under --root")
+    for name in list_datasets():
+        table.add_row(name, get_dataset_spec(name).folder + "/")
+    table.add_row("imagefolder:PATH", "any folder with one sub-folder per class")
+    c.out.print(table)
+
+
+def main() -> None:
+    c.quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        c.console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        c.console.print("interrupted: finished chunks are kept; rerun the same command to resume")
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        sys.exit(c.report_error(e))

@@ -131,3 +131,24 @@ class _SpeedColumn(TextColumn):
         speed = task.finished_speed or task.speed
         return Text(f"{speed:7.1f} {self.unit}/s" if speed else f"{'':>7} {self.unit}/s")
 
+
+
+def results_table(results: list[dict], seeds: tuple[int, ...]):
+    """dataset, shots, zero-shot, test top-1 per seed, mean ± std over seeds."""
+    import statistics
+
+    from rich.table import Table
+
+    table = Table("dataset", "shots", "zero-shot", *[f"seed {s}" for s in seeds], "mean ± std", "alpha")
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["shots"]), []).append(r)
+    for (name, shots), runs in sorted(groups.items()):
+        by_seed = {r["seed"]: r for r in runs}
+        accs = [r["metrics"]["test"]["top1"] for r in runs]
+        spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+        chosen = sorted({r["selection"]["chosen"]["alpha"] for r in runs})
+        table.add_row(name, str(shots), f"{runs[0]['zero_shot']['test']['top1']:.2f}",
+                      *[f"{by_seed[s]['metrics']['test']['top1']:.2f}" if s in by_seed else "—" for s in seeds],
+                      spread, ",".join(f"{a:g}" for a in chosen))
+    return table

@@ -93,6 +93,67 @@ def _require_dataset() -> list[str]:
     raise typer.BadParameter("give at least one dataset (or 'all')", param_hint="--dataset")
 
 
+@app.command()
+def fit(
+    dataset: c.DatasetOpt = None,
+    shots: c.ShotsOpt = "1,2,4,8,16",
+    seeds: c.SeedsOpt = "1,2,3",
+    alpha: Annotated[str, typer.Option(help="Visual residual ratio(s); several are chosen between on val.")] = "0.2",
+    beta: Annotated[str, typer.Option(help="Text residual ratio(s); several are chosen between on val.")] = "0.2",
+    adapter: Annotated[str, typer.Option(help="visual (the paper's default), text, or both.")] = "visual",
+    reduction: Annotated[int, typer.Option(min=1, help="Bottleneck reduction D -> D/r.")] = 4,
+    block: Annotated[str, typer.Option(help="official (ReLU after each layer, as the published code) or paper.")] = "official",
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default: CoOp's by shots; ImageNet 50).")] = None,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.002,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 32,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 5e-4,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    warmup_epochs: Annotated[int, typer.Option(min=0, help="Constant-lr warm-up epochs.")] = 1,
+    warmup_lr: Annotated[float, typer.Option(help="Warm-up learning rate.")] = 1e-5,
+    views: Annotated[str, typer.Option(help="aug: a cached augmented view per image per epoch; clean: no augmentation.")] = "aug",
+    no_val: Annotated[str, typer.Option(help="Datasets without val (ImageNet): none (no selection) or holdout.")] = "none",
+    model: c.ModelOpt = "RN50",
+    pretrained: c.PretrainedOpt = "openai",
+    cache_dir: c.CacheDirOpt = Path("cache"),
+    results_dir: Annotated[Path, typer.Option(help="Where result JSONs and adapter weights go.")] = Path("results"),
+    device: c.DeviceOpt = None,
+    force: Annotated[bool, typer.Option(help="Redo runs whose results already exist.")] = False,
+) -> None:
+    """Train CLIP-Adapter on cached features: shots x seeds, alpha chosen on val, test once."""
+    from cacheclip.adapters import AdapterConfig
+    from cacheclip.datasets import expand_names
+    from cacheclip.fit import FitConfig, fit_dataset, stores_for
+    from cacheclip.models import resolve_model
+    from cacheclip.train import TrainConfig
+
+    cfg = FitConfig(
+        shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"),
+        adapter=AdapterConfig(kind=adapter, reduction=reduction, block=block),
+        alphas=c.parse_floats(alpha, "--alpha"), betas=c.parse_floats(beta, "--beta"),
+        train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                          momentum=momentum, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, views=views),
+        no_val=no_val, cache_dir=str(cache_dir), results_dir=str(results_dir),
+        device=device or c.default_device(), force=force)
+    cfg.validate()
+    ref = resolve_model(model, pretrained)
+    names = expand_names(c.split_names(dataset)) if dataset else stores_for(ref, cache_dir)
+    results, failures = [], []
+    for name in names:
+        try:
+            with c.progress_bar(unit="ep") as bar:
+                results += fit_dataset(name, ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=bar)
+        except Exception as e:
+            if len(names) == 1:
+                raise
+            c.report_error(e)
+            failures.append(name)
+    c.out.print(c.results_table(results, cfg.seeds))
+    c.out.print(f"results in {results_dir}/", highlight=False)
+    if failures:
+        c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
+        raise typer.Exit(1)
+
+
 @app.command("ls")
 def list_stores(cache_dir: c.CacheDirOpt = Path("cache")) -> None:
     """List feature stores: model, weights, splits, counts, size."""

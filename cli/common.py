@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=max(120, Console().width))
 
 DEBUG_ENV = "CACHECLIP_DEBUG"
 
@@ -139,16 +139,16 @@ def results_table(results: list[dict], seeds: tuple[int, ...]):
 
     from rich.table import Table
 
-    table = Table("dataset", "shots", "zero-shot", *[f"seed {s}" for s in seeds], "mean ± std", "alpha")
+    table = Table("dataset", "method", "shots", "zero-shot", *[f"seed {s}" for s in seeds], "mean ± std", "chosen on val")
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["dataset"], r["shots"]), []).append(r)
-    for (name, shots), runs in sorted(groups.items()):
+        groups.setdefault((r["dataset"], r["method"], r["shots"]), []).append(r)
+    for (name, method, shots), runs in sorted(groups.items()):
         by_seed = {r["seed"]: r for r in runs}
         accs = [r["metrics"]["test"]["top1"] for r in runs]
         spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
-        chosen = sorted({r["selection"]["chosen"]["alpha"] for r in runs})
-        table.add_row(name, str(shots), f"{runs[0]['zero_shot']['test']['top1']:.2f}",
+        chosen = sorted({", ".join(f"{k}={v:g}" for k, v in r["selection"]["chosen"].items()) for r in runs})
+        table.add_row(name, method, str(shots), f"{runs[0]['zero_shot']['test']['top1']:.2f}",
                       *[f"{by_seed[s]['metrics']['test']['top1']:.2f}" if s in by_seed else "—" for s in seeds],
-                      spread, ",".join(f"{a:g}" for a in chosen))
+                      spread, "; ".join(chosen))
     return table

@@ -96,6 +96,7 @@ def _require_dataset() -> list[str]:
 @app.command()
 def fit(
     dataset: c.DatasetOpt = None,
+    method: Annotated[str, typer.Option(help="clip-adapter (default), zero-shot, or a baseline (see `cacheclip methods`).")] = "clip-adapter",
     shots: c.ShotsOpt = "1,2,4,8,16",
     seeds: c.SeedsOpt = "1,2,3",
     alpha: Annotated[str, typer.Option(help="Visual residual ratio(s); several are chosen between on val.")] = "0.2",
@@ -127,7 +128,7 @@ def fit(
     from cacheclip.train import TrainConfig
 
     cfg = FitConfig(
-        shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"),
+        method=method, shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"),
         adapter=AdapterConfig(kind=adapter, reduction=reduction, block=block),
         alphas=c.parse_floats(alpha, "--alpha"), betas=c.parse_floats(beta, "--beta"),
         train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
@@ -202,6 +203,15 @@ def models() -> None:
     from cacheclip.models import list_models
 
     c.out.print("\n".join(list_models()))
+
+
+@app.command()
+def methods() -> None:
+    """List the few-shot methods `fit --method` accepts."""
+    from cacheclip.methods import get_method, list_methods
+
+    for name in list_methods():
+        c.out.print(f"[bold]{name}[/]: {get_method(name).summary}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,361 @@
+"""Train CLIP-Adapter on cached features, many runs at once.
+
+Tensors in, state dicts out: this module never sees a store, a split or a
+file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
+and trains them together with ``bmm``; the forward and backward passes are
+written out by hand (no autograd) and the SGD update is fused into the
+gradient GEMMs, so a step costs its matrix products plus a few elementwise
+passes. The result equals training each run alone up to float rounding
+(tests/test_train.py checks both this and the gradients against autograd).
+
+Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
+
+* SGD, momentum 0.9, weight decay 5e-4 on all adapter weights, no Nesterov,
+  no dampening; cross-entropy averaged over the batch.
+* Learning rate per epoch: see :func:`lr_per_epoch`.
+* Batches: each epoch a fresh permutation of the N images; ``N // batch``
+  full batches (the remainder is dropped) when N >= batch, else one batch of
+  all N images (Dassl's ``drop_last = len(data) >= batch_size``).
+* Views: each epoch, per image, one of its V cached views drawn uniformly
+  (``views="aug"``); ``views="clean"`` (or V = 1) always uses view 0.
+* The returned model is the last epoch's.
+
+Randomness: each run owns ``torch.Generator().manual_seed(seed)`` (CPU).
+Order of draws: the initial weights (visual.w1, visual.w2, text.w1, text.w2,
+as in :mod:`cacheclip.adapters`), then per epoch ``randint(V, (N,))`` for
+the views (skipped when V = 1 or views="clean") followed by ``randperm(N)``.
+Same seed and inputs give bitwise-identical states on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cacheclip.adapters import AdapterConfig, ClipAdapterHead, logits
+from cacheclip.errors import ConfigError
+
+VIEW_MODES = ("aug", "clean")
+_threshold_backward = torch.ops.aten.threshold_backward  # ReLU backward in one pass
+_fused_sgd = getattr(torch, "_fused_sgd_", None)  # one pass per weight; what SGD(fused=True) calls
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule; the defaults are CoOp's RN50 settings."""
+
+    epochs: int | None = None  # None -> default_epochs(shots, dataset)
+    lr: float = 0.002  # peak learning rate (first epoch after warm-up)
+    batch_size: int = 32  # images per step
+    weight_decay: float = 5e-4  # L2 on all adapter weights, SGD-style
+    momentum: float = 0.9  # SGD momentum (no Nesterov, no dampening)
+    warmup_epochs: int = 1  # epochs at the constant warm-up lr
+    warmup_lr: float = 1e-5  # lr during warm-up
+    views: str = "aug"  # aug (a random cached view per image per epoch) | clean (view 0 always)
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}", "or leave it unset")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}", "CoOp uses 32")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}", "CoOp uses 1")
+        checks = [("lr", self.lr, 0.0, False), ("warmup_lr", self.warmup_lr, 0.0, True),
+                  ("weight_decay", self.weight_decay, 0.0, True)]
+        for name, value, low, inclusive in checks:
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                raise ConfigError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}", "")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "CoOp uses 0.9")
+        if self.views not in VIEW_MODES:
+            raise ConfigError(f"unknown views mode {self.views!r}", f"use one of: {', '.join(VIEW_MODES)}")
+
+
+def default_epochs(shots: int, dataset: str) -> int:
+    """CoOp's epochs: ImageNet 50; else 1 shot 50, 2-4 shots 100, 8+ shots 200.
+
+    Shot counts CoOp never ran (5-7) get 100, the value of the nearest
+    smaller configuration.
+    """
+    if not isinstance(shots, int) or shots < 1:
+        raise ConfigError(f"shots must be a positive integer, got {shots!r}", "CoOp uses 1, 2, 4, 8, 16")
+    if dataset == "imagenet" or shots == 1:
+        return 50
+    return 100 if shots < 8 else 200
+
+
+def resolve_epochs(cfg: TrainConfig, shots: int, dataset: str) -> int:
+    """``cfg.epochs`` when set, else :func:`default_epochs`."""
+    return cfg.epochs if cfg.epochs is not None else default_epochs(shots, dataset)
+
+
+def lr_per_epoch(cfg: TrainConfig, epochs: int) -> list[float]:
+    """The learning rate each epoch trains with; ``len == epochs``.
+
+    Dassl (CoOp's trainer) wraps ``CosineAnnealingLR(T_max=epochs)`` in a
+    ``ConstantWarmupScheduler`` (WARMUP_RECOUNT=True) and steps it once at
+    the end of every epoch. Tracing the two schedulers gives, with
+    W = warmup_epochs and T = epochs::
+
+        epoch e < W  : warmup_lr
+        epoch e >= W : lr * (1 + cos(pi * (e - W) / T)) / 2
+
+    The cosine restarts its count after the warm-up but keeps T = epochs,
+    so epoch W trains at the full lr and the last epoch (e = T - 1) at
+    ``lr * (1 + cos(pi * (T - 1 - W) / T)) / 2``: the cosine never reaches
+    zero. E.g. T = 5, W = 1: [1e-5, 2e-3, 1.809e-3, 1.309e-3, 6.91e-4].
+    """
+    w = cfg.warmup_epochs
+    return [cfg.warmup_lr if e < w else cfg.lr * (1.0 + math.cos(math.pi * (e - w) / epochs)) / 2.0
+            for e in range(epochs)]
+
+
+def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
+    """(images per step, steps per epoch) under Dassl's drop_last rule."""
+    if num_images < 1:
+        raise ConfigError("no training images", "sample at least one shot per class")
+    if num_images >= batch_size:
+        return batch_size, num_images // batch_size
+    return num_images, 1
+
+
+@dataclass
+class RunSpec:
+    """One training run: its seed, adapter settings and few-shot features."""
+
+    seed: int
+    adapter: AdapterConfig
+    views: torch.Tensor  # (N, V, D) float training features (V cached views per image)
+    labels: torch.Tensor  # (N,) int64 class indices
+
+
+def group_runs(runs: Sequence[RunSpec]) -> list[list[int]]:
+    """Indices of runs that :func:`train_runs` can train in one call, in input order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(runs):
+        a = run.adapter
+        key = (tuple(run.views.shape), a.kind, a.reduction, a.block, str(run.views.device))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> tuple[int, int, int]:
+    if not runs:
+        raise ConfigError("no runs to train", "pass at least one RunSpec")
+    first = runs[0]
+    if first.views.dim() != 3:
+        raise ConfigError(f"views must be (N, V, D), got shape {tuple(first.views.shape)}", "")
+    n, v, d = first.views.shape
+    if class_weights.dim() != 2 or class_weights.shape[1] != d:
+        raise ConfigError(
+            f"class weights {tuple(class_weights.shape)} do not match feature dim {d}",
+            "use class weights from the same model as the features",
+        )
+    k = class_weights.shape[0]
+    shape_keys = {(r.adapter.kind, r.adapter.reduction, r.adapter.block) for r in runs}
+    for run in runs:
+        run.adapter.validate()
+        if tuple(run.views.shape) != (n, v, d) or tuple(run.labels.shape) != (n,):
+            raise ConfigError("runs in one call must share N, V and D", "split them with group_runs()")
+        if run.labels.numel() and not (0 <= int(run.labels.min()) and int(run.labels.max()) < k):
+            raise ConfigError(f"labels must lie in [0, {k})", "check the class weights match the dataset")
+    if len(shape_keys) > 1:
+        raise ConfigError("runs in one call must share adapter kind, reduction and block",
+                          "split them with group_runs()")
+    return n, v, d
+
+
+class _StackedTrainer:
+    """R runs' weights as (R, ., .) tensors, with a hand-written SGD step."""
+
+    def __init__(self, runs, gens, class_weights, logit_scale, cfg, device):
+        config = runs[0].adapter
+        d = class_weights.shape[1]
+        self.official = config.block == "official"
+        self.cfg = cfg
+        self.params: dict[str, torch.Tensor] = {}
+        states = [ClipAdapterHead(r.adapter, d, g).state_dict() for r, g in zip(runs, gens)]
+        for name in states[0]:
+            self.params[name] = torch.stack([s[name] for s in states]).to(device)  # (R, in, out)
+        self.bufs = {name: torch.zeros_like(p) for name, p in self.params.items()}  # momentum
+        self._neg: torch.Tensor | None = None  # (R, B, 1) of -1, for softmax - onehot
+        self._coef_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.visual, self.text = config.visual, config.text
+        r = len(runs)
+        as_col = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device).view(r, 1, 1)  # noqa: E731
+        self.alpha = as_col([run.adapter.alpha for run in runs])
+        self.beta = as_col([run.adapter.beta for run in runs])
+        self.scale = float(logit_scale)
+        self.cw = class_weights.to(device=device, dtype=torch.float32)  # (K, D) raw
+        self.cw_t = self.cw.t().expand(r, -1, -1)  # (R, D, K) for text.w1's gradient
+        # Fixed classifier when there is no text adapter: s * normalize(W) (K, D) and its transpose.
+        self.vs_fixed = self.scale * torch.nn.functional.normalize(self.cw, dim=-1)
+        self.vs_t_fixed = self.vs_fixed.t().contiguous()  # (D, K)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """One SGD step on x (R, B, D) float32, y (R, B) int64.
+
+        Notation: f = f* (R, B, D), rn = 1 / |f|, vs = s * normalize(W*)
+        (K, D), z = rn * f @ vs.T (the logits), g = softmax(z) - onehot(y).
+        dLoss/dz = g / B, and since f . vs_k = z_k / rn,
+        dLoss/df = (rn / B) * (g @ vs - f * rn * (g . z)).
+        For the text side, with dv = (g * rn).T @ f (K, D) and v = wt * rn_t,
+        dLoss/dwt = (s rn_t / B) * (dv - wt * rn_t * sum_b(g * z) / s).
+        The 1 / B, s, alpha and beta factors ride on per-row scalars, so
+        each (R, B, D) tensor is touched as few times as possible.
+        """
+        p = self.params
+        alpha_b, beta_sb = self._coefs(x.shape[1])
+        if self.visual:
+            h = torch.bmm(x, p["visual.w1"]).relu_()  # (R, B, H)
+            a = torch.bmm(h, p["visual.w2"])  # (R, B, D)
+            if self.official:
+                a.relu_()
+            f = torch.lerp(x, a, self.alpha)  # (R, B, D)
+        else:
+            f = x
+        rn = torch.linalg.vector_norm(f, dim=-1, keepdim=True).reciprocal_()  # (R, B, 1)
+        if self.text:
+            ht = torch.matmul(self.cw, p["text.w1"]).relu_()  # (R, K, H)
+            at = torch.bmm(ht, p["text.w2"])  # (R, K, D)
+            if self.official:
+                at.relu_()
+            wt = torch.lerp(self.cw, at, self.beta)  # (R, K, D)
+            rn_t = torch.linalg.vector_norm(wt, dim=-1, keepdim=True).reciprocal_()  # (R, K, 1)
+            vs = wt * (rn_t * self.scale)  # (R, K, D)
+            z = torch.bmm(f, vs.transpose(1, 2)).mul_(rn)  # (R, B, K)
+        else:
+            vs = self.vs_fixed  # (K, D)
+            z = torch.matmul(f, self.vs_t_fixed).mul_(rn)  # (R, B, K)
+        g = torch.softmax(z, dim=-1)
+        g.scatter_add_(-1, y.unsqueeze(-1), self._minus_one(g))  # softmax - onehot
+        gz = g * z  # (R, B, K)
+        grads = []
+        if self.visual:
+            du = torch.matmul(g, vs)  # (R, B, D)
+            df = torch.addcmul(du, f, gz.sum(-1, keepdim=True).mul_(rn), value=-1.0)
+            da = df.mul_(rn * alpha_b)  # (R, B, D): dLoss / dA(x)
+            if self.official:
+                da = _threshold_backward(da, a, 0)
+            dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
+            grads += [torch.bmm(x.transpose(1, 2), dh), torch.bmm(h.transpose(1, 2), da)]
+        if self.text:
+            dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
+            dwt = torch.addcmul(dv, wt, gz.sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
+            dat = dwt.mul_(rn_t * beta_sb)  # (R, K, D): dLoss / dA_t(W)
+            if self.official:
+                dat = _threshold_backward(dat, at, 0)
+            dht = _threshold_backward(torch.bmm(dat, p["text.w2"].transpose(1, 2)), ht, 0)  # (R, K, H)
+            grads += [torch.matmul(self.cw_t, dht), torch.bmm(ht.transpose(1, 2), dat)]
+        self._sgd(grads, lr)
+
+    def _sgd(self, grads: list[torch.Tensor], lr: float) -> None:
+        """torch.optim.SGD's update (momentum, L2 decay, no dampening) on all weights."""
+        params, bufs = list(self.params.values()), list(self.bufs.values())
+        cfg = self.cfg
+        if _fused_sgd is not None:
+            _fused_sgd(params, grads, bufs if cfg.momentum else [], weight_decay=cfg.weight_decay, momentum=cfg.momentum, lr=lr,
+                       dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+            return
+        if cfg.weight_decay:
+            torch._foreach_add_(grads, params, alpha=cfg.weight_decay)
+        torch._foreach_mul_(bufs, cfg.momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-lr)
+
+    def _minus_one(self, g: torch.Tensor) -> torch.Tensor:
+        if self._neg is None or self._neg.shape[:2] != g.shape[:2]:
+            self._neg = torch.full_like(g[..., :1], -1.0)
+        return self._neg
+
+    def _coefs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha / B, beta * s / B), each (R, 1, 1), cached per batch size."""
+        if batch not in self._coef_cache:
+            self._coef_cache[batch] = (self.alpha / batch, self.beta * (self.scale / batch))
+        return self._coef_cache[batch]
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        r = next(iter(self.params.values())).shape[0]
+        return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
+
+
+def _epoch_data(flat_views, labels, v, gens, cfg, plan, x_buf, y_buf) -> None:
+    """Fill x_buf (S, R, B, D) and y_buf (S, R, B) with each run's shuffled epoch."""
+    batch, steps = plan
+    n = labels[0].shape[0]
+    device = x_buf.device
+    for r, gen in enumerate(gens):
+        draw = torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else None
+        perm = torch.randperm(n, generator=gen)[: steps * batch]
+        rows = perm * v + (draw[perm] if draw is not None else 0)  # index into (N * V, D)
+        x_buf[:, r].copy_(flat_views[r].index_select(0, rows.to(device)).view(steps, batch, -1))
+        y_buf[:, r].copy_(labels[r].index_select(0, perm.to(device)).view(steps, batch))
+
+
+def train_runs(
+    runs: Sequence[RunSpec],
+    class_weights: torch.Tensor,
+    logit_scale: float,
+    cfg: TrainConfig,
+    epochs: int,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Train every run for ``epochs`` epochs; one CPU state dict per run, in order.
+
+    runs share N, V, D and adapter kind/reduction/block (see group_runs);
+    they may differ in seed, alpha, beta, features and labels.
+    class_weights (K, D), logit_scale s. Views may be any float dtype (they
+    are cast to float32 per epoch), labels int64. progress(epoch, epochs) is
+    called after each epoch.
+    """
+    cfg.validate()
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}", "")
+    n, v, d = _check_runs(runs, class_weights)
+    gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
+    trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
+    plan = batch_plan(n, cfg.batch_size)
+    flat_views = [run.views.to(device).reshape(n * v, d) for run in runs]  # (N * V, D) each
+    labels = [run.labels.to(device=device, dtype=torch.int64) for run in runs]
+    x_buf = torch.empty(plan[1], len(runs), plan[0], d, device=device)  # (S, R, B, D)
+    y_buf = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64, device=device)
+    for epoch, lr in enumerate(lr_per_epoch(cfg, epochs)):
+        _epoch_data(flat_views, labels, v, gens, cfg, plan, x_buf, y_buf)
+        for i in range(plan[1]):
+            trainer.step(x_buf[i], y_buf[i], lr)
+        if progress is not None:
+            progress(epoch + 1, epochs)
+    return trainer.states()
+
+
+def predict(
+    state: dict[str, torch.Tensor],
+    adapter: AdapterConfig,
+    features: torch.Tensor,
+    class_weights: torch.Tensor,
+    logit_scale: float,
+    device: str = "cpu",
+    batch_size: int = 8192,
+) -> torch.Tensor:
+    """Logits (M, K) on CPU for features (M, D) under a trained state."""
+    head = ClipAdapterHead(adapter, features.shape[1])
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"adapter state does not fit {adapter}: {exc}".splitlines()[0],
+                          "predict with the AdapterConfig the state was trained with") from exc
+    head.to(device).eval()
+    with torch.no_grad():
+        weights = head.class_embeddings(class_weights.to(device=device, dtype=torch.float32))
+        chunks = [
+            logits(head.image_embeddings(chunk.to(device=device, dtype=torch.float32)), weights, logit_scale).cpu()
+            for chunk in features.split(batch_size)
+        ]
+    if not chunks:
+        return torch.empty(0, class_weights.shape[0])
+    return torch.cat(chunks)

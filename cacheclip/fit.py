@@ -196,8 +196,8 @@ def evaluate_on_test(store: FeatureStore, data: FitData, shots: int, trained: li
 # ---------------------------------------------------------------- results
 
 def model_identity(data: FitData) -> dict[str, Any]:
-    keys = ("model", "model_config_sha256", "pretrained", "weights_sha256", "quick_gelu", "preprocess",
-            "checkpoint_path")
+    keys = ("model", "model_config_sha256", "model_config_path", "pretrained", "weights_sha256", "quick_gelu",
+            "preprocess", "checkpoint_path")
     return {k: data.attrs.get(k) for k in keys}
 
 

@@ -38,6 +38,7 @@ class ModelRef:
     weights_sha256: str | None    # of that file
     config_sha256: str | None     # of the model-config JSON (--model PATH.json)
     quick_gelu: bool
+    config_path: str | None = None  # that JSON file, so a run can rebuild the model later
 
     @property
     def weights_id(self) -> str:
@@ -118,13 +119,13 @@ def _register_config_file(path: Path) -> tuple[str, str]:
     return path.stem, sha256_file(path)
 
 
-def _resolve_name(model: str) -> tuple[str, str | None]:
+def _resolve_name(model: str) -> tuple[str, str | None, str | None]:
     if model.endswith(".json") or os.path.sep in model:
         path = Path(model).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"model config file not found: {path}",
                                  "pass an open_clip model name (cacheclip models) or an existing JSON file")
-        return _register_config_file(path)
+        return (*_register_config_file(path), str(path.resolve()))
     names = list_models()
     if model not in names:
         close = difflib.get_close_matches(model, names, n=5)
@@ -133,7 +134,7 @@ def _resolve_name(model: str) -> tuple[str, str | None]:
             f"unknown model '{model}'",
             hint + "run `cacheclip models` for the open_clip names, or pass a model-config JSON path",
         )
-    return model, None
+    return model, None, None
 
 
 def _quickgelu_name(name: str, tag_cfg: dict) -> tuple[str, bool]:
@@ -169,17 +170,17 @@ def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAIN
     """Resolve --model / --pretrained to a ModelRef (hashes files; downloads nothing)."""
     import open_clip
 
-    name, config_sha = _resolve_name(model)
+    name, config_sha, config_path = _resolve_name(model)
     if pretrained.lower() == RANDOM_WEIGHTS:
-        return ModelRef(name, RANDOM_WEIGHTS, None, None, config_sha, name.endswith("-quickgelu"))
+        return ModelRef(name, RANDOM_WEIGHTS, None, None, config_sha, name.endswith("-quickgelu"), config_path)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         name, quick_gelu = _quickgelu_name(name, tag_cfg)
-        return ModelRef(name, pretrained, None, None, config_sha, quick_gelu)
+        return ModelRef(name, pretrained, None, None, config_sha, quick_gelu, config_path)
     path = Path(pretrained).expanduser()
     if path.is_file():
         return ModelRef(name, "file", str(path.resolve()), sha256_file(path), config_sha,
-                        name.endswith("-quickgelu"))
+                        name.endswith("-quickgelu"), config_path)
     tags = open_clip.list_pretrained_tags_by_model(name)
     raise UnknownNameError(
         f"--pretrained '{pretrained}' is neither a tag of {name} nor an existing file",

@@ -198,6 +198,34 @@ def export(
 
 
 @app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    run: Annotated[Path, typer.Option("--run", help="A run folder (or its result.json / adapter.safetensors).")],
+    top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Override the run's model (if its config file moved).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Override the run's weights (if its checkpoint moved).")] = None,
+    device: c.DeviceOpt = None,
+) -> None:
+    """Classify images with a fitted run: top-k classes and probabilities per image."""
+    from cacheclip.predict import classify, list_images, load_model_for, load_run, result_json
+
+    device = device or c.default_device()
+    fitted = load_run(run, device)
+    loaded = load_model_for(fitted, model, pretrained, device)
+    files = list_images(images)
+    with c.progress_bar() as bar:
+        predictions = classify(fitted, loaded, files, top_k, progress=bar if len(files) > 1 else None)
+    if as_json:
+        print(result_json(predictions))
+        return
+    table = Table("image", *[f"top {i + 1}" for i in range(min(top_k, len(fitted.classnames)))])
+    for p in predictions:
+        table.add_row(p["image"], *[f"{t['class']} ({100 * t['prob']:.1f}%)" for t in p["top"]])
+    c.out.print(table)
+
+
+@app.command()
 def models() -> None:
     """List open_clip model names (use -quickgelu names with OpenAI weights)."""
     from cacheclip.models import list_models

@@ -135,6 +135,8 @@ class Method:
     payload: Callable[["FitConfig", FitData, int], dict[str, Any]]   # settings that change its numbers
     train: Callable[[FitContext, list[RunPlan]], list[Trained]]
     differences: Callable[["FitConfig", FitData, int], list[str]] = lambda cfg, data, shots: []
+    # rebuild a predictor from a saved artifact: (tensors, metadata, class_weights, logit_scale, device)
+    from_artifact: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 _METHODS: dict[str, Method] = {}

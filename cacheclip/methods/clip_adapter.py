@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..adapters import AdapterConfig
 from ..train import RunSpec, TrainConfig, predict, resolve_epochs, train_runs
 from .base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
 
@@ -92,8 +93,13 @@ def differences(cfg, data: FitData, shots: int) -> list[str]:
     return diffs
 
 
+def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_scale: float, device: str):
+    adapter = AdapterConfig(**meta["adapter"])
+    return lambda feats: predict(tensors, adapter, feats, class_weights, logit_scale, device)
+
+
 register_method(Method(
     name="clip-adapter",
     summary="residual bottleneck adapters on frozen CLIP features (Gao et al. 2021, arXiv 2110.04544)",
-    payload=payload, train=train, differences=differences,
+    payload=payload, train=train, differences=differences, from_artifact=from_artifact,
 ))

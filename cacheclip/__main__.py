@@ -1,0 +1,5 @@
+"""`python -m cacheclip ...` (e.g. under torchrun) == the `cacheclip` command."""
+
+from cli.main import main
+
+main()

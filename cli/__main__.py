@@ -1,0 +1,5 @@
+"""`python -m cli` == the `cacheclip` command."""
+
+from .main import main
+
+main()

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cacheclip.errors import ConfigError
 from cacheclip.published import (
@@ -505,13 +505,17 @@ def write_report(
     expected_datasets: Sequence[str] | None = None,
     expected_shots: Sequence[int] | None = None,
     expected_seeds: Sequence[int] | None = None,
+    keep: Callable[[dict], bool] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.csv and report.png into ``out_dir``.
 
+    ``keep`` (optional) selects the results to report, e.g. some datasets only.
     Returns ``{"md": ..., "csv": ..., "png": ...}``. Raises ``ConfigError``
     when no result is found.
     """
     results = load_results(result_paths)
+    if keep is not None:
+        results = ResultSet([r for r in results if keep(r)], results.warnings)
     reports = build_reports(results, expected_datasets, expected_shots, expected_seeds)
     if not reports:
         skipped = f"; {len(results.warnings)} file(s) skipped" if results.warnings else ""

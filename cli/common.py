@@ -82,9 +82,13 @@ def quiet_libraries() -> None:
 
 
 def report_error(exc: BaseException) -> int:
-    """One line (and a hint) for a user error; exit code 1. Traceback only with CACHECLIP_DEBUG=1."""
+    """One line (and a hint) for a user error; exit code 1 (click usage errors: their own, 2).
+    Traceback only with CACHECLIP_DEBUG=1."""
     from cacheclip.errors import CacheClipError
 
+    if any(t.__name__ == "ClickException" for t in type(exc).__mro__):  # typer may vendor its own click
+        exc.show()  # type: ignore[attr-defined]
+        return exc.exit_code  # type: ignore[attr-defined]  # 2 for bad option values
     if os.environ.get(DEBUG_ENV):
         console.print_exception()
     if isinstance(exc, CacheClipError):

@@ -273,3 +273,6 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         sys.exit(c.report_error(e))
+
+
+from . import batch as _batch  # noqa: E402,F401  (registers the batch, report and demo commands)

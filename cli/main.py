@@ -112,6 +112,10 @@ def fit(
     warmup_epochs: Annotated[int, typer.Option(min=0, help="Constant-lr warm-up epochs.")] = 1,
     warmup_lr: Annotated[float, typer.Option(help="Warm-up learning rate.")] = 1e-5,
     views: Annotated[str, typer.Option(help="aug: a cached augmented view per image per epoch; clean: no augmentation.")] = "aug",
+    lp_c: Annotated[Optional[str], typer.Option(help="linear-probe: C value(s) (sklearn's C), chosen on val (default: 1e-2..1e4, 13 values; 10 without val).")] = None,
+    tip_alpha: Annotated[Optional[str], typer.Option(help="tip-adapter(-f): cache weight(s) alpha, chosen on val (default: 0.1..10 step 0.3; 1 without val).")] = None,
+    tip_beta: Annotated[Optional[str], typer.Option(help="tip-adapter(-f): sharpness value(s) beta, chosen on val (default: as --tip-alpha).")] = None,
+    tip_epochs: Annotated[int, typer.Option(min=1, help="tip-adapter-f: epochs training the cache keys.")] = 20,
     no_val: Annotated[str, typer.Option(help="Datasets without val (ImageNet): none (no selection) or holdout.")] = "none",
     model: c.ModelOpt = "RN50",
     pretrained: c.PretrainedOpt = "openai",
@@ -127,7 +131,11 @@ def fit(
     from cacheclip.models import resolve_model
     from cacheclip.train import TrainConfig
 
+    grids = {field: c.parse_floats(text, option) for field, text, option in
+             (("lp_cs", lp_c, "--lp-c"), ("tip_alphas", tip_alpha, "--tip-alpha"), ("tip_betas", tip_beta, "--tip-beta"))
+             if text is not None}
     cfg = FitConfig(
+        **grids, tipf_epochs=tip_epochs,
         method=method, shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"),
         adapter=AdapterConfig(kind=adapter, reduction=reduction, block=block),
         alphas=c.parse_floats(alpha, "--alpha"), betas=c.parse_floats(beta, "--beta"),
@@ -257,22 +265,18 @@ def datasets() -> None:
 def main() -> None:
     c.quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except typer.Abort:
         c.console.print("aborted")
-        sys.exit(130)
+        code = 130
     except KeyboardInterrupt:
-        c.console.print("interrupted: finished chunks are kept; rerun the same command to resume")
-        sys.exit(130)
+        c.console.print("interrupted: finished work is kept; rerun the same command to resume")
+        code = 130
     except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        sys.exit(c.report_error(e))
+        code = c.report_error(e)   # click usage errors show themselves and give 2
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 from . import batch as _batch  # noqa: E402,F401  (registers the batch, report and demo commands)

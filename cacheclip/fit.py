@@ -30,6 +30,8 @@ from .store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_pat
 from .train import TrainConfig
 
 NO_VAL_POLICIES = ("none", "holdout")
+LP_CS = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-4, 9))   # 1e-2 .. 1e4, half-decades (13)
+TIP_GRID = tuple(round(0.1 + 0.3 * i, 2) for i in range(34))           # 0.1 .. 10 in steps of 0.3 (34)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,14 @@ class FitConfig:
     alphas: tuple[float, ...] = (0.2,)            # visual ratios; several -> chosen on val
     betas: tuple[float, ...] = (0.2,)             # text ratios; several -> chosen on val
     train: TrainConfig = TrainConfig()
+    lp_cs: tuple[float, ...] = LP_CS              # linear-probe: sklearn-style C values, chosen on val
+    lp_c: float = 10.0                            # linear-probe: C when there is no val (and several lp_cs)
+    tip_alphas: tuple[float, ...] = TIP_GRID      # tip-adapter(-f): cache weights alpha, chosen on val
+    tip_betas: tuple[float, ...] = TIP_GRID       # tip-adapter(-f): sharpness beta, chosen on val
+    tip_init: tuple[float, float] = (1.0, 1.0)    # tip-adapter(-f): (alpha, beta) without val; Tip-F trains with it
+    tipf_epochs: int = 20                         # tip-adapter-f: epochs over the cache images
+    tipf_lr: float = 1e-3                         # tip-adapter-f: AdamW lr (eps 1e-4), cosine per step
+    tipf_batch_size: int = 256                    # tip-adapter-f: images per step
     no_val: str = "none"      # datasets without a few-shot val (ImageNet): none (no selection) | holdout
     cache_dir: str = "cache"
     results_dir: str = "results"
@@ -66,6 +76,11 @@ class FitConfig:
         for candidate in self.candidates():
             candidate.validate()
         self.train.validate()
+        positive = (*self.lp_cs, self.lp_c, *self.tip_betas, self.tip_init[1], self.tipf_lr)
+        if not (self.lp_cs and self.tip_alphas and self.tip_betas) or min(positive) <= 0 \
+                or min(*self.tip_alphas, self.tip_init[0]) < 0 or min(self.tipf_epochs, self.tipf_batch_size) < 1:
+            raise ConfigError("--lp-c and --tip-beta values must be > 0, --tip-alpha >= 0, --tip-epochs >= 1",
+                              "e.g. --lp-c 0.1,1,10 --tip-alpha 0.5,1,2 --tip-beta 1,5")
 
 
 # ---------------------------------------------------------------- store -> FitData

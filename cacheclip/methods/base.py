@@ -150,7 +150,7 @@ def register_method(method: Method) -> Method:
 
 
 def _load_builtin() -> None:
-    from . import clip_adapter, zero_shot  # noqa: F401  (importing a method module registers it)
+    from . import clip_adapter, linear_probe, tip_adapter, zero_shot  # noqa: F401  (importing registers)
 
 
 def list_methods() -> list[str]:

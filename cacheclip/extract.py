@@ -143,8 +143,49 @@ def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | 
     return feats[:b], feats[b:].reshape(b, v, -1)
 
 
+class CpuThreads:
+    """Chooses torch's intra-op thread count for CPU encoding while DataLoader workers decode.
+
+    The workers and torch's threads share the cores. When decoding binds, a multi-threaded
+    forward waits at every op for a core that a worker holds (measured on 2 cores: a tiny
+    model's forward 20x slower with 2 threads than with 1); when the model binds, every
+    thread is worth having. So time ``probe`` batches with all threads, then as many with
+    1 thread, and keep the faster. Restores the thread count on ``close``. Inactive on GPU,
+    without workers, or with one thread. (Conv models' features can differ in the last bit
+    between thread counts; ViTs' do not.)
+    """
+
+    def __init__(self, device: str, workers: int, probe: int = 3):
+        self.initial = torch.get_num_threads()
+        self.active = device == "cpu" and workers > 0 and self.initial > 1
+        self.plan = [self.initial] * probe + [1] * probe if self.active else []
+        self.seconds: dict[int, float] = {}
+        self.images: dict[int, int] = {}
+        self._set(self.plan[0] if self.plan else self.initial)
+
+    def _set(self, threads: int) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def observe(self, images: int, seconds: float) -> None:
+        """One batch took ``seconds`` (waiting for data + forward); move the probe along."""
+        if not self.plan:
+            return
+        threads = self.plan.pop(0)
+        self.seconds[threads] = self.seconds.get(threads, 0.0) + seconds
+        self.images[threads] = self.images.get(threads, 0) + images
+        if self.plan:
+            self._set(self.plan[0])
+        else:
+            self._set(min(self.seconds, key=lambda t: self.seconds[t] / self.images[t]))
+
+    def close(self) -> None:
+        self._set(self.initial)
+
+
 def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: LoadedModel,
-                 cfg: ExtractConfig, path: Path, amp: bool, progress: Progress | None = None) -> int:
+                 cfg: ExtractConfig, path: Path, amp: bool, progress: Progress | None = None,
+                 threads: CpuThreads | None = None) -> int:
     """Encode the given items of one split, committing a part file every chunk."""
     items = ds.split(split)
     views = AugmentedViews(cfg.augment, loaded.preprocess) if split == "train" and cfg.augment.views else None
@@ -156,6 +197,7 @@ def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: 
     buffer: list[tuple] = []
     pending: Future | None = None
     done = 0
+    tick: float | None = None   # None: the first batch also pays for starting the workers
     with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
         for idx, clean, aug, error in loader:
             if error is not None:
@@ -169,6 +211,9 @@ def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: 
                     pending.result()
                 pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
                 buffer = []
+            if threads is not None and tick is not None:
+                threads.observe(len(idx), time.perf_counter() - tick)
+            tick = time.perf_counter()
             if progress:
                 progress(split, done, len(indices))
         if pending is not None:
@@ -182,8 +227,9 @@ def _to_chunk(split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
                     np.concatenate([b[1] for b in buffer]).astype(dtype), aug)
 
 
-def _check_parts_identity(path: Path, identity: dict) -> None:
-    """Parts left by a killed run must come from the same inputs as this run."""
+def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
+    """Parts left by a killed run must come from the same inputs as this run. The marker
+    is written only when this run will write parts (a no-op rerun must not touch the store)."""
     marker = st.parts_dir(path) / "identity.json"
     if marker.exists():
         import json
@@ -193,7 +239,7 @@ def _check_parts_identity(path: Path, identity: dict) -> None:
         except StoreMismatchError as e:
             raise StoreMismatchError(e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
                                      f"rerun with the same options, or delete {st.parts_dir(path)}") from None
-    else:
+    elif will_write:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(st.json_attr(identity))
 
@@ -220,14 +266,20 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
         finally:
             if old is not None:
                 old.close()
-        _check_parts_identity(path, identity)
-        for split, staged in st.staged_indices(path).items():
-            have[split] |= staged
+        staged = st.staged_indices(path)
+        for split, done in staged.items():
+            have[split] |= done
         todo = {s: [i for i in want if i not in have[s]] for s, want in planned_items(ds, cfg).items()}
+        _check_parts_identity(path, identity, will_write=any(todo.values()))
         check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
-        for split in SPLITS:
-            if todo[split]:
-                summary.encoded[split] = encode_split(ds, split, todo[split], loaded, cfg, path, amp, progress)
+        threads = CpuThreads(loaded.device, cfg.workers)
+        try:
+            for split in SPLITS:
+                if todo[split]:
+                    summary.encoded[split] = encode_split(ds, split, todo[split], loaded, cfg, path, amp,
+                                                          progress, threads)
+        finally:
+            threads.close()
         summary.text_updated = old_text is None
         if old_text is None:
             if progress:
@@ -236,7 +288,7 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
             old_text = (old_text[0].numpy(), old_text[1].numpy())
             if progress:
                 progress("text", len(templates), len(templates))
-        if summary.encoded or summary.text_updated or st.parts_dir(path).exists():
+        if summary.encoded or summary.text_updated or staged:
             st.commit(path, _contents(ds, loaded, cfg, identity, templates, old_text), cfg.dtype)
     with st.open_store(path) as s:
         summary.total = {split: int(len(s.encoded(split))) for split in s.splits}
@@ -250,7 +302,7 @@ def _contents(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, identi
     attrs.update({
         "split_source": ds.split_source, "image_root": str(ds.image_root), "templates_spec": cfg.templates,
         "logit_scale": loaded.logit_scale, "embed_dim": loaded.embed_dim,
-        "checkpoint_path": loaded.checkpoint_path or "",
+        "checkpoint_path": loaded.checkpoint_path or "", "model_config_path": loaded.ref.config_path or "",
         **{f"{k}_version": v for k, v in versions().items()},
     })
     listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)])

@@ -137,7 +137,10 @@ class FeatureStore:
         return SplitListing([p.decode() for p in g["paths"][()]], g["labels"][()].tolist())
 
     def encoded(self, split: str) -> np.ndarray:
-        return self._split(split)["encoded"][()] if split in self.splits else np.zeros(0, np.int64)
+        """Sorted item indices of ``split`` that have features (empty for a split with no items)."""
+        if split not in self.splits or "encoded" not in self._split(split):
+            return np.zeros(0, np.int64)
+        return self._split(split)["encoded"][()]
 
     def num_aug_views(self) -> int:
         g = self._file.get("splits/train")
@@ -151,7 +154,7 @@ class FeatureStore:
         Raises KeyError listing missing item indices; callers turn it into a hint.
         """
         g = self._split(split)
-        encoded = g["encoded"][()]
+        encoded = self.encoded(split)
         wanted = encoded if indices is None else np.asarray(indices, dtype=np.int64)
         rows = np.searchsorted(encoded, wanted)
         ok = (rows < len(encoded)) & (encoded[np.minimum(rows, len(encoded) - 1)] == wanted) \
@@ -159,6 +162,9 @@ class FeatureStore:
         if not ok.all():
             raise KeyError(wanted[~ok].tolist())
         labels = g["labels"][()][wanted].astype(np.int64)
+        if "features" not in g:  # nothing encoded (e.g. ImageNet's empty val)
+            dim = self._file["text/ensemble"].shape[-1]
+            return np.zeros((0, dim), np.float32), labels, None
         features = _take_rows(g["features"], rows)
         aug_features = _take_rows(g["aug_features"], rows) if aug and "aug_features" in g else None
         return features, labels, aug_features
@@ -232,22 +238,37 @@ def write_part(path: Path, chunk: Chunk) -> Path:
     return final
 
 
-def read_parts(path: Path) -> list[Chunk]:
-    """Committed chunks not yet merged into the store (unfinished temp files are ignored)."""
-    chunks = []
-    for part in sorted(parts_dir(path).glob("*.h5")):
+def _read_part(part: Path, with_features: bool) -> Chunk | None:
+    """One part file, or None when it cannot be read whole (damaged or truncated):
+    its items then count as not encoded and are encoded again."""
+    try:
         with h5py.File(part, "r") as f:
+            split, indices = str(_plain(f.attrs["split"])), f["indices"][()]
+            rows = {len(f[k]) for k in ("features", "aug_features") if k in f} | {len(indices)}
+            if "features" not in f or len(rows) != 1:
+                return None
+            if not with_features:  # metadata only: cheap, for deciding what is left to encode
+                return Chunk(split, indices, np.zeros((len(indices), 0), np.float32), None)
             aug = f["aug_features"][()] if "aug_features" in f else None
-            chunks.append(Chunk(f.attrs["split"], f["indices"][()], f["features"][()], aug))
-    return chunks
+            return Chunk(split, indices, f["features"][()], aug)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def read_parts(path: Path) -> list[Chunk]:
+    """Committed chunks not yet merged into the store. Unfinished temp files and
+    unreadable parts are skipped."""
+    parts = (_read_part(p, True) for p in sorted(parts_dir(path).glob("*.h5")))
+    return [c for c in parts if c is not None]
 
 
 def staged_indices(path: Path) -> dict[str, set[int]]:
-    """Item indices per split already written as parts (cheap: reads only the index arrays)."""
+    """Item indices per split already written as readable parts (reads only the index arrays)."""
     done: dict[str, set[int]] = {}
     for part in sorted(parts_dir(path).glob("*.h5")):
-        with h5py.File(part, "r") as f:
-            done.setdefault(f.attrs["split"], set()).update(f["indices"][()].tolist())
+        chunk = _read_part(part, with_features=False)
+        if chunk is not None:
+            done.setdefault(chunk.split, set()).update(chunk.indices.tolist())
     return done
 
 

@@ -50,3 +50,63 @@ def image_folder(tmp_path: Path) -> Path:
 def image_folder_splits(tmp_path: Path) -> Path:
     """``<tmp>/my_split/{train,val,test}/<class>/``: 3 classes, 8 train and 3 val/test each."""
     return make_imagefolder(tmp_path / "my_split", with_splits=True)
+
+
+# --------------------------------------------------------------------------- tiny open_clip models
+
+# Tiny architectures in open_clip's model-config format: building one takes well under a
+# second, so tests exercise the real `--model CONFIG.json --pretrained CHECKPOINT` route.
+_TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+TINY_CONFIGS = {
+    "cacheclip-tiny-vit": {
+        "embed_dim": 32, "text_cfg": _TINY_TEXT,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    },
+    "cacheclip-tiny-rn": {  # ModifiedResNet: the RN50 code path at toy size
+        "embed_dim": 32, "quick_gelu": True, "text_cfg": _TINY_TEXT,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """name -> (model-config JSON, checkpoint file) for each of ``TINY_CONFIGS``, random weights."""
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    files = {}
+    for name, cfg in TINY_CONFIGS.items():
+        config = folder / f"{name}.json"
+        config.write_text(json.dumps(cfg, indent=2))
+        open_clip.add_model_config(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            model = open_clip.create_model(name, pretrained=None)
+        checkpoint = folder / f"{name}.pt"
+        torch.save(model.state_dict(), checkpoint)
+        files[name] = (config, checkpoint)
+    return files
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_files) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of the tiny ViT."""
+    return tiny_clip_files["cacheclip-tiny-vit"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_rn(tiny_clip_files) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of the tiny ModifiedResNet."""
+    return tiny_clip_files["cacheclip-tiny-rn"]
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_clip):
+    """The tiny ViT loaded through ``load_model(config, checkpoint)`` on CPU (frozen; share it)."""
+    from cacheclip.models import load_model
+
+    return load_model(str(tiny_clip[0]), str(tiny_clip[1]), device="cpu")

@@ -137,11 +137,18 @@ def _resolve_name(model: str) -> tuple[str, str | None, str | None]:
     return model, None, None
 
 
+def _config_quick_gelu(name: str) -> bool:
+    """Whether the model config itself asks for QuickGELU (the `-quickgelu` configs do)."""
+    import open_clip
+
+    return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+
+
 def _quickgelu_name(name: str, tag_cfg: dict) -> tuple[str, bool]:
     """OpenAI-style tags need QuickGELU; open_clip >= 2.29 only warns. Prefer the
     explicit `-quickgelu` config so the store path says which activation ran."""
-    if not tag_cfg.get("quick_gelu", False) or name.endswith("-quickgelu"):
-        return name, name.endswith("-quickgelu")
+    if not tag_cfg.get("quick_gelu", False) or _config_quick_gelu(name):
+        return name, _config_quick_gelu(name)
     if f"{name}-quickgelu" in list_models():
         return f"{name}-quickgelu", True
     return name, True  # no such config: force it at creation
@@ -172,7 +179,7 @@ def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAIN
 
     name, config_sha, config_path = _resolve_name(model)
     if pretrained.lower() == RANDOM_WEIGHTS:
-        return ModelRef(name, RANDOM_WEIGHTS, None, None, config_sha, name.endswith("-quickgelu"), config_path)
+        return ModelRef(name, RANDOM_WEIGHTS, None, None, config_sha, _config_quick_gelu(name), config_path)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         name, quick_gelu = _quickgelu_name(name, tag_cfg)
@@ -180,7 +187,7 @@ def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAIN
     path = Path(pretrained).expanduser()
     if path.is_file():
         return ModelRef(name, "file", str(path.resolve()), sha256_file(path), config_sha,
-                        name.endswith("-quickgelu"), config_path)
+                        _config_quick_gelu(name), config_path)
     tags = open_clip.list_pretrained_tags_by_model(name)
     raise UnknownNameError(
         f"--pretrained '{pretrained}' is neither a tag of {name} nor an existing file",
@@ -199,7 +206,7 @@ def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
         warnings.append(f"--pretrained none: {ref.name} has RANDOM weights; its features and "
                         "accuracies mean nothing (use it for tests and smoke runs only)")
     source = None if ref.pretrained == RANDOM_WEIGHTS else (ref.checkpoint_path or ref.pretrained)
-    force = ref.quick_gelu and not ref.name.endswith("-quickgelu")
+    force = ref.quick_gelu and not _config_quick_gelu(ref.name)
     try:
         net, _, val_transform = _create(ref.name, source, force, device, weights_dir)
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike
@@ -213,7 +220,8 @@ def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
 
 
 def _load_error(name: str, pretrained: str, checkpoint: str | None, e: Exception) -> ModelLoadError:
-    cause = re.sub(r"\s+", " ", str(e))[:300]
+    cause = re.sub(r"\s+", " ", str(e))
+    cause = cause if len(cause) <= 400 else cause[:400].rsplit(" ", 1)[0] + " ..."
     if checkpoint:
         return ModelLoadError(f"cannot load checkpoint {checkpoint} into {name}: {cause}",
                               "check that the file holds weights for this --model (a -quickgelu name for OpenAI weights)")

@@ -14,6 +14,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -92,11 +93,12 @@ def report_error(exc: BaseException) -> int:
     if os.environ.get(DEBUG_ENV):
         console.print_exception()
     if isinstance(exc, CacheClipError):
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return 1
-    console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
     console.print(f"[yellow]hint:[/] rerun with {DEBUG_ENV}=1 for the traceback, and report it", highlight=False)
     return 1
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import common as c
@@ -26,7 +27,7 @@ def _load(model: str, pretrained: str, device: str | None):
 
     loaded = load_model(model, pretrained, device=device or c.default_device())
     for warning in loaded.warnings:
-        c.console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        c.console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     return loaded
 
 
@@ -83,7 +84,7 @@ def extract(
                     f"({summary.images_per_second:.1f} img/s); store has "
                     + ", ".join(f"{s} {n}" for s, n in summary.total.items())
                     + (" (text re-encoded)" if summary.text_updated else ""), highlight=False)
-        c.out.print(f"  store: {summary.store}", highlight=False)
+        c.out.print(f"  store: {escape(str(summary.store))}", highlight=False)
     if failures:
         c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
         raise typer.Exit(1)

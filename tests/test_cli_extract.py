@@ -197,8 +197,6 @@ def test_offline_tag_with_nothing_cached_fails_fast(cli, coop_root, tmp_path, mo
                 "--pretrained /path/to/file")
 
 
-@pytest.mark.xfail(strict=True, reason="cli/common.py report_error prints messages as rich markup: '[v2]' is "
-                                       "swallowed (and '[/]' would crash); escape them; remove when fixed")
 def test_messages_are_printed_verbatim(cli, tiny_args, tmp_path):
     root = tmp_path / "data[v2]"
     root.mkdir()

@@ -158,10 +158,11 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     """What ``extract_dataset`` would still do for this store, in words ("" when nothing).
 
     Checks what can be checked without the model: the store exists, has no unfinished
-    chunks, was built from the same split, weights, dtype, augmentation and templates,
-    and holds every item the planned runs need.
+    chunks, carries the identity this batch would give it (split file, model, weights,
+    dtype, precision, augmentation) and the same templates, and holds every item the
+    planned runs need. A differing identity is left to ``extract_dataset`` to report.
     """
-    from .extract import planned_items
+    from .extract import planned_items, store_identity
     from .store import open_store, parts_dir
     from .templates import get_templates
 
@@ -170,9 +171,9 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
         return "store missing"
     if parts_dir(path).exists():
         return "unfinished extraction"
-    wanted = {"dataset": ds.name, "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "model": ref.name,
-              "pretrained": ref.pretrained, "weights_sha256": ref.weights_sha256 or "",
-              "aug_views": cfg.augment.views}
+    # all of the identity but `preprocess` (needs the model) and `precision` (a store encoded
+    # on a GPU serves a CPU fit as it is; its results record the precision)
+    wanted = {k: v for k, v in store_identity(ds, ref, cfg, amp=False).items() if k != "precision"}
     with open_store(path) as store:
         differ = [k for k, v in wanted.items() if store.attrs.get(k) != v]
         if differ:

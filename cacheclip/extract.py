@@ -22,7 +22,7 @@ from .augment import AugmentConfig, AugmentedViews
 from .datasets import SPLITS, DatasetSplits, Item, check_images, load_dataset
 from .errors import ConfigError, CorruptImageError, StoreMismatchError
 from .fewshot import needed_train_indices
-from .models import LoadedModel, encode_images, encode_text, versions
+from .models import LoadedModel, ModelRef, encode_images, encode_text, versions
 from .templates import format_prompts, get_templates
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -81,9 +81,11 @@ def resolve_precision(precision: str, device: str) -> bool:
     return precision == "amp" or (precision == "auto" and device.startswith("cuda"))
 
 
-def store_identity(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, amp: bool) -> dict:
+def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig, amp: bool) -> dict:
+    """The identity attributes of the store. From a ModelRef (no model built) it lacks only
+    ``preprocess``, which the built model reports."""
     identity = {
-        "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **loaded.identity(),
+        "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **model.identity(),
         "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": "amp-fp16" if amp else "fp32",
         **cfg.augment.attrs(),
     }

@@ -56,6 +56,11 @@ class ModelRef:
             return f"{self.name}-{self.config_sha256[:8]}"
         return self.name
 
+    def identity(self) -> dict[str, Any]:
+        """What the store records of the model, known without building it (no preprocessing)."""
+        return {"model": self.name, "model_config_sha256": self.config_sha256 or "", "pretrained": self.pretrained,
+                "weights_sha256": self.weights_sha256 or "", "quick_gelu": self.quick_gelu}
+
 
 @dataclass
 class LoadedModel:
@@ -78,14 +83,7 @@ class LoadedModel:
 
     def identity(self) -> dict[str, Any]:
         """Everything about the model that changes the bytes of its features."""
-        return {
-            "model": self.ref.name,
-            "model_config_sha256": self.ref.config_sha256 or "",
-            "pretrained": self.ref.pretrained,
-            "weights_sha256": self.ref.weights_sha256 or "",
-            "quick_gelu": self.ref.quick_gelu,
-            "preprocess": json.dumps(self.preprocess, sort_keys=True),
-        }
+        return {**self.ref.identity(), "preprocess": json.dumps(self.preprocess, sort_keys=True)}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

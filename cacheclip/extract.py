@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +20,7 @@ from PIL import Image
 
 from . import store as st
 from .augment import AugmentConfig, AugmentedViews
+from .distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
 from .datasets import SPLITS, DatasetSplits, Item, check_images, load_dataset
 from .errors import ConfigError, CorruptImageError, StoreMismatchError
 from .fewshot import needed_train_indices
@@ -247,8 +249,12 @@ def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
 
 
 def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, cfg: ExtractConfig = ExtractConfig(),
-                    progress: Progress | None = None) -> ExtractSummary:
-    """Bring the store of ``dataset`` for ``loaded`` up to date with ``cfg``; return what was done."""
+                    progress: Progress | None = None, dist: Dist = SINGLE) -> ExtractSummary:
+    """Bring the store of ``dataset`` for ``loaded`` up to date with ``cfg``; return what was done.
+
+    Under torchrun (``dist``), every rank encodes its shard of the work into part files and
+    rank 0, which alone holds the writer lock, encodes the text and commits.
+    """
     cfg.validate()
     start = time.perf_counter()
     ds = load_dataset(dataset, data_root)
@@ -257,45 +263,65 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
     path = st.store_path(cfg.cache_dir, loaded.model_id, loaded.weights_id, ds.name)
     templates = list(get_templates(cfg.templates, ds.name))
     summary = ExtractSummary(dataset=ds.name, store=path)
-    with st.writer_lock(path):
-        old = st.open_store(path) if path.is_file() else None
-        try:
-            if old is not None:
-                st.check_identity(path, old.attrs, identity)
-            have = {s: set(old.encoded(s).tolist()) if old else set() for s in SPLITS}
-            old_templates = old.templates if old else None
-            old_text = old.text_features() if old and old_templates == templates else None
-        finally:
-            if old is not None:
-                old.close()
+    with ExitStack() as held:
+        on_main(dist, lambda: held.enter_context(st.writer_lock(path)))
+        have, old_text = _store_state(path, identity, templates)
         staged = st.staged_indices(path)
         for split, done in staged.items():
             have[split] |= done
         todo = {s: [i for i in want if i not in have[s]] for s, want in planned_items(ds, cfg).items()}
-        _check_parts_identity(path, identity, will_write=any(todo.values()))
+        on_main(dist, lambda: _check_parts_identity(path, identity, will_write=any(todo.values())))
         check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
-        threads = CpuThreads(loaded.device, cfg.workers)
+        error = None
         try:
-            for split in SPLITS:
-                if todo[split]:
-                    summary.encoded[split] = encode_split(ds, split, todo[split], loaded, cfg, path, amp,
-                                                          progress, threads)
-        finally:
-            threads.close()
+            encoded = _encode_todo(ds, {s: shard(todo[s], dist) for s in SPLITS}, loaded, cfg, path, amp, progress)
+        except Exception as e:  # e.g. a corrupt image in this rank's shard
+            error, encoded = e, {}
+        all_succeeded(error, dist)
+        summary.encoded = {s: n for s in SPLITS if (n := sum_over_ranks(encoded.get(s, 0), dist))}
         summary.text_updated = old_text is None
-        if old_text is None:
-            if progress:
-                progress("text", 0, len(templates))
-            old_text = encode_text(loaded, format_prompts(templates, ds.classnames))
-            old_text = (old_text[0].numpy(), old_text[1].numpy())
-            if progress:
-                progress("text", len(templates), len(templates))
-        if summary.encoded or summary.text_updated or staged:
-            st.commit(path, _contents(ds, loaded, cfg, identity, templates, old_text), cfg.dtype)
+
+        def finish() -> None:
+            text = old_text if old_text is not None else _encode_text(loaded, templates, ds, progress)
+            if summary.encoded or summary.text_updated or staged:
+                st.commit(path, _contents(ds, loaded, cfg, identity, templates, text), cfg.dtype)
+
+        on_main(dist, finish)
     with st.open_store(path) as s:
         summary.total = {split: int(len(s.encoded(split))) for split in s.splits}
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _store_state(path: Path, identity: dict, templates: list[str]):
+    """(item indices with features per split, text features if the templates match) of the
+    committed store; checks the store was built from the same inputs."""
+    if not path.is_file():
+        return {s: set() for s in SPLITS}, None
+    with st.open_store(path) as old:
+        st.check_identity(path, old.attrs, identity)
+        have = {s: set(old.encoded(s).tolist()) for s in SPLITS}
+        return have, (old.text_features() if old.templates == templates else None)
+
+
+def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
+                 path: Path, amp: bool, progress: Progress | None) -> dict[str, int]:
+    threads = CpuThreads(loaded.device, cfg.workers)
+    try:
+        return {s: encode_split(ds, s, todo[s], loaded, cfg, path, amp, progress, threads)
+                for s in SPLITS if todo[s]}
+    finally:
+        threads.close()
+
+
+def _encode_text(loaded: LoadedModel, templates: list[str], ds: DatasetSplits,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    if progress:
+        progress("text", 0, len(templates))
+    per_template, ensemble = encode_text(loaded, format_prompts(templates, ds.classnames))
+    if progress:
+        progress("text", len(templates), len(templates))
+    return per_template.numpy(), ensemble.numpy()
 
 
 def _contents(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, identity: dict,

@@ -118,11 +118,11 @@ class StageProgress:
 
 
 @contextmanager
-def progress_bar(unit: str = "img") -> Iterator[StageProgress]:
+def progress_bar(unit: str = "img", disable: bool = False) -> Iterator[StageProgress]:
     columns = [TextColumn("[bold]{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
                TaskProgressColumn(), _SpeedColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal and
-                  bool(os.environ.get("CI"))) as progress:
+    quiet = disable or (not console.is_terminal and bool(os.environ.get("CI")))
+    with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
         yield StageProgress(progress, unit)
 
 

@@ -55,6 +55,7 @@ def extract(
     """Encode datasets' images and prompted class names into feature stores (resumable)."""
     from cacheclip.augment import AugmentConfig
     from cacheclip.datasets import expand_names
+    from cacheclip.distributed import from_env, rank_device
     from cacheclip.extract import ExtractConfig, extract_dataset
 
     names = expand_names(c.split_names(dataset) or ["all"]) if dataset else _require_dataset()
@@ -67,17 +68,21 @@ def extract(
         shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"), holdout_val=holdout_val,
         batch_size=batch_size, workers=workers, precision=precision)
     cfg.validate()
-    loaded = _load(model, pretrained, device)
+    device = device or c.default_device()
+    dist = from_env(device)   # under torchrun: this process's rank; else a single process
+    loaded = _load(model, pretrained, rank_device(device, dist))
     failures = []
     for name in names:
         try:
-            with c.progress_bar() as bar:
-                summary = extract_dataset(name, root, loaded, cfg, progress=bar)
+            with c.progress_bar(disable=not dist.is_main) as bar:
+                summary = extract_dataset(name, root, loaded, cfg, progress=bar, dist=dist)
         except Exception as e:  # one dataset's failure must not stop the others
             if len(names) == 1:
                 raise
             c.report_error(e)
             failures.append(name)
+            continue
+        if not dist.is_main:
             continue
         new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
         c.out.print(f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "

@@ -46,24 +46,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parse_ints(text: str, option: str) -> tuple[int, ...]:
+def _parse_list(text: str, option: str, kind: type, what: str) -> tuple:
     try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        values = tuple(kind(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got '{text}'", param_hint=option) from None
+        raise typer.BadParameter(f"expected comma-separated {what}, got '{text}'", param_hint=option) from None
     if not values:
         raise typer.BadParameter("needs at least one value", param_hint=option)
     return values
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    return _parse_list(text, option, int, "integers")
 
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated numbers, got '{text}'", param_hint=option) from None
-    if not values:
-        raise typer.BadParameter("needs at least one value", param_hint=option)
-    return values
+    return _parse_list(text, option, float, "numbers")
 
 
 def split_names(values: Optional[list[str]]) -> list[str]:

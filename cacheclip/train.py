@@ -182,6 +182,7 @@ class _StackedTrainer:
         for name in states[0]:
             self.params[name] = torch.stack([s[name] for s in states]).to(device)  # (R, in, out)
         self.bufs = {name: torch.zeros_like(p) for name, p in self.params.items()}  # momentum
+        self.grads = {name: torch.empty_like(p) for name, p in self.params.items()}  # reused each step
         self._neg: torch.Tensor | None = None  # (R, B, 1) of -1, for softmax - onehot
         self._coef_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.visual, self.text = config.visual, config.text
@@ -242,7 +243,8 @@ class _StackedTrainer:
             if self.official:
                 da = _threshold_backward(da, a, 0)
             dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
-            grads += [torch.bmm(x.transpose(1, 2), dh), torch.bmm(h.transpose(1, 2), da)]
+            grads += [torch.bmm(x.transpose(1, 2), dh, out=self.grads["visual.w1"]),
+                      torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"])]
         if self.text:
             dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
             dwt = torch.addcmul(dv, wt, gz.sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
@@ -250,7 +252,8 @@ class _StackedTrainer:
             if self.official:
                 dat = _threshold_backward(dat, at, 0)
             dht = _threshold_backward(torch.bmm(dat, p["text.w2"].transpose(1, 2)), ht, 0)  # (R, K, H)
-            grads += [torch.matmul(self.cw_t, dht), torch.bmm(ht.transpose(1, 2), dat)]
+            grads += [torch.bmm(self.cw_t, dht, out=self.grads["text.w1"]),
+                      torch.bmm(ht.transpose(1, 2), dat, out=self.grads["text.w2"])]
         self._sgd(grads, lr)
 
     def _sgd(self, grads: list[torch.Tensor], lr: float) -> None:
@@ -258,8 +261,9 @@ class _StackedTrainer:
         params, bufs = list(self.params.values()), list(self.bufs.values())
         cfg = self.cfg
         if _fused_sgd is not None:
-            _fused_sgd(params, grads, bufs if cfg.momentum else [], weight_decay=cfg.weight_decay, momentum=cfg.momentum, lr=lr,
-                       dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+            _fused_sgd(params, grads, bufs if cfg.momentum else [], weight_decay=cfg.weight_decay,
+                       momentum=cfg.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                       is_first_step=False)  # buffers start at zero, so m * 0 + g is the first step
             return
         if cfg.weight_decay:
             torch._foreach_add_(grads, params, alpha=cfg.weight_decay)
@@ -320,7 +324,11 @@ def train_runs(
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)
-    flat_views = [run.views.to(device).reshape(n * v, d) for run in runs]  # (N * V, D) each
+    moved: dict[int, torch.Tensor] = {}  # runs that share one views tensor share its device copy
+    for run in runs:
+        if id(run.views) not in moved:
+            moved[id(run.views)] = run.views.to(device).reshape(n * v, d)  # (N * V, D)
+    flat_views = [moved[id(run.views)] for run in runs]
     labels = [run.labels.to(device=device, dtype=torch.int64) for run in runs]
     x_buf = torch.empty(plan[1], len(runs), plan[0], d, device=device)  # (S, R, B, D)
     y_buf = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64, device=device)

@@ -39,6 +39,7 @@ from cacheclip.adapters import AdapterConfig, ClipAdapterHead, logits
 from cacheclip.errors import ConfigError
 
 VIEW_MODES = ("aug", "clean")
+_EPS = 1e-12  # F.normalize's floor on the norm, so an all-zero f* gives zero logits, not NaN
 _threshold_backward = torch.ops.aten.threshold_backward  # ReLU backward in one pass
 _fused_sgd = getattr(torch, "_fused_sgd_", None)  # one pass per weight; what SGD(fused=True) calls
 
@@ -219,14 +220,14 @@ class _StackedTrainer:
             f = torch.lerp(x, a, self.alpha)  # (R, B, D)
         else:
             f = x
-        rn = torch.linalg.vector_norm(f, dim=-1, keepdim=True).reciprocal_()  # (R, B, 1)
+        rn = torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, B, 1)
         if self.text:
             ht = torch.matmul(self.cw, p["text.w1"]).relu_()  # (R, K, H)
             at = torch.bmm(ht, p["text.w2"])  # (R, K, D)
             if self.official:
                 at.relu_()
             wt = torch.lerp(self.cw, at, self.beta)  # (R, K, D)
-            rn_t = torch.linalg.vector_norm(wt, dim=-1, keepdim=True).reciprocal_()  # (R, K, 1)
+            rn_t = torch.linalg.vector_norm(wt, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, K, 1)
             vs = wt * (rn_t * self.scale)  # (R, K, D)
             z = torch.bmm(f, vs.transpose(1, 2)).mul_(rn)  # (R, B, K)
         else:

@@ -282,3 +282,11 @@ def test_metrics():
         {"top1": 60.0, "mean_per_class": 100 * (5 / 3) / 3, "n": 5})
     with pytest.raises(ValueError):
         top1(preds[:3], labels)
+
+
+@pytest.mark.parametrize("adapter", [AdapterConfig(block="paper"), AdapterConfig(kind="text")])
+def test_all_zero_features_stay_finite(adapter):
+    run = _run(0, n=32, v=1, adapter=adapter)
+    run.views[:8] = 0.0  # f* = 0 for these rows: zero logits, as F.normalize gives, not NaN
+    state = train_runs([run], _class_weights(), 100.0, TrainConfig(lr=0.05), epochs=2)[0]
+    assert all(torch.isfinite(t).all() for t in state.values())

@@ -154,11 +154,11 @@ def main() -> None:
 
     one, runs = grid_seconds(_interpolate(single))
     many, _ = grid_seconds(_interpolate(batched))
-    print(f"coop11 grid projection ({runs} runs = 11 datasets x shots {GRID_SHOTS} x {GRID_SEEDS} seeds, "
-          "one alpha, CoOp epochs; per-step rates interpolated over the class count):")
-    print(f"  one run at a time : {one / 60:6.1f} min")
-    print(f"  batched 12 at once: {many / 60:6.1f} min per alpha "
-          f"(e.g. 3 seeds x 4 alphas together: {4 * many / 60:.1f} min for the 4-alpha grid)")
+    print(f"coop11 grid projection: 11 datasets x shots {GRID_SHOTS} x {GRID_SEEDS} seeds = {runs} runs per alpha,")
+    print("CoOp epochs, N = min(classes * shots, train split); per-step rates interpolated over the class count:")
+    print(f"  1 alpha,  one run at a time         : {one / 60:6.1f} min")
+    print(f"  4 alphas, one run at a time         : {4 * one / 60:6.1f} min")
+    print(f"  4 alphas, 12 runs (3 seeds x 4 alphas) per batched call: {4 * many / 60:6.1f} min")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,18 @@
 Tensors in, state dicts out: this module never sees a store, a split or a
 file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
 and trains them together with ``bmm``; the forward and backward passes are
-written out by hand (no autograd) and the SGD update is fused into the
-gradient GEMMs, so a step costs its matrix products plus a few elementwise
-passes. The result equals training each run alone up to float rounding
+written out by hand (no autograd, no DataLoader: each epoch's batches are
+gathered into one tensor up front) and the SGD update is torch's fused
+one-pass kernel where it exists, so a step costs its 5 adapter GEMMs, 2
+logit GEMMs, one pass over the weights and a dozen small elementwise ops.
+The result equals training each run alone up to float rounding
 (tests/test_train.py checks both this and the gradients against autograd).
+
+Cost model (CPU, D = 1024, batch 32): a step is bound as much by moving the
+weights (w1, w2, their momentum and gradients: ~12 MB per run per step,
+which does not fit a 2 MB L2) as by its ~85 MFLOP, so batching runs helps
+mostly by sharing the per-op overhead; benchmarks/fit.py measures it.
+Memory: the epoch buffer holds R * N * D float32 values.
 
 Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
 

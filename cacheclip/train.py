@@ -143,7 +143,7 @@ class RunSpec:
 
 
 def group_runs(runs: Sequence[RunSpec]) -> list[list[int]]:
-    """Indices of runs that :func:`train_runs` can train in one call, in input order."""
+    """Indices of runs that train together in one batched pass, groups in order of first appearance."""
     groups: dict[tuple, list[int]] = {}
     for i, run in enumerate(runs):
         a = run.adapter
@@ -152,30 +152,23 @@ def group_runs(runs: Sequence[RunSpec]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> tuple[int, int, int]:
+def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> None:
     if not runs:
         raise ConfigError("no runs to train", "pass at least one RunSpec")
-    first = runs[0]
-    if first.views.dim() != 3:
-        raise ConfigError(f"views must be (N, V, D), got shape {tuple(first.views.shape)}", "")
-    n, v, d = first.views.shape
-    if class_weights.dim() != 2 or class_weights.shape[1] != d:
-        raise ConfigError(
-            f"class weights {tuple(class_weights.shape)} do not match feature dim {d}",
-            "use class weights from the same model as the features",
-        )
-    k = class_weights.shape[0]
-    shape_keys = {(r.adapter.kind, r.adapter.reduction, r.adapter.block) for r in runs}
+    if class_weights.dim() != 2:
+        raise ConfigError(f"class weights must be (K, D), got shape {tuple(class_weights.shape)}", "")
+    k, d = class_weights.shape
     for run in runs:
         run.adapter.validate()
-        if tuple(run.views.shape) != (n, v, d) or tuple(run.labels.shape) != (n,):
-            raise ConfigError("runs in one call must share N, V and D", "split them with group_runs()")
+        if run.views.dim() != 3 or run.views.shape[2] != d:
+            raise ConfigError(
+                f"views must be (N, V, D) with D = {d} (the class weights' dim), got {tuple(run.views.shape)}",
+                "use class weights from the same model as the features",
+            )
+        if tuple(run.labels.shape) != (run.views.shape[0],):
+            raise ConfigError(f"{run.views.shape[0]} images but labels of shape {tuple(run.labels.shape)}", "")
         if run.labels.numel() and not (0 <= int(run.labels.min()) and int(run.labels.max()) < k):
             raise ConfigError(f"labels must lie in [0, {k})", "check the class weights match the dataset")
-    if len(shape_keys) > 1:
-        raise ConfigError("runs in one call must share adapter kind, reduction and block",
-                          "split them with group_runs()")
-    return n, v, d
 
 
 class _StackedTrainer:
@@ -318,18 +311,35 @@ def train_runs(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Train every run for ``epochs`` epochs; one CPU state dict per run, in order.
+    """Train every run for ``epochs`` epochs; one CPU state dict per run, in input order.
 
-    runs share N, V, D and adapter kind/reduction/block (see group_runs);
-    they may differ in seed, alpha, beta, features and labels.
-    class_weights (K, D), logit_scale s. Views may be any float dtype (they
-    are cast to float32 per epoch), labels int64. progress(epoch, epochs) is
-    called after each epoch.
+    Runs that share N, V, D and adapter kind/reduction/block (see
+    :func:`group_runs`) train together in one batched pass; they may differ
+    in seed, alpha, beta, features and labels. Other runs form further
+    groups, trained one group after another. class_weights (K, D), logit
+    scale s. Views may be any float dtype (cast to float32 per epoch),
+    labels int. ``progress(done, total)`` counts epochs over all groups.
     """
     cfg.validate()
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}", "")
-    n, v, d = _check_runs(runs, class_weights)
+    _check_runs(runs, class_weights)
+    groups = group_runs(runs)
+    states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+    for g, members in enumerate(groups):
+        tick = None
+        if progress is not None:
+            def tick(epoch: int, _: int, offset: int = g * epochs) -> None:
+                progress(offset + epoch, len(groups) * epochs)
+        group = [runs[i] for i in members]
+        for i, state in zip(members, _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick)):
+            states[i] = state
+    return states
+
+
+def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress):
+    """train_runs for runs of one shape: one stacked trainer, one pass."""
+    n, v, d = runs[0].views.shape
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)

@@ -249,16 +249,28 @@ def test_bad_train_config_raises(kwargs):
         train_runs([_run(0)], _class_weights(), 100.0, TrainConfig(**kwargs), epochs=1)
 
 
-def test_incompatible_runs_raise():
+def test_mixed_runs_train_in_groups_and_keep_their_order():
+    weights, cfg = _class_weights(), TrainConfig(lr=0.05)
+    runs = [_run(0, n=40), _run(1, n=30), _run(2, n=40, adapter=AdapterConfig(kind="text")), _run(3, n=40)]
+    ticks = []
+    states = train_runs(runs, weights, 100.0, cfg, epochs=2, progress=lambda d, t: ticks.append((d, t)))
+    assert ticks == [(i, 6) for i in range(1, 7)]  # 3 groups x 2 epochs
+    assert set(states[2]) == {"text.w1", "text.w2"}
+    for i in (1, 2):
+        alone = train_runs([runs[i]], weights, 100.0, cfg, epochs=2)[0]
+        assert all(torch.equal(states[i][k], alone[k]) for k in alone)  # groups of one run: bitwise
+    pair = train_runs([runs[0], runs[3]], weights, 100.0, cfg, epochs=2)
+    assert all(torch.equal(states[3][k], pair[1][k]) for k in pair[1])
+
+
+def test_bad_runs_raise():
     weights = _class_weights()
-    with pytest.raises(ConfigError, match="share N"):
-        train_runs([_run(0, n=40), _run(1, n=30)], weights, 100.0, TrainConfig(), epochs=1)
-    with pytest.raises(ConfigError, match="kind"):
-        train_runs([_run(0), _run(1, adapter=AdapterConfig(kind="text"))], weights, 100.0, TrainConfig(), epochs=1)
     with pytest.raises(ConfigError, match="alpha"):
         train_runs([_run(0, adapter=AdapterConfig(alpha=3.0))], weights, 100.0, TrainConfig(), epochs=1)
-    with pytest.raises(ConfigError, match="dim"):
+    with pytest.raises(ConfigError, match="class weights"):
         train_runs([_run(0)], torch.randn(K, D + 1), 100.0, TrainConfig(), epochs=1)
+    with pytest.raises(ConfigError, match="no training images"):
+        train_runs([_run(0, n=0)], weights, 100.0, TrainConfig(), epochs=1)
     with pytest.raises(ConfigError, match="labels"):
         train_runs([_run(0)], weights[:2], 100.0, TrainConfig(), epochs=1)
 

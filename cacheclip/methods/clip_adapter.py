@@ -49,7 +49,7 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     for i, plan in enumerate(plans):
         run_specs, run_states = specs[i * n:(i + 1) * n], states[i * n:(i + 1) * n]
         predictors = [_predictor(s, st, data, cfg.device) for s, st in zip(run_specs, run_states)]
-        ratios = [{"alpha": s.adapter.alpha, "beta": s.adapter.beta} for s in run_specs]
+        ratios = [_ratios(s.adapter) for s in run_specs]
         best, selection, val_metrics = select_on_val(ratios, predictors, vals[i], data, _source(ctx))
         chosen = run_specs[best].adapter
         config = {**payload(cfg, data, ctx.shots), "chosen": asdict(chosen), "classifier": data.classifier,
@@ -59,6 +59,11 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         out.append(Trained(plan, predictors[best], selection, val_metrics, config,
                            (run_states[best], meta), seconds))
     return out
+
+
+def _ratios(adapter: AdapterConfig) -> dict[str, float]:
+    """The residual ratios this adapter kind uses: alpha (visual), beta (text), or both."""
+    return {**({"alpha": adapter.alpha} if adapter.visual else {}), **({"beta": adapter.beta} if adapter.text else {})}
 
 
 def _predictor(spec: RunSpec, state: dict, data: FitData, device: str):

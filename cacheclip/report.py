@@ -27,8 +27,8 @@ from cacheclip.published import (
     published_curve,
     published_zero_shot,
 )
+from cacheclip.results import ResultSet, load_results, result_problem, result_source, test_top1  # noqa: F401
 
-RESULT_SCHEMA = "cacheclip.result/1"
 METHOD_ORDER = ("zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f")
 METHOD_LABELS = {
     "zero-shot": "Zero-shot CLIP", "linear-probe": "Linear probe", "clip-adapter": "CLIP-Adapter",
@@ -110,88 +110,6 @@ class Report:
         return [d for d in self.datasets if any((d, s) in self.cells for s in self.shots)]
 
 
-class ResultSet(list):
-    """The results ``load_results`` found (a list of dicts) plus what it skipped."""
-
-    def __init__(self, items: Sequence[dict] = (), warnings: Sequence[str] = ()) -> None:
-        super().__init__(items)
-        self.warnings: list[str] = list(warnings)
-
-
-# ----------------------------------------------------------------------------- loading
-
-def load_results(paths: Sequence[Path]) -> ResultSet:
-    """Read result JSONs from files and folders (searched recursively for ``*.json``).
-
-    JSON files of another kind are ignored; unreadable or corrupt ones are
-    skipped and named in ``.warnings``. Each result gets ``_source``
-    (``{"path", "mtime"}``) so duplicates can keep the newest file.
-    """
-    found = ResultSet()
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files, explicit = sorted(f for f in path.rglob("*.json") if f.is_file()), False
-        elif path.is_file():
-            files, explicit = [path], True
-        else:
-            raise ConfigError(f"results path not found: {path}",
-                              hint="pass result JSON files, or folders that hold them")
-        for file in files:
-            if file.resolve() in seen:
-                continue
-            seen.add(file.resolve())
-            result, problem = _read_result(file, explicit)
-            if problem:
-                found.warnings.append(problem)
-            if result is not None:
-                found.append(result)
-    return found
-
-
-def _read_result(path: Path, explicit: bool) -> tuple[dict | None, str | None]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        mtime = path.stat().st_mtime
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"skipped {path}: not readable as JSON ({type(exc).__name__}: {exc})"
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == RESULT_SCHEMA:
-        data["_source"] = {"path": str(path), "mtime": mtime}
-        return data, None
-    if isinstance(schema, str) and schema.startswith("cacheclip.result/"):
-        return None, f"skipped {path}: unsupported result schema {schema!r} (expected {RESULT_SCHEMA!r})"
-    return None, (f"skipped {path}: not a cacheclip result" if explicit else None)
-
-
-def _test_top1(block: object) -> float | None:
-    try:
-        value = block["test"]["top1"]  # type: ignore[index]
-    except (KeyError, TypeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _problem(result: dict) -> str | None:
-    for key in ("method", "dataset", "model", "pretrained"):
-        if not isinstance(result.get(key), str):
-            return f"missing or invalid {key!r}"
-    for key in ("shots", "seed"):
-        if not isinstance(result.get(key), int) or isinstance(result.get(key), bool):
-            return f"missing or invalid {key!r}"
-    if _test_top1(result.get("metrics")) is None:
-        return "missing metrics.test.top1"
-    return None
-
-
-def _where(result: dict) -> str:
-    source = result.get("_source") or {}
-    if "path" in source:
-        return str(source["path"])
-    return f"{result.get('dataset')} {result.get('shots')}-shot seed {result.get('seed')}"
-
-
 # ----------------------------------------------------------------------------- grouping
 
 def dataset_order(names: Sequence[str]) -> list[str]:
@@ -221,9 +139,9 @@ def build_reports(
     shared = list(getattr(results, "warnings", []))
     groups: dict[tuple[str, str, str], dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
     for index, result in enumerate(results):
-        problem = _problem(result)
+        problem = result_problem(result)
         if problem:
-            shared.append(f"skipped {_where(result)}: {problem}")
+            shared.append(f"skipped {result_source(result)}: {problem}")
             continue
         group = groups.setdefault((result["model"], result["pretrained"], result["method"]), {})
         run = (result["dataset"], result["shots"], result["seed"])
@@ -244,7 +162,7 @@ def _duplicate_warning(new: dict, old: dict, new_wins: bool) -> str:
     kept, dropped = (new, old) if new_wins else (old, new)
     same = "same run_key" if new.get("run_key") == old.get("run_key") else "different run_key"
     return (f"duplicate run {new['method']} {new['dataset']} {new['shots']}-shot seed {new['seed']} "
-            f"({same}): kept {_where(kept)}, ignored {_where(dropped)}")
+            f"({same}): kept {result_source(kept)}, ignored {result_source(dropped)}")
 
 
 def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared) -> Report:
@@ -259,7 +177,7 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
         for s in shots:
             have = sorted(seed for dd, ss, seed in runs if (dd, ss) == (d, s))
             if have:
-                cells[(d, s)] = summarize([_test_top1(runs[(d, s, seed)]["metrics"]) for seed in have], have)
+                cells[(d, s)] = summarize([test_top1(runs[(d, s, seed)]["metrics"]) for seed in have], have)
             absent = tuple(seed for seed in seeds if seed not in have)
             if absent:
                 missing[(d, s)] = absent
@@ -278,7 +196,7 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
 def _zero_shot(runs: dict) -> dict[str, float]:
     values: dict[str, list[float]] = {}
     for (dataset, _, _), result in runs.items():
-        top1 = _test_top1(result.get("zero_shot"))
+        top1 = test_top1(result.get("zero_shot"))
         if top1 is not None:
             values.setdefault(dataset, []).append(top1)
     return {d: math.fsum(v) / len(v) for d, v in values.items()}

@@ -15,9 +15,10 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 RESULT_SCHEMA = "cacheclip.result/1"
 ADAPTER_FORMAT = "cacheclip.adapter/1"
@@ -85,6 +86,7 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, dic
 def environment() -> dict[str, str]:
     import numpy
     import open_clip
+    import torch
 
     import cacheclip
 

@@ -89,14 +89,6 @@ class BatchSummary:
 
 # ---------------------------------------------------------------- configs of the stages
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def extract_config(config: BatchConfig):
     from .augment import AugmentConfig
     from .extract import ExtractConfig
@@ -259,6 +251,8 @@ class _Runner:
     """Runs plan items: extract when the store needs it, then fit shot by shot (method by method)."""
 
     def __init__(self, config: BatchConfig, progress: Progress | None, log: Log | None):
+        from .models import resolve_device
+
         self.config, self.device = config, resolve_device(config.device)
         self.tick: Progress = progress or (lambda stage, done, total: None)
         self.say: Log = log or (lambda line: None)

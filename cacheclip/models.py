@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelLoadError, UnknownNameError
+from .errors import ConfigError, ModelLoadError, UnknownNameError
 
 DEFAULT_MODEL = "RN50"
 DEFAULT_PRETRAINED = "openai"
@@ -84,6 +84,18 @@ class LoadedModel:
     def identity(self) -> dict[str, Any]:
         """Everything about the model that changes the bytes of its features."""
         return {**self.ref.identity(), "preprocess": json.dumps(self.preprocess, sort_keys=True)}
+
+
+def resolve_device(device: str | None) -> str:
+    """None or "auto": CUDA when available, else CPU. A CUDA device that is not there is an error."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}, but torch sees no CUDA device",
+                          "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown --device {device}", "use cpu, cuda or cuda:N")
+    return device
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

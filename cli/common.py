@@ -40,10 +40,10 @@ ShotsOpt = Annotated[str, typer.Option("--shots", help="Shots per class, a comma
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Few-shot sampling seeds, a comma list.")]
 
 
-def default_device() -> str:
-    import torch
+def default_device(device: str | None = None) -> str:
+    from cacheclip.models import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device)
 
 
 def _parse_list(text: str, option: str, kind: type, what: str) -> tuple:

@@ -25,7 +25,7 @@ app = typer.Typer(
 def _load(model: str, pretrained: str, device: str | None):
     from cacheclip.models import load_model
 
-    loaded = load_model(model, pretrained, device=device or c.default_device())
+    loaded = load_model(model, pretrained, device=c.default_device(device))
     for warning in loaded.warnings:
         c.console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     return loaded
@@ -68,7 +68,7 @@ def extract(
         shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"), holdout_val=holdout_val,
         batch_size=batch_size, workers=workers, precision=precision)
     cfg.validate()
-    device = device or c.default_device()
+    device = c.default_device(device)
     dist = from_env(device)   # under torchrun: this process's rank; else a single process
     loaded = _load(model, pretrained, rank_device(device, dist))
     failures = []
@@ -148,7 +148,7 @@ def fit(
         train=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                           momentum=momentum, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, views=views),
         no_val=no_val, cache_dir=str(cache_dir), results_dir=str(results_dir),
-        device=device or c.default_device(), force=force)
+        device=c.default_device(device), force=force)
     cfg.validate()
     ref = resolve_model(model, pretrained)
     names = expand_names(c.split_names(dataset)) if dataset else stores_for(ref, cache_dir)
@@ -224,7 +224,7 @@ def predict(
     """Classify images with a fitted run: top-k classes and probabilities per image."""
     from cacheclip.predict import classify, list_images, load_model_for, load_run, result_json
 
-    device = device or c.default_device()
+    device = c.default_device(device)
     fitted = load_run(run, device)
     loaded = load_model_for(fitted, model, pretrained, device)
     files = list_images(images)

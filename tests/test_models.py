@@ -118,3 +118,19 @@ def test_offline_tag_with_nothing_cached_fails_fast(tmp_path):
         load_model("RN50", "openai", weights_dir=str(tmp_path / "empty"))
     assert "cannot get the 'openai' weights of RN50-quickgelu" in e.value.message
     assert "--pretrained /path/to/file" in e.value.hint
+
+
+def test_device_resolution_names_the_fix(monkeypatch):
+    import torch
+
+    from cacheclip.errors import ConfigError
+    from cacheclip.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device") as err:
+        resolve_device("cuda:1")
+    assert "--device cpu" in err.value.hint
+    with pytest.raises(ConfigError, match="unknown --device"):
+        resolve_device("tpu")

@@ -240,6 +240,15 @@ def _imagefolder_path(name: str) -> Path:
     return Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser().absolute()
 
 
+def store_name(name: str) -> str:
+    """The name a dataset's feature store and results go by: the canonical name, or
+    ``imagefolder-<folder name>`` for ``imagefolder:<path>`` (as ``load_dataset`` names it)."""
+    canonical = resolve_name(name)
+    if canonical.startswith(IMAGEFOLDER_PREFIX):
+        return f"imagefolder-{_imagefolder_path(canonical).resolve().name}"
+    return canonical
+
+
 def dataset_folder(name: str, data_root: Path) -> Path:
     """Where dataset ``name`` is expected: ``<data root>/<CoOp folder name>``.
 

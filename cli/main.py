@@ -132,7 +132,7 @@ def fit(
 ) -> None:
     """Train CLIP-Adapter on cached features: shots x seeds, alpha chosen on val, test once."""
     from cacheclip.adapters import AdapterConfig
-    from cacheclip.datasets import expand_names
+    from cacheclip.datasets import expand_names, store_name
     from cacheclip.fit import FitConfig, fit_dataset, stores_for
     from cacheclip.models import resolve_model
     from cacheclip.train import TrainConfig
@@ -151,7 +151,7 @@ def fit(
         device=c.default_device(device), force=force)
     cfg.validate()
     ref = resolve_model(model, pretrained)
-    names = expand_names(c.split_names(dataset)) if dataset else stores_for(ref, cache_dir)
+    names = [store_name(n) for n in expand_names(c.split_names(dataset))] if dataset else stores_for(ref, cache_dir)
     results, failures = [], []
     for name in names:
         try:

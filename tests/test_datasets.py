@@ -419,3 +419,10 @@ def test_synthetic_more_classes_than_pool(tmp_path):
     folder = make_dataset("eurosat", tmp_path, n_classes=12, n_train=1, n_val=1, n_test=1)
     ds = load_dataset("eurosat", folder.parent)
     assert len(set(ds.classnames)) == 12
+
+
+def test_store_name_matches_the_loaded_name(image_folder):
+    from cacheclip.datasets import load_dataset, store_name
+
+    assert store_name("EuroSAT") == "eurosat"
+    assert store_name(f"imagefolder:{image_folder}") == load_dataset(f"imagefolder:{image_folder}", None).name

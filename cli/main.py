@@ -130,7 +130,7 @@ def fit(
     device: c.DeviceOpt = None,
     force: Annotated[bool, typer.Option(help="Redo runs whose results already exist.")] = False,
 ) -> None:
-    """Train CLIP-Adapter on cached features: shots x seeds, alpha chosen on val, test once."""
+    """Fit a few-shot method (CLIP-Adapter by default) on cached features: shots x seeds, chosen on val, test once."""
     from cacheclip.adapters import AdapterConfig
     from cacheclip.datasets import expand_names, store_name
     from cacheclip.fit import FitConfig, fit_dataset, stores_for

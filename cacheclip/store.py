@@ -329,18 +329,23 @@ def _write_split_features(g: h5py.Group, split: str, old: FeatureStore | None,
                           parts: list[Chunk], dtype: str) -> None:
     pieces: list[Chunk] = []
     if old is not None and split in old.splits and len(old.encoded(split)):
-        feats, _, aug = old.read(split, aug=True)
-        pieces.append(Chunk(split, old.encoded(split), feats, aug))
+        src = old._split(split)   # in the stored dtype: no float32 copy of a large store
+        aug = src["aug_features"][()] if "aug_features" in src else None
+        pieces.append(Chunk(split, src["encoded"][()], src["features"][()], aug))
     pieces += [p for p in parts if p.split == split]
     if not pieces:
         return
     indices = np.concatenate([p.indices for p in pieces])
     unique, first = np.unique(indices, return_index=True)  # a part may repeat committed rows
     g["encoded"] = unique
-    g.create_dataset("features", data=np.concatenate([p.features for p in pieces])[first].astype(dtype))
+    g.create_dataset("features", data=_gather([p.features for p in pieces], first, dtype))
     if all(p.aug_features is not None for p in pieces):
-        aug = np.concatenate([p.aug_features for p in pieces])[first].astype(dtype)
-        g.create_dataset("aug_features", data=aug)
+        g.create_dataset("aug_features", data=_gather([p.aug_features for p in pieces], first, dtype))
+
+
+def _gather(arrays: list[np.ndarray], rows: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows of the arrays stacked, in the given order, cast to ``dtype`` piece by piece."""
+    return np.concatenate([a.astype(dtype, copy=False) for a in arrays])[rows]
 
 
 def _fsync(path: Path) -> None:

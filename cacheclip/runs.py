@@ -90,6 +90,6 @@ def environment() -> dict[str, str]:
 
     import cacheclip
 
-    return {"cacheclip": getattr(cacheclip, "__version__", "0"), "torch": str(torch.__version__),
+    return {"cacheclip": cacheclip.__version__, "torch": str(torch.__version__),
             "open_clip": str(open_clip.__version__), "numpy": numpy.__version__,
             "python": platform.python_version()}

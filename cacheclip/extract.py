@@ -20,8 +20,8 @@ from PIL import Image
 
 from . import store as st
 from .augment import AugmentConfig, AugmentedViews
-from .distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
 from .datasets import SPLITS, DatasetSplits, Item, check_images, load_dataset
+from .distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
 from .errors import ConfigError, CorruptImageError, StoreMismatchError
 from .fewshot import needed_train_indices
 from .models import LoadedModel, ModelRef, encode_images, encode_text, versions

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import ConfigError, ModelLoadError, StoreError
+from .errors import ConfigError, CorruptImageError, ModelLoadError, StoreError
 from .models import LoadedModel, encode_images, load_model
 from .runs import load_adapter
 
@@ -95,8 +95,6 @@ def classify(run: FittedRun, loaded: LoadedModel, images: Sequence[Path], top_k:
              progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
     """Per image: its top-k classes with probabilities (softmax of the run's logits)."""
     from PIL import Image
-
-    from .errors import CorruptImageError
 
     out = []
     k = min(top_k, len(run.classnames))

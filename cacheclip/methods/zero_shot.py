@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from ..evaluate import classification_metrics
 from .base import FitContext, Method, RunPlan, Trained, register_method, zero_shot_predictor
 
 
 def _train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
-    val = ctx.val_features(plans[0].split) if plans else None
     predict = zero_shot_predictor(ctx.data)
     results = []
     for plan in plans:
-        from ..evaluate import classification_metrics
-
+        val = ctx.val_features(plan.split)   # each seed samples its own few-shot val
         metrics = classification_metrics(predict(val[0]), val[1], ctx.data.num_classes) if val else None
         results.append(Trained(plan, predict, {"on": "none", "candidates": [], "chosen": {}}, metrics,
                                {"classifier": ctx.data.classifier}))

@@ -149,8 +149,8 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
 class _FixedThreads(ex.CpuThreads):
     """Never changes torch's thread count (as if there were no DataLoader workers)."""
 
-    def __init__(self, device: str, workers: int, probe: int = 3):
-        super().__init__(device, 0, probe)
+    def __init__(self, device: str, workers: int):
+        super().__init__(device, 0)
 
 
 def main() -> None:

@@ -130,12 +130,15 @@ class _ImageReader(torch.utils.data.Dataset):
 
 
 def _collate(batch):
+    """Indices travel as a numpy array (pickled): a tensor would cost a shared-memory file
+    and a socket round trip to the worker per batch."""
     indices, clean, aug, errors = zip(*batch)
+    indices = np.asarray(indices, dtype=np.int64)
     for (index, err) in zip(indices, errors):
         if err:
-            return torch.tensor(indices), None, None, (index, err)
+            return indices, None, None, (int(index), err)
     aug_t = torch.stack(aug) if aug[0].numel() else None
-    return torch.tensor(indices), torch.stack(clean), aug_t, None
+    return indices, torch.stack(clean), aug_t, None
 
 
 def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, amp: bool):
@@ -148,43 +151,71 @@ def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | 
 
 
 class CpuThreads:
-    """Chooses torch's intra-op thread count for CPU encoding while DataLoader workers decode.
+    """Chooses torch's intra-op thread count for a CPU forward beside DataLoader workers.
 
-    The workers and torch's threads share the cores. When decoding binds, a multi-threaded
-    forward waits at every op for a core that a worker holds (measured on 2 cores: a tiny
-    model's forward 20x slower with 2 threads than with 1); when the model binds, every
-    thread is worth having. So time ``probe`` batches with all threads, then as many with
-    1 thread, and keep the faster. Restores the thread count on ``close``. Inactive on GPU,
-    without workers, or with one thread. (Conv models' features can differ in the last bit
+    The workers and torch's threads share the cores. If one thread's forward keeps up with
+    what the workers decode, the forward gets one thread and the workers the other cores
+    (a multi-threaded forward spin-waits at every op for a core that a worker holds:
+    measured on 2 cores, a tiny model's forward 20x slower with 2 threads than with 1);
+    otherwise the model binds and gets every thread. ``choose`` decides per split, before
+    its loader starts, from two cheap measurements: decoding a few of its items in this
+    process, and one-thread forwards of random batches (measured once). Timing the running
+    loader instead mixes worker start-up and queue effects into the signal (it chose wrong
+    in 3 of 6 runs of benchmarks/extract.py here). Inactive on GPU, without workers, or with one thread.
+    ``close`` restores the thread count. (Conv models' features can differ in the last bit
     between thread counts; ViTs' do not.)
     """
 
-    def __init__(self, device: str, workers: int, probe: int = 3):
+    def __init__(self, device: str, workers: int):
         self.initial = torch.get_num_threads()
+        self.workers = workers
         self.active = device == "cpu" and workers > 0 and self.initial > 1
-        self.plan = [self.initial] * probe + [1] * probe if self.active else []
-        self.seconds: dict[int, float] = {}
-        self.images: dict[int, int] = {}
-        self._set(self.plan[0] if self.plan else self.initial)
+        self.forward_seconds: float | None = None   # one image, one thread
 
-    def _set(self, threads: int) -> None:
+    def choose(self, loaded: LoadedModel, reader: _ImageReader, forwards_per_item: int, batch_size: int) -> int:
+        """Set and return the thread count for encoding ``reader``'s items."""
+        if not self.active:
+            return torch.get_num_threads()
+        decode = _seconds_per_item(reader)
+        if self.forward_seconds is None:
+            torch.set_num_threads(1)
+            self.forward_seconds = _forward_seconds_per_image(loaded, batch_size)
+        decode_rate = min(self.workers, self.initial) / max(decode, 1e-9)        # items/s
+        forward_rate = 1.0 / (self.forward_seconds * forwards_per_item)        # items/s on one thread
+        threads = 1 if forward_rate >= decode_rate else self.initial
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-
-    def observe(self, images: int, seconds: float) -> None:
-        """One batch took ``seconds`` (waiting for data + forward); move the probe along."""
-        if not self.plan:
-            return
-        threads = self.plan.pop(0)
-        self.seconds[threads] = self.seconds.get(threads, 0.0) + seconds
-        self.images[threads] = self.images.get(threads, 0) + images
-        if self.plan:
-            self._set(self.plan[0])
-        else:
-            self._set(min(self.seconds, key=lambda t: self.seconds[t] / self.images[t]))
+        return threads
 
     def close(self) -> None:
-        self._set(self.initial)
+        if torch.get_num_threads() != self.initial:
+            torch.set_num_threads(self.initial)
+
+
+def _seconds_per_item(reader: _ImageReader, items: int = 3) -> float:
+    """Decode + transform time of the first few items, as a worker does it."""
+    n = min(items, len(reader))
+    start = time.perf_counter()
+    for i in range(n):
+        reader[i]
+    return (time.perf_counter() - start) / max(n, 1)
+
+
+def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: float = 0.02) -> float:
+    """Seconds per image of the forward on random input, at the current thread count: batches
+    of 1, 4, 16... up to ``max_batch``, stopping at the first that takes ``enough`` seconds
+    (a fast model's cost per image falls with the batch; a slow one is measured at once)."""
+    size = loaded.preprocess["size"]
+    side = (size, size) if isinstance(size, int) else tuple(size)
+    batch = 1
+    while True:
+        x = torch.randn(batch, 3, *side)
+        start = time.perf_counter()
+        encode_images(loaded, x)
+        seconds = time.perf_counter() - start
+        if seconds >= enough or batch >= max_batch:
+            return seconds / batch
+        batch = min(batch * 4, max_batch)
 
 
 def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: LoadedModel,
@@ -194,6 +225,8 @@ def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: 
     items = ds.split(split)
     views = AugmentedViews(cfg.augment, loaded.preprocess) if split == "train" and cfg.augment.views else None
     reader = _ImageReader(ds, [(i, items[i]) for i in indices], loaded.val_transform, views)
+    if threads is not None:
+        threads.choose(loaded, reader, 1 + (cfg.augment.views if views else 0), cfg.batch_size)
     loader = torch.utils.data.DataLoader(
         reader, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=_collate,
         pin_memory=loaded.device.startswith("cuda"), persistent_workers=False)
@@ -201,23 +234,19 @@ def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: 
     buffer: list[tuple] = []
     pending: Future | None = None
     done = 0
-    tick: float | None = None   # None: the first batch also pays for starting the workers
     with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
         for idx, clean, aug, error in loader:
             if error is not None:
                 raise CorruptImageError(f"cannot decode {ds.image_root / items[error[0]].path}: {error[1]}",
                                         "replace or delete the file (and its line in the split file), then rerun")
             feats, aug_feats = _encode_batch(loaded, clean, aug, amp)
-            buffer.append((idx.numpy(), feats, aug_feats))
+            buffer.append((idx, feats, aug_feats))
             done += len(idx)
             if sum(len(b[0]) for b in buffer) >= chunk_images or done == len(indices):
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
                 buffer = []
-            if threads is not None and tick is not None:
-                threads.observe(len(idx), time.perf_counter() - tick)
-            tick = time.perf_counter()
             if progress:
                 progress(split, done, len(indices))
         if pending is not None:

@@ -329,16 +329,22 @@ def fake_threads(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("one_thread_faster", [True, False])
-def test_cpu_threads_keeps_the_faster_setting(one_thread_faster, fake_threads):
-    tuner = ex.CpuThreads("cpu", workers=2, probe=2)
-    seen = []
-    for _ in range(6):
-        seen.append(fake_threads["threads"])
-        slow = (fake_threads["threads"] == 4) == one_thread_faster
-        tuner.observe(64, 1.0 if slow else 0.5)
-    assert seen[:4] == [4, 4, 1, 1]                      # probe: all threads, then one
-    assert seen[4:] == [1, 1] if one_thread_faster else seen[4:] == [4, 4]
+@pytest.mark.parametrize("forward_ms, decode_ms, views, expected", [
+    (0.03, 0.5, 0, 1),    # tiny model: one thread's forward outruns 2 decoding workers
+    (100.0, 0.5, 0, 4),   # RN50 on a CPU: the model binds and gets every thread
+    (0.1, 0.5, 10, 4),    # 11 forwards per train item: now the model binds
+])
+def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
+        forward_ms, decode_ms, views, expected, fake_threads, monkeypatch):
+    forward_calls = []
+    monkeypatch.setattr(ex, "_seconds_per_item", lambda reader: decode_ms / 1000)
+    monkeypatch.setattr(ex, "_forward_seconds_per_image",
+                        lambda loaded, batch: forward_calls.append(fake_threads["threads"]) or forward_ms / 1000)
+    tuner = ex.CpuThreads("cpu", workers=2)
+    assert tuner.choose(None, None, 1 + views, 64) == expected
+    assert fake_threads["threads"] == expected
+    tuner.choose(None, None, 1 + views, 64)         # next split: the forward is not measured again
+    assert forward_calls == [1]                      # measured on one thread
     tuner.close()
     assert fake_threads["threads"] == 4
 
@@ -346,10 +352,16 @@ def test_cpu_threads_keeps_the_faster_setting(one_thread_faster, fake_threads):
 @pytest.mark.parametrize("device, workers", [("cuda", 2), ("cpu", 0)])
 def test_cpu_threads_inactive_on_gpu_or_without_workers(device, workers, fake_threads):
     tuner = ex.CpuThreads(device, workers)
-    for _ in range(10):
-        tuner.observe(64, 1.0)
+    assert tuner.choose(None, None, 1, 64) == 4
     tuner.close()
     assert fake_threads["calls"] == []
+
+
+def test_cpu_thread_measurements_run(tiny_loaded, coop_root):
+    ds = load_dataset("eurosat", coop_root)
+    reader = ex._ImageReader(ds, list(enumerate(ds.test)), tiny_loaded.val_transform, None)
+    assert 0 < ex._seconds_per_item(reader) < 1
+    assert 0 < ex._forward_seconds_per_image(tiny_loaded, 8) < 1
 
 
 def test_extraction_restores_the_thread_count(tiny_loaded, coop_root, tmp_path):

@@ -37,7 +37,7 @@ import torch
 
 from cacheclip import extract as ex
 from cacheclip.augment import AugmentConfig
-from cacheclip.datasets import load_dataset
+from cacheclip.datasets import SPLITS, load_dataset
 from cacheclip.models import encode_images, load_model
 from cacheclip.synthetic import make_dataset
 
@@ -116,15 +116,12 @@ def forward_rate(loaded, batch_size: int, amp: bool, min_batches: int = 3, min_s
 
 
 def decode_rate(root: Path, loaded, cfg: ex.ExtractConfig) -> float:
-    """Images/s of the extraction DataLoader alone: every split, read as extract_dataset reads it."""
+    """Images/s of extraction's DataLoader alone (every split, same reader, batches and workers)."""
     ds = load_dataset("eurosat", root)
+    _, loader = ex.image_loader(ds, {s: list(range(len(ds.split(s)))) for s in SPLITS}, loaded, cfg)
     start, n = time.perf_counter(), 0
-    for split in ("train", "val", "test"):
-        reader = ex._ImageReader(ds, list(enumerate(ds.split(split))), loaded.val_transform, None)
-        loader = torch.utils.data.DataLoader(reader, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                                             collate_fn=ex._collate, persistent_workers=False)
-        for idx, _, _, _ in loader:
-            n += len(idx)
+    for _, idx, _, _, _ in loader:
+        n += len(idx)
     return n / (time.perf_counter() - start)
 
 

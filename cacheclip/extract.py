@@ -6,6 +6,8 @@ committed on their own (see ``store``), so it is incremental and resumable.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,38 +109,65 @@ def planned_items(ds: DatasetSplits, cfg: ExtractConfig) -> dict[str, list[int]]
     return {s: plan[s] for s in SPLITS}
 
 
-class _ImageReader(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers; a bad file is reported, not raised, so the
-    main process can name it cleanly (worker exceptions arrive as mangled tracebacks)."""
+Work = list[tuple[str, int, Item]]   # (split, index in the split, item), in SPLITS order
 
-    def __init__(self, ds: DatasetSplits, items: list[tuple[int, Item]], transform, views: AugmentedViews | None):
-        self.root, self.items, self.transform, self.views = str(ds.image_root), items, transform, views
+
+class _ImageReader(torch.utils.data.Dataset):
+    """Decodes work items in DataLoader workers (train items also get their augmented views);
+    a bad file is reported, not raised, so the main process can name it cleanly (worker
+    exceptions arrive as mangled tracebacks)."""
+
+    def __init__(self, ds: DatasetSplits, work: Work, transform, views: AugmentedViews | None):
+        self.root, self.work, self.transform, self.views = str(ds.image_root), work, transform, views
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.work)
 
     def __getitem__(self, i: int):
-        index, item = self.items[i]
+        split, index, item = self.work[i]
         try:
             with Image.open(os.path.join(self.root, item.path)) as im:
                 image = im.convert("RGB")
             clean = self.transform(image)
-            aug = self.views(image, item.path) if self.views else torch.zeros(0)
-            return index, clean, aug, ""
+            aug = self.views(image, item.path) if self.views and split == "train" else torch.zeros(0)
+            return split, index, clean, aug, ""
         except Exception as e:  # PIL raises many types for broken files
-            return index, torch.zeros(0), torch.zeros(0), f"{type(e).__name__}: {e}"
+            return split, index, torch.zeros(0), torch.zeros(0), f"{type(e).__name__}: {e}"
 
 
 def _collate(batch):
-    """Indices travel as a numpy array (pickled): a tensor would cost a shared-memory file
-    and a socket round trip to the worker per batch."""
-    indices, clean, aug, errors = zip(*batch)
+    """(split, indices, clean, aug or None, error or None) of a batch from one split. Indices
+    travel as a numpy array (pickled): a tensor would cost a shared-memory file and a socket
+    round trip to the worker per batch."""
+    splits, indices, clean, aug, errors = zip(*batch)
     indices = np.asarray(indices, dtype=np.int64)
     for (index, err) in zip(indices, errors):
         if err:
-            return indices, None, None, (int(index), err)
+            return splits[0], indices, None, None, (int(index), err)
     aug_t = torch.stack(aug) if aug[0].numel() else None
-    return indices, torch.stack(clean), aug_t, None
+    return splits[0], indices, torch.stack(clean), aug_t, None
+
+
+def _split_batches(work: Work, batch_size: int) -> list[list[int]]:
+    """Positions in ``work`` grouped into batches that never mix splits."""
+    batches: list[list[int]] = []
+    for _, group in itertools.groupby(range(len(work)), key=lambda i: work[i][0]):
+        positions = list(group)
+        batches += [positions[j:j + batch_size] for j in range(0, len(positions), batch_size)]
+    return batches
+
+
+def image_loader(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel,
+                 cfg: ExtractConfig) -> tuple[_ImageReader, torch.utils.data.DataLoader]:
+    """One DataLoader over the planned items of every split: its workers start once and
+    stay busy across split boundaries."""
+    work = [(s, i, ds.split(s)[i]) for s in SPLITS for i in todo.get(s, [])]
+    views = AugmentedViews(cfg.augment, loaded.preprocess) if cfg.augment.views and todo.get("train") else None
+    reader = _ImageReader(ds, work, loaded.val_transform, views)
+    loader = torch.utils.data.DataLoader(
+        reader, batch_sampler=_split_batches(work, cfg.batch_size), num_workers=cfg.workers,
+        collate_fn=_collate, pin_memory=loaded.device.startswith("cuda"), persistent_workers=False)
+    return reader, loader
 
 
 def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, amp: bool):
@@ -172,11 +201,11 @@ class CpuThreads:
         self.active = device == "cpu" and workers > 0 and self.initial > 1
         self.forward_seconds: float | None = None   # one image, one thread
 
-    def choose(self, loaded: LoadedModel, reader: _ImageReader, forwards_per_item: int, batch_size: int) -> int:
+    def choose(self, loaded: LoadedModel, reader: _ImageReader, batch_size: int) -> int:
         """Set and return the thread count for encoding ``reader``'s items."""
         if not self.active:
             return torch.get_num_threads()
-        decode = _seconds_per_item(reader)
+        decode, forwards_per_item = _decode_cost(reader)
         if self.forward_seconds is None:
             torch.set_num_threads(1)
             self.forward_seconds = _forward_seconds_per_image(loaded, batch_size)
@@ -192,13 +221,24 @@ class CpuThreads:
             torch.set_num_threads(self.initial)
 
 
-def _seconds_per_item(reader: _ImageReader, items: int = 3) -> float:
-    """Decode + transform time of the first few items, as a worker does it."""
-    n = min(items, len(reader))
-    start = time.perf_counter()
-    for i in range(n):
-        reader[i]
-    return (time.perf_counter() - start) / max(n, 1)
+def _decode_cost(reader: _ImageReader, per_split: int = 2) -> tuple[float, float]:
+    """(decode + transform seconds, forwards) per item, as a worker does it: the first
+    ``per_split`` items of each split timed, weighted by the split's share of the work."""
+    counts = collections.Counter(split for split, _, _ in reader.work)
+    first: dict[str, int] = {}
+    for position, (split, _, _) in enumerate(reader.work):
+        first.setdefault(split, position)
+    seconds = 0.0
+    for split, n in counts.items():
+        timed = range(first[split], first[split] + min(per_split, n))
+        start = time.perf_counter()
+        for i in timed:
+            reader[i]
+        seconds += n * (time.perf_counter() - start) / len(timed)
+    views = reader.views.cfg.views if reader.views else 0
+    forwards = len(reader.work) + views * counts.get("train", 0)
+    total = max(len(reader.work), 1)
+    return seconds / total, forwards / total
 
 
 def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: float = 0.02) -> float:
@@ -218,39 +258,41 @@ def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: floa
         batch = min(batch * 4, max_batch)
 
 
-def encode_split(ds: DatasetSplits, split: str, indices: Sequence[int], loaded: LoadedModel,
-                 cfg: ExtractConfig, path: Path, amp: bool, progress: Progress | None = None,
-                 threads: CpuThreads | None = None) -> int:
-    """Encode the given items of one split, committing a part file every chunk."""
-    items = ds.split(split)
-    views = AugmentedViews(cfg.augment, loaded.preprocess) if split == "train" and cfg.augment.views else None
-    reader = _ImageReader(ds, [(i, items[i]) for i in indices], loaded.val_transform, views)
-    if threads is not None:
-        threads.choose(loaded, reader, 1 + (cfg.augment.views if views else 0), cfg.batch_size)
-    loader = torch.utils.data.DataLoader(
-        reader, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=_collate,
-        pin_memory=loaded.device.startswith("cuda"), persistent_workers=False)
-    chunk_images = max(cfg.batch_size, CHUNK_FORWARDS // (1 + (cfg.augment.views if views else 0)))
+def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
+                 path: Path, amp: bool, progress: Progress | None) -> dict[str, int]:
+    """Encode the planned items of every split, committing a part file per chunk of one split;
+    returns the number of items encoded per split."""
+    reader, loader = image_loader(ds, todo, loaded, cfg)
+    done = {s: 0 for s in SPLITS if todo.get(s)}
+    if not done:
+        return done
+    threads = CpuThreads(loaded.device, cfg.workers)
     buffer: list[tuple] = []
     pending: Future | None = None
-    done = 0
-    with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
-        for idx, clean, aug, error in loader:
-            if error is not None:
-                raise CorruptImageError(f"cannot decode {ds.image_root / items[error[0]].path}: {error[1]}",
-                                        "replace or delete the file (and its line in the split file), then rerun")
-            feats, aug_feats = _encode_batch(loaded, clean, aug, amp)
-            buffer.append((idx, feats, aug_feats))
-            done += len(idx)
-            if sum(len(b[0]) for b in buffer) >= chunk_images or done == len(indices):
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
-                buffer = []
-            if progress:
-                progress(split, done, len(indices))
-        if pending is not None:
-            pending.result()
+    try:
+        batches = iter(loader)
+        threads.choose(loaded, reader, cfg.batch_size)   # measured while the workers start
+        with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
+            for split, idx, clean, aug, error in batches:
+                if error is not None:
+                    raise CorruptImageError(
+                        f"cannot decode {ds.image_root / ds.split(split)[error[0]].path}: {error[1]}",
+                        "replace or delete the file (and its line in the split file), then rerun")
+                feats, aug_feats = _encode_batch(loaded, clean, aug, amp)
+                buffer.append((idx, feats, aug_feats))
+                done[split] += len(idx)
+                forwards = sum(len(b[0]) for b in buffer) * (1 + (0 if aug_feats is None else aug_feats.shape[1]))
+                if forwards >= CHUNK_FORWARDS or done[split] == len(todo[split]):
+                    if pending is not None:   # batches never mix splits, and a split's end flushes
+                        pending.result()
+                    pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
+                    buffer = []
+                if progress:
+                    progress(split, done[split], len(todo[split]))
+            if pending is not None:
+                pending.result()
+    finally:
+        threads.close()
     return done
 
 
@@ -331,16 +373,6 @@ def _store_state(path: Path, identity: dict, templates: list[str]):
         st.check_identity(path, old.attrs, identity)
         have = {s: set(old.encoded(s).tolist()) for s in SPLITS}
         return have, (old.text_features() if old.templates == templates else None)
-
-
-def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
-                 path: Path, amp: bool, progress: Progress | None) -> dict[str, int]:
-    threads = CpuThreads(loaded.device, cfg.workers)
-    try:
-        return {s: encode_split(ds, s, todo[s], loaded, cfg, path, amp, progress, threads)
-                for s in SPLITS if todo[s]}
-    finally:
-        threads.close()
 
 
 def _encode_text(loaded: LoadedModel, templates: list[str], ds: DatasetSplits,

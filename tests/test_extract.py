@@ -337,13 +337,13 @@ def fake_threads(monkeypatch):
 def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
         forward_ms, decode_ms, views, expected, fake_threads, monkeypatch):
     forward_calls = []
-    monkeypatch.setattr(ex, "_seconds_per_item", lambda reader: decode_ms / 1000)
+    monkeypatch.setattr(ex, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
     monkeypatch.setattr(ex, "_forward_seconds_per_image",
                         lambda loaded, batch: forward_calls.append(fake_threads["threads"]) or forward_ms / 1000)
     tuner = ex.CpuThreads("cpu", workers=2)
-    assert tuner.choose(None, None, 1 + views, 64) == expected
+    assert tuner.choose(None, None, 64) == expected
     assert fake_threads["threads"] == expected
-    tuner.choose(None, None, 1 + views, 64)         # next split: the forward is not measured again
+    tuner.choose(None, None, 64)                     # a second call does not measure the forward again
     assert forward_calls == [1]                      # measured on one thread
     tuner.close()
     assert fake_threads["threads"] == 4
@@ -352,16 +352,24 @@ def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
 @pytest.mark.parametrize("device, workers", [("cuda", 2), ("cpu", 0)])
 def test_cpu_threads_inactive_on_gpu_or_without_workers(device, workers, fake_threads):
     tuner = ex.CpuThreads(device, workers)
-    assert tuner.choose(None, None, 1, 64) == 4
+    assert tuner.choose(None, None, 64) == 4
     tuner.close()
     assert fake_threads["calls"] == []
 
 
-def test_cpu_thread_measurements_run(tiny_loaded, coop_root):
+def test_cpu_thread_measurements_run(tiny_loaded, coop_root, tmp_path):
     ds = load_dataset("eurosat", coop_root)
-    reader = ex._ImageReader(ds, list(enumerate(ds.test)), tiny_loaded.val_transform, None)
-    assert 0 < ex._seconds_per_item(reader) < 1
+    todo = {"train": [0, 1, 2], "test": list(range(len(ds.test)))}
+    reader, _ = ex.image_loader(ds, todo, tiny_loaded, _cfg(tmp_path, augment=AugmentConfig(views=2)))
+    seconds, forwards = ex._decode_cost(reader)
+    assert 0 < seconds < 1
+    assert forwards == (3 * 3 + len(ds.test)) / (3 + len(ds.test))   # train items: 1 clean + 2 views
     assert 0 < ex._forward_seconds_per_image(tiny_loaded, 8) < 1
+
+
+def test_batches_never_mix_splits():
+    work = [("train", i, None) for i in range(5)] + [("test", i, None) for i in range(3)]
+    assert ex._split_batches(work, 2) == [[0, 1], [2, 3], [4], [5, 6], [7]]
 
 
 def test_extraction_restores_the_thread_count(tiny_loaded, coop_root, tmp_path):

@@ -10,7 +10,11 @@ the CoOp protocol (batch 32, drop_last). Prints:
 (b) per-run time when 12 runs (3 seeds x 4 alphas) train together in one
     batched call, against the one-by-one time of (a);
 (c) achieved GFLOP/s against a plain 2048^3 fp32 matmul measured in the same
-    process (FLOPs counted as printed);
+    process, with FLOPs counted two ways: those the step executes, and the
+    issue's model count (3 x the forward, as if the frozen input also took
+    a gradient); and the kernel floor: the step's GEMMs and its SGD update
+    alone on the same shapes, timed in the same process, i.e. the most the
+    step could reach with zero elementwise and Python cost;
 (d) the projected time of the whole coop11 grid (11 datasets x shots
     1/2/4/8/16 x 3 seeds, one alpha) from the measured step rates.
 
@@ -51,6 +55,47 @@ def step_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = RED
     """
     hidden = dim // reduction
     return batch * (10 * dim * hidden + 4 * dim * classes)
+
+
+def model_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = REDUCTION) -> int:
+    """The issue's count: 3 x the forward (2 D H + 2 H D adapter, 2 D K logits) per sample,
+    i.e. also an input gradient at each GEMM. ~3.1 MFLOP per sample at D = 1024 for the adapter."""
+    hidden = dim // reduction
+    return batch * 3 * (4 * dim * hidden + 2 * dim * classes)
+
+
+def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
+    """Seconds per step of the step's 7 GEMMs and fused SGD update alone, ``runs`` stacked.
+
+    The same calls ``train._StackedTrainer.step`` makes (bmm / matmul at the same shapes and
+    layouts, torch's one-pass SGD on w1 and w2), for ``steps`` steps on the same weights and
+    a fresh batch each step; no elementwise ops, no Python logic.
+    """
+    h = D // REDUCTION
+    w1, w2 = torch.randn(runs, D, h) * 0.01, torch.randn(runs, h, D) * 0.01
+    m1, m2, g1, g2 = (torch.zeros_like(w) for w in (w1, w2, w1, w2))
+    vs = torch.randn(classes, D)
+    vs_t = vs.t().contiguous()
+    xs = torch.randn(steps, runs, 32, D)
+    opts = dict(weight_decay=5e-4, momentum=0.9, lr=1e-3, dampening=0.0, nesterov=False, maximize=False,
+                is_first_step=False)
+
+    def one_step(x):
+        hid = torch.bmm(x, w1)
+        a = torch.bmm(hid, w2)
+        z = torch.matmul(a, vs_t)
+        da = torch.matmul(z, vs)
+        dh = torch.bmm(da, w2.transpose(1, 2))
+        torch.bmm(x.transpose(1, 2), dh, out=g1)
+        torch.bmm(hid.transpose(1, 2), da, out=g2)
+        torch._fused_sgd_([w1, w2], [g1, g2], [m1, m2], **opts)
+
+    def all_steps():
+        for x in xs:
+            one_step(x)
+
+    all_steps()
+    return min(_timed(all_steps) for _ in range(reps)) / steps
 
 
 def matmul_gflops(reps: int) -> float:
@@ -134,8 +179,8 @@ def main() -> None:
     print(f"reference fp32 matmul 2048^3: {peak:.0f} GFLOP/s\n")
 
     single, batched = {}, {}
-    header = (f"{'classes':>7} {'images':>6} {'steps':>6} | {'1 run, 200 ep':>13} {'GFLOP/s':>7} {'ratio':>5} | "
-              f"{'12 batched, per run':>19} {'GFLOP/s':>7} {'ratio':>5} {'speedup':>7} | {'matmul':>6}")
+    header = (f"{'classes':>7} {'steps':>6} {'runs':>4} | {'per run, 200 ep':>15} {'GFLOP/s':>7} {'ratio':>5} "
+              f"{'issue count':>11} | {'floor ratio':>11} {'of floor':>8} | {'matmul':>6}")
     print(header)
     print("-" * len(header))
     for k in CLASSES:
@@ -143,12 +188,20 @@ def main() -> None:
         single[k] = time_per_step(k, 1, (0.2,), min_steps, reps)
         batched[k] = time_per_step(k, 3, alphas, min_steps // 12, reps) / 12
         steps = 200 * batch_plan(k * SHOTS, 32)[1]
-        gf1, gf12 = step_flops(k) / single[k] / 1e9, step_flops(k) / batched[k] / 1e9
-        print(f"{k:>7} {k * SHOTS:>6} {steps:>6} | {steps * single[k]:>12.1f}s {gf1:>7.0f} {gf1 / row_peak:>5.2f} | "
-              f"{steps * batched[k]:>18.1f}s {gf12:>7.0f} {gf12 / row_peak:>5.2f} {single[k] / batched[k]:>6.2f}x"
-              f" | {row_peak:>6.0f}")
-    print(f"\n(timed whole epochs, >= {min_steps} steps for 1 run and >= {min_steps // 12} for 12 runs, "
-          f"best of {reps}, then scaled to 200 epochs; ratio = GFLOP/s / best 2048^3 matmul GFLOP/s so far)\n")
+        for runs, per_step in ((1, single[k]), (12, batched[k])):
+            floor = kernel_floor(k, runs, reps) / runs
+            gflops = step_flops(k) / per_step / 1e9
+            print(f"{k:>7} {steps:>6} {runs:>4} | {steps * per_step:>14.1f}s {gflops:>7.0f} {gflops / row_peak:>5.2f} "
+                  f"{model_flops(k) / per_step / 1e9 / row_peak:>11.2f} | "
+                  f"{step_flops(k) / floor / 1e9 / row_peak:>11.2f} {floor / per_step:>8.2f} | {row_peak:>6.0f}")
+        print(f"{'':>7} {'':>6} {'':>4} | batched per run: {single[k] / batched[k]:.2f}x faster than one by one")
+    print(f"""
+runs: 1 = one run alone; 12 = 3 seeds x 4 alphas in one train_runs call (time per run).
+Timed whole epochs, >= {min_steps} steps for 1 run and >= {min_steps // 12} for 12 runs, best of {reps},
+scaled to 200 epochs. ratio = executed GFLOP/s / the best 2048^3 matmul GFLOP/s so far (matmul);
+issue count = the same with the issue's FLOP model (3 x forward); floor ratio = the ratio of the
+step's GEMMs + SGD update alone (kernel_floor); of floor = floor time / step time.
+""")
     peak_after = matmul_gflops(reps + 2)
     print(f"reference matmul again after the runs: {peak_after:.0f} GFLOP/s (a large change means a busy machine)\n")
 

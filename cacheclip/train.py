@@ -236,12 +236,11 @@ class _StackedTrainer:
             z = torch.matmul(f, self.vs_t_fixed).mul_(rn)  # (R, B, K)
         g = torch.softmax(z, dim=-1)
         g.scatter_add_(-1, y.unsqueeze(-1), self._minus_one(g))  # softmax - onehot
-        gz = g * z  # (R, B, K)
         grads = []
         if self.visual:
-            du = torch.matmul(g, vs)  # (R, B, D)
-            df = torch.addcmul(du, f, gz.sum(-1, keepdim=True).mul_(rn), value=-1.0)
-            da = df.mul_(rn * alpha_b)  # (R, B, D): dLoss / dA(x)
+            c = rn * alpha_b  # (R, B, 1): dLoss/dA = alpha * dLoss/df = c * (g @ vs - f * rn * (g . z))
+            da = torch.matmul(g * c, vs)  # (R, B, D); scaling g, not the result, saves a pass when K < D
+            da.addcmul_(f, torch.linalg.vecdot(g, z).unsqueeze(-1).mul_(c * rn), value=-1.0)
             if self.official:
                 da = _threshold_backward(da, a, 0)
             dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
@@ -249,7 +248,7 @@ class _StackedTrainer:
                       torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"])]
         if self.text:
             dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
-            dwt = torch.addcmul(dv, wt, gz.sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
+            dwt = torch.addcmul(dv, wt, (g * z).sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
             dat = dwt.mul_(rn_t * beta_sb)  # (R, K, D): dLoss / dA_t(W)
             if self.official:
                 dat = _threshold_backward(dat, at, 0)

@@ -253,9 +253,11 @@ def _read_part(part: Path, with_features: bool) -> Chunk | None:
             rows = {len(f[k]) for k in ("features", "aug_features") if k in f} | {len(indices)}
             if "features" not in f or len(rows) != 1:
                 return None
-            if not with_features:  # metadata only: cheap, for deciding what is left to encode
-                return Chunk(split, indices, np.zeros((len(indices), 0), np.float32), None)
-            aug = f["aug_features"][()] if "aug_features" in f else None
+            aug = None
+            if "aug_features" in f:   # metadata only: a (rows, views, 0) placeholder
+                aug = f["aug_features"][()] if with_features else np.zeros(f["aug_features"].shape[:2] + (0,))
+            if not with_features:  # cheap, for deciding what is left to encode and planning a merge
+                return Chunk(split, indices, np.zeros((len(indices), 0), np.float32), aug)
             return Chunk(split, indices, f["features"][()], aug)
     except (OSError, KeyError, ValueError):
         return None
@@ -268,13 +270,17 @@ def read_parts(path: Path) -> list[Chunk]:
     return [c for c in parts if c is not None]
 
 
+def _part_index(path: Path) -> list[tuple[Path, Chunk]]:
+    """(file, metadata-only chunk) of every readable part, in name order."""
+    parts = ((p, _read_part(p, False)) for p in sorted(parts_dir(path).glob("*.h5")))
+    return [(p, c) for p, c in parts if c is not None]
+
+
 def staged_indices(path: Path) -> dict[str, set[int]]:
     """Item indices per split already written as readable parts (reads only the index arrays)."""
     done: dict[str, set[int]] = {}
-    for part in sorted(parts_dir(path).glob("*.h5")):
-        chunk = _read_part(part, with_features=False)
-        if chunk is not None:
-            done.setdefault(chunk.split, set()).update(chunk.indices.tolist())
+    for _, chunk in _part_index(path):
+        done.setdefault(chunk.split, set()).update(chunk.indices.tolist())
     return done
 
 
@@ -294,13 +300,15 @@ def commit(path: Path, contents: StoreContents, dtype: str) -> None:
     """Merge the current store (if any) and its parts into a new file that atomically
     replaces it; then delete the merged parts. Caller holds ``writer_lock``."""
     old = FeatureStore(path) if path.is_file() else None
-    parts = read_parts(path)
+    parts = _part_index(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
             _write_contents(f, contents)
             for split in contents.listings:
-                _write_split_features(f[f"splits/{split}"], split, old, parts, dtype)
+                sources = _merge_sources(split, old, parts)
+                if sources:
+                    _write_split_features(f[f"splits/{split}"], sources, dtype)
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -331,27 +339,75 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array(list(values), dtype=object) if len(values) else np.zeros(0, dtype=object)
 
 
-def _write_split_features(g: h5py.Group, split: str, old: FeatureStore | None,
-                          parts: list[Chunk], dtype: str) -> None:
-    pieces: list[Chunk] = []
+COMMIT_BLOCK_BYTES = 128 << 20   # merged rows held in memory at once while committing
+
+
+@dataclass
+class _Source:
+    """Rows for a merge: the committed store's split group, or one part file."""
+
+    indices: np.ndarray            # item index of each row, in row order
+    views: int                     # augmented views per row (0: none)
+    origin: h5py.Group | Path
+
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features, aug or None) of the given rows, in that order."""
+        if isinstance(self.origin, Path):   # a part: small (one chunk), read whole
+            chunk = _read_part(self.origin, True)
+            if chunk is None:
+                raise StoreError(f"part {self.origin} became unreadable while committing",
+                                 "rerun the same extract command: that chunk is encoded again")
+            return chunk.features[rows], None if chunk.aug_features is None else chunk.aug_features[rows]
+        lo, hi = int(rows.min()), int(rows.max()) + 1   # a contiguous run of the store (see below)
+        aug = self.origin["aug_features"][lo:hi][rows - lo] if self.views else None
+        return self.origin["features"][lo:hi][rows - lo], aug
+
+
+def _merge_sources(split: str, old: FeatureStore | None, parts: list[tuple[Path, Chunk]]) -> list[_Source]:
+    """The committed store first, then the parts in name order (a part may repeat committed
+    rows after a kill between commit and cleanup: the first copy wins)."""
+    sources = []
     if old is not None and split in old.splits and len(old.encoded(split)):
-        src = old._split(split)   # in the stored dtype: no float32 copy of a large store
-        aug = src["aug_features"][()] if "aug_features" in src else None
-        pieces.append(Chunk(split, src["encoded"][()], src["features"][()], aug))
-    pieces += [p for p in parts if p.split == split]
-    if not pieces:
-        return
-    indices = np.concatenate([p.indices for p in pieces])
-    unique, first = np.unique(indices, return_index=True)  # a part may repeat committed rows
+        group = old._split(split)
+        views = group["aug_features"].shape[1] if "aug_features" in group else 0
+        sources.append(_Source(old.encoded(split), views, group))
+    for file, chunk in parts:
+        if chunk.split == split:
+            views = 0 if chunk.aug_features is None else chunk.aug_features.shape[1]
+            sources.append(_Source(chunk.indices, views, file))
+    return sources
+
+
+def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> None:
+    """Write encoded / features / aug_features sorted by item index, streaming blocks of
+    rows so memory stays bounded however large the split (ImageNet with --train all).
+    Aug views are kept only when every source has them."""
+    indices = np.concatenate([s.indices for s in sources])
+    owner = np.repeat(np.arange(len(sources)), [len(s.indices) for s in sources])
+    row = np.concatenate([np.arange(len(s.indices)) for s in sources])
+    unique, first = np.unique(indices, return_index=True)
+    owner, row = owner[first], row[first]
     g["encoded"] = unique
-    g.create_dataset("features", data=_gather([p.features for p in pieces], first, dtype))
-    if all(p.aug_features is not None for p in pieces):
-        g.create_dataset("aug_features", data=_gather([p.aug_features for p in pieces], first, dtype))
-
-
-def _gather(arrays: list[np.ndarray], rows: np.ndarray, dtype: str) -> np.ndarray:
-    """Rows of the arrays stacked, in the given order, cast to ``dtype`` piece by piece."""
-    return np.concatenate([a.astype(dtype, copy=False) for a in arrays])[rows]
+    probe = sources[0].read(np.zeros(1, np.int64))[0]
+    dim, views = probe.shape[1], min(s.views for s in sources)
+    features = g.create_dataset("features", (len(unique), dim), dtype)
+    aug = g.create_dataset("aug_features", (len(unique), views, dim), dtype) if views else None
+    block = max(1, COMMIT_BLOCK_BYTES // (dim * (1 + views) * np.dtype(dtype).itemsize))
+    for start in range(0, len(unique), block):
+        stop = min(start + block, len(unique))
+        out = np.empty((stop - start, dim), dtype)
+        out_aug = np.empty((stop - start, views, dim), dtype) if views else None
+        # Rows of one block taken from the store are a contiguous run of it: the store and the
+        # output are both sorted by item index. A part's rows are read from its small file.
+        for s in np.unique(owner[start:stop]):
+            take = np.nonzero(owner[start:stop] == s)[0]
+            feats, aug_feats = sources[s].read(row[start:stop][take])
+            out[take] = feats
+            if out_aug is not None:
+                out_aug[take] = aug_feats
+        features[start:stop] = out
+        if aug is not None:
+            aug[start:stop] = out_aug
 
 
 def _fsync(path: Path) -> None:

@@ -85,6 +85,32 @@ def test_commit_keeps_old_rows_and_adds_new(path):
     np.testing.assert_array_equal(after[2:], _chunk("test", [1, 2, 3], seed=2).features[1:].astype(np.float16))
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, 1000])
+def test_commit_streams_blocks_with_the_same_result(path, monkeypatch, block_rows):
+    """The merge holds block_rows rows at a time; any block size gives the same store."""
+    row_bytes = D * 3 * 4                                   # clean + 2 views, float32
+    monkeypatch.setattr(st, "COMMIT_BLOCK_BYTES", block_rows * row_bytes)
+    first = [_chunk("train", [2, 5, 7], views=2, seed=1)]
+    later = [_chunk("train", [0, 1], views=2, seed=2), _chunk("train", [7, 6, 3], views=2, seed=3),
+             _chunk("train", [4], views=2, seed=4)]
+    for c in first:
+        st.write_part(path, c)
+    st.commit(path, _contents(n_train=8), "float32")
+    for c in later:                                          # unsorted part, and a repeat of item 7
+        st.write_part(path, c)
+    st.commit(path, _contents(n_train=8), "float32")
+    expected_f, expected_a = {}, {}
+    for c in first + later:                                  # the committed copy of a repeat wins
+        for i, f, a in zip(c.indices.tolist(), c.features, c.aug_features):
+            expected_f.setdefault(i, f)
+            expected_a.setdefault(i, a)
+    with st.open_store(path) as s:
+        assert s.encoded("train").tolist() == list(range(8))
+        feats, _, aug = s.read("train", aug=True)
+    np.testing.assert_array_equal(feats, np.stack([expected_f[i] for i in range(8)]))
+    np.testing.assert_array_equal(aug, np.stack([expected_a[i] for i in range(8)]))
+
+
 def test_unfinished_and_damaged_parts_are_never_read(path):
     good = st.write_part(path, _chunk("test", [0, 1], seed=1))
     folder = st.parts_dir(path)

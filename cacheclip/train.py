@@ -3,10 +3,11 @@
 Tensors in, state dicts out: this module never sees a store, a split or a
 file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
 and trains them together with ``bmm``; the forward and backward passes are
-written out by hand (no autograd, no DataLoader: each epoch's batches are
-gathered into one tensor up front) and the SGD update is torch's fused
-one-pass kernel where it exists, so a step costs its 5 adapter GEMMs, 2
-logit GEMMs, one pass over the weights and a dozen small elementwise ops.
+written out by hand (no autograd, no DataLoader: each step's inputs are one
+``index_select`` from the cached views per distinct views tensor) and the SGD
+update is torch's fused one-pass kernel where it exists, so a step costs its
+5 adapter GEMMs, 2 logit GEMMs, one pass over the weights and a dozen small
+elementwise ops.
 The result equals training each run alone up to float rounding
 (tests/test_train.py checks both this and the gradients against autograd).
 
@@ -14,7 +15,7 @@ Cost model (CPU, D = 1024, batch 32): a step is bound as much by moving the
 weights (w1, w2, their momentum and gradients: ~12 MB per run per step,
 which does not fit a 2 MB L2) as by its ~85 MFLOP, so batching runs helps
 mostly by sharing the per-op overhead; benchmarks/fit.py measures it.
-Memory: the epoch buffer holds R * N * D float32 values.
+Memory: beyond the views, one (R, B, D) step input and the (S, R, B) row numbers.
 
 Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
 
@@ -288,17 +289,16 @@ class _StackedTrainer:
         return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
 
 
-def _epoch_data(flat_views, labels, v, gens, cfg, plan, x_buf, y_buf) -> None:
-    """Fill x_buf (S, R, B, D) and y_buf (S, R, B) with each run's shuffled epoch."""
+def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:
+    """Fill rows (S, R, B) with each run's shuffled epoch as row numbers into its (N * V, D)
+    views, and y (S, R, B) with the matching labels (all on CPU: small)."""
     batch, steps = plan
     n = labels[0].shape[0]
-    device = x_buf.device
     for r, gen in enumerate(gens):
         draw = torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else None
         perm = torch.randperm(n, generator=gen)[: steps * batch]
-        rows = perm * v + (draw[perm] if draw is not None else 0)  # index into (N * V, D)
-        x_buf[:, r].copy_(flat_views[r].index_select(0, rows.to(device)).view(steps, batch, -1))
-        y_buf[:, r].copy_(labels[r].index_select(0, perm.to(device)).view(steps, batch))
+        rows[:, r] = (perm * v + (draw[perm] if draw is not None else 0)).view(steps, batch)
+        y[:, r] = labels[r][perm].view(steps, batch)
 
 
 def train_runs(
@@ -337,26 +337,50 @@ def train_runs(
 
 
 def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress):
-    """train_runs for runs of one shape: one stacked trainer, one pass."""
+    """train_runs for runs of one shape: one stacked trainer, one pass.
+
+    Each step gathers its (R, B, D) input straight from the runs' cached views, one
+    ``index_select`` per distinct views tensor (runs that share one, e.g. the alphas of a
+    seed, are trained side by side for that), so no epoch-sized copy is ever held.
+    """
     n, v, d = runs[0].views.shape
+    first_use: dict[int, int] = {}
+    for i, run in enumerate(runs):
+        first_use.setdefault(id(run.views), i)
+    order = sorted(range(len(runs)), key=lambda i: (first_use[id(runs[i].views)], i))
+    runs = [runs[i] for i in order]
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)
-    moved: dict[int, torch.Tensor] = {}  # runs that share one views tensor share its device copy
-    for run in runs:
-        if id(run.views) not in moved:
-            moved[id(run.views)] = run.views.to(device).reshape(n * v, d)  # (N * V, D)
-    flat_views = [moved[id(run.views)] for run in runs]
-    labels = [run.labels.to(device=device, dtype=torch.int64) for run in runs]
-    x_buf = torch.empty(plan[1], len(runs), plan[0], d, device=device)  # (S, R, B, D)
-    y_buf = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64, device=device)
+    sources = []  # (views (N * V, D) on the device, first run, end run) per distinct views tensor
+    for r, run in enumerate(runs):
+        if r and run.views is runs[r - 1].views:
+            sources[-1] = (sources[-1][0], sources[-1][1], r + 1)
+        else:
+            sources.append((run.views.to(device).reshape(n * v, d), r, r + 1))
+    labels = [run.labels.to(dtype=torch.int64) for run in runs]
+    rows = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)  # (S, R, B)
+    y = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)
+    x = torch.empty(len(runs), plan[0], d, device=device)  # this step's input, refilled each step
     for epoch, lr in enumerate(lr_per_epoch(cfg, epochs)):
-        _epoch_data(flat_views, labels, v, gens, cfg, plan, x_buf, y_buf)
+        _epoch_order(labels, v, gens, cfg, plan, rows, y)
+        rows_dev, y_dev = rows.to(device), y.to(device)
         for i in range(plan[1]):
-            trainer.step(x_buf[i], y_buf[i], lr)
+            for views, r0, r1 in sources:
+                _gather(views, rows_dev[i, r0:r1].reshape(-1), x[r0:r1].view(-1, d))
+            trainer.step(x, y_dev[i], lr)
         if progress is not None:
             progress(epoch + 1, epochs)
-    return trainer.states()
+    states = trainer.states()
+    return [states[order.index(i)] for i in range(len(runs))]  # back to the caller's order
+
+
+def _gather(source: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    """out = source[index], cast to out's dtype (the views may be stored as float16)."""
+    if source.dtype == out.dtype:
+        torch.index_select(source, 0, index, out=out)
+    else:
+        out.copy_(source.index_select(0, index))
 
 
 def predict(

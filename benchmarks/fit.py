@@ -1,6 +1,6 @@
 """How fast is CLIP-Adapter training on cached features?
 
-Run: .venv/bin/python benchmarks/fit.py [--quick]
+Run: .venv/bin/python benchmarks/fit.py [--quick] [--device cpu|cuda]
 
 Synthetic features (D = 1024, RN50's width), 16 shots, visual adapter,
 the CoOp protocol (batch 32, drop_last). Prints:
@@ -44,6 +44,7 @@ COOP11 = {
     "ucf101": (101, 7639),
 }
 GRID_SHOTS, GRID_SEEDS = (1, 2, 4, 8, 16), 3
+DEVICE = "cpu"  # --device
 
 
 def step_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = REDUCTION) -> int:
@@ -72,11 +73,11 @@ def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
     a fresh batch each step; no elementwise ops, no Python logic.
     """
     h = D // REDUCTION
-    w1, w2 = torch.randn(runs, D, h) * 0.01, torch.randn(runs, h, D) * 0.01
+    w1, w2 = torch.randn(runs, D, h, device=DEVICE) * 0.01, torch.randn(runs, h, D, device=DEVICE) * 0.01
     m1, m2, g1, g2 = (torch.zeros_like(w) for w in (w1, w2, w1, w2))
-    vs = torch.randn(classes, D)
+    vs = torch.randn(classes, D, device=DEVICE)
     vs_t = vs.t().contiguous()
-    xs = torch.randn(steps, runs, 32, D)
+    xs = torch.randn(steps, runs, 32, D, device=DEVICE)
     opts = dict(weight_decay=5e-4, momentum=0.9, lr=1e-3, dampening=0.0, nesterov=False, maximize=False,
                 is_first_step=False)
 
@@ -99,16 +100,23 @@ def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
 
 
 def matmul_gflops(reps: int) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, device=DEVICE), torch.randn(2048, 2048, device=DEVICE)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
     return 2 * 2048**3 / best / 1e9
 
 
 def _timed(fn) -> float:
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - start
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _runs(classes: int, seeds: int, alphas: tuple[float, ...]) -> tuple[list[RunSpec], torch.Tensor]:
@@ -131,7 +139,8 @@ def time_per_step(classes: int, seeds: int, alphas: tuple[float, ...], min_steps
     steps_per_epoch = batch_plan(len(runs[0].labels), 32)[1]
     epochs = max(1, math.ceil(min_steps / steps_per_epoch))
     cfg = TrainConfig()
-    best = min(_timed(lambda: train_runs(runs, weights, 100.0, cfg, epochs=epochs)) for _ in range(reps))
+    best = min(_timed(lambda: train_runs(runs, weights, 100.0, cfg, epochs=epochs, device=DEVICE))
+               for _ in range(reps))
     return best / (epochs * steps_per_epoch)
 
 
@@ -164,19 +173,24 @@ def _interpolate(points: dict[int, float]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     min_steps, reps = (60, 2) if args.quick else (400, 3)
     alphas = (0.1, 0.2, 0.4, 0.6)
 
-    print(f"cacheclip fit benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else \
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    print(f"cacheclip fit benchmark: torch {torch.__version__}, {DEVICE}: {where}")
     print(f"synthetic features D={D}, r={REDUCTION}, {SHOTS} shots, {VIEWS} views, batch 32, "
           f"visual adapter (official block)")
     print("FLOPs per step per run = 32 * (10*D*H + 4*D*K), H = D/r "
           "(5 adapter GEMMs fwd+bwd, 2 logit GEMMs fwd+bwd)\n")
     time_per_step(10, 1, (0.2,), 20, 1)  # warm-up: thread pool, allocator
     peak = matmul_gflops(reps + 2)
-    print(f"reference fp32 matmul 2048^3: {peak:.0f} GFLOP/s\n")
+    print(f"reference fp32 matmul 2048^3: {peak:.0f} GFLOP/s (TF32 "
+          f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} on CUDA)\n")
 
     single, batched = {}, {}
     header = (f"{'classes':>7} {'steps':>6} {'runs':>4} | {'per run, 200 ep':>15} {'GFLOP/s':>7} {'ratio':>5} "

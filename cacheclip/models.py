@@ -223,6 +223,9 @@ def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike
         raise _load_error(ref.name, ref.pretrained, ref.checkpoint_path, e) from e
     net.eval().requires_grad_(False)
+    if device.startswith("cuda"):   # fp32 means fp32: cuDNN would run convolutions in TF32 (10-bit
+        torch.backends.cudnn.allow_tf32 = False        # mantissa) on Ampere and later by default
+        torch.backends.cuda.matmul.allow_tf32 = False
     loaded = LoadedModel(
         ref=ref, model=net, preprocess=_preprocess_cfg(net), val_transform=val_transform,
         tokenizer=open_clip.get_tokenizer(ref.name), logit_scale=float(net.logit_scale.exp().item()),

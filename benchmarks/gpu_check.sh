@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, for a session that is lent a GPU (about 5 minutes on an H100):
 #   1. the CUDA tests (tests/test_gpu.py: CUDA vs CPU features, fp16 autocast, training on
-#      CUDA, the CLI with --device cuda, torchrun with NCCL);
+#      CUDA, the CLI with --device cuda, torchrun on the GPUs);
 #   2. benchmarks/extract.py on the GPU (RN50 random weights: model-bound? tiny ViT: decode-bound);
 #   3. benchmarks/fit.py --quick on the GPU.
 # Logs go to $OUT (the device tool's folder) or ./gpu-check.

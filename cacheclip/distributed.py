@@ -44,8 +44,8 @@ def from_env(device: str) -> Dist:
         return SINGLE
     import torch.distributed as td
 
-    if not td.is_initialized():
-        td.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if not td.is_initialized():   # gloo on GPUs too: the only collectives are a few CPU integers
+        td.init_process_group(backend="gloo")                   # (features travel through part files)
     return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

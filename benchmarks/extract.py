@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/extract.py [--model rn50|tiny|both|NAME|CONFIG.json]
          [--images N] [--workers W] [--batch-size B] [--image-size S] [--device cpu|cuda]
+         [--precision auto|fp32|amp]
 
 Writes a synthetic EuroSAT-layout dataset (S x S JPEGs, EuroSAT's are 64 x 64)
 with ``cacheclip.synthetic``, then measures in one process, for each model:
@@ -58,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=ex.ExtractConfig.batch_size)
     p.add_argument("--image-size", type=int, default=64, help="side of the synthetic JPEGs")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or amp (as extract's --precision)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs of each measurement")
     p.add_argument("--fixed-threads", action="store_true",
                    help="turn off extract's CPU thread choice (ex.CpuThreads): the behaviour before it")
@@ -90,7 +92,7 @@ def end_to_end(root: Path, loaded, cfg: ex.ExtractConfig) -> tuple[float, int]:
     return n / summary.seconds, n
 
 
-def forward_rate(loaded, batch_size: int, amp: bool, min_batches: int = 3, min_seconds: float = 1.0) -> float:
+def forward_rate(loaded, batch_size: int, precision: str, min_batches: int = 3, min_seconds: float = 1.0) -> float:
     """Images/s of encode_images alone on a pre-loaded (B, 3, H, W) tensor, same batch size:
     at least ``min_batches`` batches and ``min_seconds``; on CPU the better of all torch
     threads and one (the two settings extract chooses from)."""
@@ -102,11 +104,11 @@ def forward_rate(loaded, batch_size: int, amp: bool, min_batches: int = 3, min_s
     for threads in sorted({initial, 1} if loaded.device == "cpu" else {initial}, reverse=True):
         torch.set_num_threads(threads)
         if threads == initial:
-            encode_images(loaded, x, amp)  # warm-up (allocator, oneDNN primitives)
+            encode_images(loaded, x, precision)  # warm-up (allocator, oneDNN primitives)
         start, batches = time.perf_counter(), 0
         least = min_batches if threads == initial else 1  # one thread: a check, not worth RN50's time
         while batches < least or time.perf_counter() - start < min_seconds:
-            encode_images(loaded, x, amp)
+            encode_images(loaded, x, precision)
             if loaded.device.startswith("cuda"):
                 torch.cuda.synchronize()
             batches += 1
@@ -131,13 +133,13 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
     make_data(root, images, args.image_size)
     loaded = load_model(model, args.pretrained, device=args.device)
     cfg = ex.ExtractConfig(cache_dir=str(folder / f"cache-{label}"), train="all", augment=AugmentConfig(views=0),
-                           batch_size=args.batch_size, workers=args.workers)
-    amp = ex.resolve_precision(cfg.precision, args.device)
+                           batch_size=args.batch_size, workers=args.workers, precision=args.precision)
+    precision = ex.resolve_precision(cfg.precision, args.device)
     a = b = c = 0.0
     for _ in range(args.repeats):  # interleaved, so a drifting background load hits all three alike
         rate, n = end_to_end(root, loaded, cfg)
         a = max(a, rate)
-        b = max(b, forward_rate(loaded, args.batch_size, amp))
+        b = max(b, forward_rate(loaded, args.batch_size, precision))
         c = max(c, decode_rate(root, loaded, cfg))
     return {"model": label, "images": n, "end_to_end": a, "forward": b, "decode": c,
             "binds": "model" if b < c else "decode", "ratio": a / min(b, c)}
@@ -157,7 +159,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="cacheclip-bench-"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"# device {args.device}, workers {args.workers}, batch {args.batch_size}, "
+    print(f"# device {args.device}, precision {args.precision}, workers {args.workers}, batch {args.batch_size}, "
           f"{args.image_size}px JPEGs, aug_views=0 (one forward per image), best of {args.repeats}, "
           f"thread choice {'off' if args.fixed_threads else 'on'}")
     print(f"{'model':>16} {'images':>6} {'(a) e2e':>9} {'(b) fwd':>9} {'(c) decode':>10} {'binds':>6} {'ratio':>6}")

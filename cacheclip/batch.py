@@ -165,7 +165,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
         return "unfinished extraction"
     # all of the identity but `preprocess` (needs the model) and `precision` (a store encoded
     # on a GPU serves a CPU fit as it is; its results record the precision)
-    wanted = {k: v for k, v in store_identity(ds, ref, cfg, amp=False).items() if k != "precision"}
+    wanted = {k: v for k, v in store_identity(ds, ref, cfg, "fp32").items() if k != "precision"}
     with open_store(path) as store:
         differ = [k for k, v in wanted.items() if store.attrs.get(k) != v]
         if differ:

@@ -26,7 +26,7 @@ from .datasets import SPLITS, DatasetSplits, Item, check_images, load_dataset
 from .distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
 from .errors import ConfigError, CorruptImageError, StoreMismatchError
 from .fewshot import needed_train_indices
-from .models import LoadedModel, ModelRef, encode_images, encode_text, versions
+from .models import LoadedModel, ModelRef, cpu_has_bf16, encode_images, encode_text, versions
 from .templates import format_prompts, get_templates
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -50,7 +50,7 @@ class ExtractConfig:
     holdout_val: bool = False                   # also encode the hold-out val of datasets without val
     batch_size: int = 64
     workers: int = min(4, os.cpu_count() or 1)
-    precision: str = "auto"                     # auto (amp on cuda, fp32 on cpu) | fp32 | amp
+    precision: str = "auto"                     # auto (amp on cuda, fp32 on cpu) | fp32 | amp (bf16 on cpu)
 
     def validate(self) -> None:
         if self.dtype not in ("float16", "float32"):
@@ -78,19 +78,27 @@ class ExtractSummary:
         return sum(self.encoded.values()) / self.seconds if self.seconds else 0.0
 
 
-def resolve_precision(precision: str, device: str) -> bool:
-    """True when encoding runs under CUDA autocast (fp16)."""
-    if precision == "amp" and not device.startswith("cuda"):
-        raise ConfigError("--precision amp needs a CUDA device", "use --precision fp32 on CPU")
-    return precision == "amp" or (precision == "auto" and device.startswith("cuda"))
+def resolve_precision(precision: str, device: str) -> str:
+    """What the forward runs in, as recorded in the store: fp32, amp-fp16 (CUDA autocast)
+    or amp-bf16 (CPU autocast: only asked for, and only where the CPU has bf16 units)."""
+    cuda = device.startswith("cuda")
+    if precision == "fp32" or (precision == "auto" and not cuda):
+        return "fp32"
+    if cuda:
+        return "amp-fp16"
+    if not cpu_has_bf16():
+        raise ConfigError("--precision amp on CPU needs bf16 hardware (AVX512-BF16 or AMX); this CPU has neither",
+                          "use --precision fp32, the default on CPU")
+    return "amp-bf16"
 
 
-def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig, amp: bool) -> dict:
+def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig,
+                   precision: str) -> dict:
     """The identity attributes of the store. From a ModelRef (no model built) it lacks only
     ``preprocess``, which the built model reports."""
     identity = {
         "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **model.identity(),
-        "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": "amp-fp16" if amp else "fp32",
+        "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": precision,
         **cfg.augment.attrs(),
     }
     # lists are stored as JSON text in HDF5 attributes; compare them in that form
@@ -170,12 +178,12 @@ def image_loader(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
     return reader, loader
 
 
-def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, amp: bool):
+def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, precision: str):
     """One forward over clean + augmented views: (B, D) and (B, V, D) or None."""
     if aug is None:
-        return encode_images(loaded, clean, amp).cpu().numpy(), None
+        return encode_images(loaded, clean, precision).cpu().numpy(), None
     b, v = aug.shape[:2]
-    feats = encode_images(loaded, torch.cat([clean, aug.flatten(0, 1)]), amp).cpu().numpy()
+    feats = encode_images(loaded, torch.cat([clean, aug.flatten(0, 1)]), precision).cpu().numpy()
     return feats[:b], feats[b:].reshape(b, v, -1)
 
 
@@ -201,14 +209,14 @@ class CpuThreads:
         self.active = device == "cpu" and workers > 0 and self.initial > 1
         self.forward_seconds: float | None = None   # one image, one thread
 
-    def choose(self, loaded: LoadedModel, reader: _ImageReader, batch_size: int) -> int:
+    def choose(self, loaded: LoadedModel, reader: _ImageReader, batch_size: int, precision: str = "fp32") -> int:
         """Set and return the thread count for encoding ``reader``'s items."""
         if not self.active:
             return torch.get_num_threads()
         decode, forwards_per_item = _decode_cost(reader)
         if self.forward_seconds is None:
             torch.set_num_threads(1)
-            self.forward_seconds = _forward_seconds_per_image(loaded, batch_size)
+            self.forward_seconds = _forward_seconds_per_image(loaded, batch_size, precision)
         decode_rate = min(self.workers, self.initial) / max(decode, 1e-9)        # items/s
         forward_rate = 1.0 / (self.forward_seconds * forwards_per_item)        # items/s on one thread
         threads = 1 if forward_rate >= decode_rate else self.initial
@@ -241,7 +249,8 @@ def _decode_cost(reader: _ImageReader, per_split: int = 2) -> tuple[float, float
     return seconds / total, forwards / total
 
 
-def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: float = 0.02) -> float:
+def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, precision: str = "fp32",
+                               enough: float = 0.02) -> float:
     """Seconds per image of the forward on random input, at the current thread count: batches
     of 1, 4, 16... up to ``max_batch``, stopping at the first that takes ``enough`` seconds
     (a fast model's cost per image falls with the batch; a slow one is measured at once)."""
@@ -251,7 +260,7 @@ def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: floa
     while True:
         x = torch.randn(batch, 3, *side)
         start = time.perf_counter()
-        encode_images(loaded, x)
+        encode_images(loaded, x, precision)
         seconds = time.perf_counter() - start
         if seconds >= enough or batch >= max_batch:
             return seconds / batch
@@ -259,7 +268,7 @@ def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, enough: floa
 
 
 def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
-                 path: Path, amp: bool, progress: Progress | None) -> dict[str, int]:
+                 path: Path, precision: str, progress: Progress | None) -> dict[str, int]:
     """Encode the planned items of every split, committing a part file per chunk of one split;
     returns the number of items encoded per split."""
     reader, loader = image_loader(ds, todo, loaded, cfg)
@@ -271,14 +280,14 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
     pending: Future | None = None
     try:
         batches = iter(loader)
-        threads.choose(loaded, reader, cfg.batch_size)   # measured while the workers start
+        threads.choose(loaded, reader, cfg.batch_size, precision)   # measured while the workers start
         with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
             for split, idx, clean, aug, error in batches:
                 if error is not None:
                     raise CorruptImageError(
                         f"cannot decode {ds.image_root / ds.split(split)[error[0]].path}: {error[1]}",
                         "replace or delete the file (and its line in the split file), then rerun")
-                feats, aug_feats = _encode_batch(loaded, clean, aug, amp)
+                feats, aug_feats = _encode_batch(loaded, clean, aug, precision)
                 buffer.append((idx, feats, aug_feats))
                 done[split] += len(idx)
                 forwards = sum(len(b[0]) for b in buffer) * (1 + (0 if aug_feats is None else aug_feats.shape[1]))
@@ -329,8 +338,8 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
     cfg.validate()
     start = time.perf_counter()
     ds = load_dataset(dataset, data_root)
-    amp = resolve_precision(cfg.precision, loaded.device)
-    identity = store_identity(ds, loaded, cfg, amp)
+    precision = resolve_precision(cfg.precision, loaded.device)
+    identity = store_identity(ds, loaded, cfg, precision)
     path = st.store_path(cfg.cache_dir, loaded.model_id, loaded.weights_id, ds.name)
     templates = list(get_templates(cfg.templates, ds.name))
     summary = ExtractSummary(dataset=ds.name, store=path)
@@ -345,7 +354,7 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
         check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
         error = None
         try:
-            encoded = _encode_todo(ds, {s: shard(todo[s], dist) for s in SPLITS}, loaded, cfg, path, amp, progress)
+            encoded = _encode_todo(ds, {s: shard(todo[s], dist) for s in SPLITS}, loaded, cfg, path, precision, progress)
         except Exception as e:  # e.g. a corrupt image in this rank's shard
             error, encoded = e, {}
         all_succeeded(error, dist)

@@ -50,7 +50,9 @@ def extract(
     aug_scale: Annotated[str, typer.Option(help="RandomResizedCrop scale range (CoOp: 0.08,1; Tip-Adapter: 0.5,1).")] = "0.08,1",
     aug_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
     dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
-    precision: Annotated[str, typer.Option(help="auto (amp on CUDA, fp32 on CPU), fp32, or amp.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (amp on CUDA, fp32 on CPU), fp32, or amp (fp16 autocast on CUDA; bf16 on CPUs with AMX "
+             "or AVX512-BF16).")] = "auto",
 ) -> None:
     """Encode datasets' images and prompted class names into feature stores (resumable)."""
     from cacheclip.augment import AugmentConfig

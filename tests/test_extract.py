@@ -23,7 +23,7 @@ from cacheclip import extract as ex
 from cacheclip import store as st
 from cacheclip.augment import AugmentConfig, AugmentedViews, crop_box, view_generator
 from cacheclip.datasets import load_dataset
-from cacheclip.errors import StoreLockedError, StoreMismatchError
+from cacheclip.errors import ConfigError, StoreLockedError, StoreMismatchError
 from cacheclip.extract import ExtractConfig, extract_dataset, planned_items
 from cacheclip.fewshot import needed_train_indices
 from cacheclip.models import encode_text, load_model
@@ -339,7 +339,7 @@ def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
     forward_calls = []
     monkeypatch.setattr(ex, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
     monkeypatch.setattr(ex, "_forward_seconds_per_image",
-                        lambda loaded, batch: forward_calls.append(fake_threads["threads"]) or forward_ms / 1000)
+                        lambda loaded, batch, precision: forward_calls.append(fake_threads["threads"]) or forward_ms / 1000)
     tuner = ex.CpuThreads("cpu", workers=2)
     assert tuner.choose(None, None, 64) == expected
     assert fake_threads["threads"] == expected
@@ -376,3 +376,40 @@ def test_extraction_restores_the_thread_count(tiny_loaded, coop_root, tmp_path):
     before = torch.get_num_threads()
     extract_dataset("eurosat", coop_root, tiny_loaded, _cfg(tmp_path, workers=1, batch_size=4, train="all"))
     assert torch.get_num_threads() == before
+
+
+# ---------------------------------------------------------------- precision
+
+@pytest.mark.parametrize("asked, device, bf16, expected", [
+    ("auto", "cpu", True, "fp32"), ("auto", "cuda", False, "amp-fp16"), ("fp32", "cuda:1", False, "fp32"),
+    ("amp", "cuda", False, "amp-fp16"), ("amp", "cpu", True, "amp-bf16"),
+])
+def test_resolve_precision(asked, device, bf16, expected, monkeypatch):
+    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: bf16)
+    assert ex.resolve_precision(asked, device) == expected
+
+
+def test_amp_on_a_cpu_without_bf16_units_is_an_error(monkeypatch):
+    monkeypatch.setattr(ex, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        ex.resolve_precision("amp", "cpu")
+    assert "bf16" in e.value.message and "--precision fp32" in e.value.hint
+
+
+@pytest.mark.skipif(not ex.cpu_has_bf16(), reason="this CPU has no bf16 units")
+@pytest.mark.parametrize("model", ["tiny_clip", "tiny_clip_rn"])
+def test_bf16_autocast_on_cpu_is_recorded_and_close_to_fp32(model, request, coop_root, tmp_path):
+    from cacheclip.models import load_model
+
+    files = request.getfixturevalue(model)
+    stores = {}
+    for precision in ("fp32", "amp"):
+        loaded = load_model(str(files[0]), str(files[1]))   # fresh: amp turns a conv net channels_last
+        cfg = _cfg(tmp_path / precision, precision=precision, train="all")
+        stores[precision] = extract_dataset("eurosat", coop_root, loaded, cfg).store
+    with st.open_store(stores["fp32"]) as a, st.open_store(stores["amp"]) as b:
+        assert (a.attrs["precision"], b.attrs["precision"]) == ("fp32", "amp-bf16")
+        for split in ("train", "test"):
+            x, y = a.read(split)[0], b.read(split)[0]
+            cosine = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+            assert cosine.min() > 0.9995 and not np.array_equal(x, y)

@@ -194,11 +194,12 @@ class CpuThreads:
     what the workers decode, the forward gets one thread and the workers the other cores
     (a multi-threaded forward spin-waits at every op for a core that a worker holds:
     measured on 2 cores, a tiny model's forward 20x slower with 2 threads than with 1);
-    otherwise the model binds and gets every thread. ``choose`` decides per split, before
-    its loader starts, from two cheap measurements: decoding a few of its items in this
-    process, and one-thread forwards of random batches (measured once). Timing the running
-    loader instead mixes worker start-up and queue effects into the signal (it chose wrong
-    in 3 of 6 runs of benchmarks/extract.py here). Inactive on GPU, without workers, or with one thread.
+    otherwise the model binds and gets every thread. ``choose`` decides while the loader's
+    workers start, from two cheap measurements: decoding the first items of each split in
+    this process (weighted by the split's share of the work and its forwards per item), and
+    one-thread forwards of random batches. Timing the running loader instead mixes worker
+    start-up and queue effects into the signal (it chose wrong in 3 of 6 runs of
+    benchmarks/extract.py here). Inactive on GPU, without workers, or with one thread.
     ``close`` restores the thread count. (Conv models' features can differ in the last bit
     between thread counts; ViTs' do not.)
     """

@@ -200,7 +200,7 @@ def main() -> None:
     for k in CLASSES:
         peak = row_peak = max(matmul_gflops(reps), peak)  # the best the machine has shown so far
         single[k] = time_per_step(k, 1, (0.2,), min_steps, reps)
-        batched[k] = time_per_step(k, 3, alphas, min_steps // 12, reps) / 12
+        batched[k] = time_per_step(k, 3, alphas, min_steps, reps) / 12
         steps = 200 * batch_plan(k * SHOTS, 32)[1]
         for runs, per_step in ((1, single[k]), (12, batched[k])):
             floor = kernel_floor(k, runs, reps) / runs
@@ -211,7 +211,7 @@ def main() -> None:
         print(f"{'':>7} {'':>6} {'':>4} | batched per run: {single[k] / batched[k]:.2f}x faster than one by one")
     print(f"""
 runs: 1 = one run alone; 12 = 3 seeds x 4 alphas in one train_runs call (time per run).
-Timed whole epochs, >= {min_steps} steps for 1 run and >= {min_steps // 12} for 12 runs, best of {reps},
+Timed whole epochs, >= {min_steps} steps (init included), best of {reps},
 scaled to 200 epochs. ratio = executed GFLOP/s / the best 2048^3 matmul GFLOP/s so far (matmul);
 issue count = the same with the issue's FLOP model (3 x forward); floor ratio = the ratio of the
 step's GEMMs + SGD update alone (kernel_floor); of floor = floor time / step time.

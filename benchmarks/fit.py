@@ -11,7 +11,7 @@ the CoOp protocol (batch 32, drop_last). Prints:
     batched call, against the one-by-one time of (a);
 (c) achieved GFLOP/s against a plain 2048^3 fp32 matmul measured in the same
     process, with FLOPs counted two ways: those the step executes, and the
-    issue's model count (3 x the forward, as if the frozen input also took
+    usual model count (3 x the forward, as if the frozen input also took
     a gradient); and the kernel floor: the step's GEMMs and its SGD update
     alone on the same shapes, timed in the same process, i.e. the most the
     step could reach with zero elementwise and Python cost;
@@ -59,7 +59,7 @@ def step_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = RED
 
 
 def model_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = REDUCTION) -> int:
-    """The issue's count: 3 x the forward (2 D H + 2 H D adapter, 2 D K logits) per sample,
+    """The usual model count, 3 x the forward (2 D H + 2 H D adapter, 2 D K logits) per sample,
     i.e. also an input gradient at each GEMM. ~3.1 MFLOP per sample at D = 1024 for the adapter."""
     hidden = dim // reduction
     return batch * 3 * (4 * dim * hidden + 2 * dim * classes)
@@ -194,7 +194,7 @@ def main() -> None:
 
     single, batched = {}, {}
     header = (f"{'classes':>7} {'steps':>6} {'runs':>4} | {'per run, 200 ep':>15} {'GFLOP/s':>7} {'ratio':>5} "
-              f"{'issue count':>11} | {'floor ratio':>11} {'of floor':>8} | {'matmul':>6}")
+              f"{'3x fwd count':>12} | {'floor ratio':>11} {'of floor':>8} | {'matmul':>6}")
     print(header)
     print("-" * len(header))
     for k in CLASSES:
@@ -206,14 +206,14 @@ def main() -> None:
             floor = kernel_floor(k, runs, reps) / runs
             gflops = step_flops(k) / per_step / 1e9
             print(f"{k:>7} {steps:>6} {runs:>4} | {steps * per_step:>14.1f}s {gflops:>7.0f} {gflops / row_peak:>5.2f} "
-                  f"{model_flops(k) / per_step / 1e9 / row_peak:>11.2f} | "
+                  f"{model_flops(k) / per_step / 1e9 / row_peak:>12.2f} | "
                   f"{step_flops(k) / floor / 1e9 / row_peak:>11.2f} {floor / per_step:>8.2f} | {row_peak:>6.0f}")
         print(f"{'':>7} {'':>6} {'':>4} | batched per run: {single[k] / batched[k]:.2f}x faster than one by one")
     print(f"""
 runs: 1 = one run alone; 12 = 3 seeds x 4 alphas in one train_runs call (time per run).
 Timed whole epochs, >= {min_steps} steps (init included), best of {reps},
 scaled to 200 epochs. ratio = executed GFLOP/s / the best 2048^3 matmul GFLOP/s so far (matmul);
-issue count = the same with the issue's FLOP model (3 x forward); floor ratio = the ratio of the
+3x fwd count = the same with the usual model count (3 x forward); floor ratio = the ratio of the
 step's GEMMs + SGD update alone (kernel_floor); of floor = floor time / step time.
 """)
     peak_after = matmul_gflops(reps + 2)

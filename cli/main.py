@@ -59,6 +59,7 @@ def extract(
     from cacheclip.datasets import expand_names
     from cacheclip.distributed import from_env, rank_device
     from cacheclip.extract import ExtractConfig, extract_dataset
+    from cacheclip.models import cpu_has_bf16
 
     names = expand_names(c.split_names(dataset) or ["all"]) if dataset else _require_dataset()
     scale = c.parse_floats(aug_scale, "--aug-scale")
@@ -73,6 +74,9 @@ def extract(
     device = c.default_device(device)
     dist = from_env(device)   # under torchrun: this process's rank; else a single process
     loaded = _load(model, pretrained, rank_device(device, dist))
+    if precision == "auto" and device == "cpu" and dist.is_main and cpu_has_bf16():
+        c.console.print("note: this CPU computes bf16 natively; --precision amp encodes much faster (RN50: about 3x) "
+                        "(features within a cosine of 0.9999 of fp32's, recorded in the store)", style="dim")
     failures = []
     for name in names:
         try:

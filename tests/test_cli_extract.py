@@ -94,6 +94,17 @@ def test_extract_ls_export(cli, coop_root, tiny_args, tmp_path):
                 assert z["paths"].tolist() == [s.listing(split).paths[i] for i in s.encoded(split)]
 
 
+@pytest.mark.parametrize("bf16, precision, noted", [(True, "auto", True), (True, "fp32", False),
+                                                     (False, "auto", False)])
+def test_bf16_cpus_get_a_note_about_amp(cli, coop_root, tiny_args, monkeypatch, bf16, precision, noted):
+    import cacheclip.models
+
+    monkeypatch.setattr(cacheclip.models, "cpu_has_bf16", lambda: bf16)
+    code, _, err = _extract(cli, coop_root, tiny_args, "--device", "cpu", "--precision", precision)
+    assert code == 0, err
+    assert ("--precision amp encodes much faster" in " ".join(err.split())) == noted
+
+
 def test_ls_with_no_stores(cli, tmp_path):
     code, _, err = cli("ls", "--cache-dir", tmp_path / "nothing")
     assert code == 0 and "no stores under" in err

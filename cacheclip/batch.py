@@ -96,7 +96,7 @@ def extract_config(config: BatchConfig):
     return ExtractConfig(cache_dir=config.cache_dir, templates=config.templates,
                          augment=AugmentConfig(views=config.aug_views), shots=config.shots, seeds=config.seeds,
                          holdout_val=config.no_val == "holdout", batch_size=config.batch_size,
-                         workers=config.workers)
+                         workers=config.workers, precision=config.precision)
 
 
 def fit_config(config: BatchConfig, method: str, device: str = "cpu"):

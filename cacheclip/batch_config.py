@@ -68,6 +68,7 @@ class BatchConfig:
     templates: str = "default"                       # prompt template set or file
     workers: int = min(4, os.cpu_count() or 1)       # image-decoding processes during extract
     batch_size: int = 64                             # images per forward pass during extract
+    precision: str = "auto"                          # extract: auto (amp on CUDA, fp32 on CPU) | fp32 | amp
     fail_fast: bool = False                          # stop at the first failing dataset
 
     def dataset_names(self) -> list[str]:
@@ -100,6 +101,8 @@ class BatchConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}", "CoOp uses 0.002")
         if self.no_val not in ("none", "holdout"):
             raise ConfigError(f"no_val {self.no_val!r} is not supported", "use none or holdout")
+        if self.precision not in ("auto", "fp32", "amp"):
+            raise ConfigError(f"precision {self.precision!r} is not supported", "use auto, fp32 or amp")
         if self.aug_views < 0 or self.workers < 0 or self.batch_size < 1:
             raise ConfigError("aug_views and workers must be >= 0 and batch_size >= 1",
                               "e.g. --aug-views 10 --workers 4 --batch-size 64")
@@ -194,6 +197,7 @@ _CONVERTERS: dict[str, Callable[[str, Any, str], Any]] = {
     "templates": _scalar(str, "a string"),
     "workers": _scalar(int, "an integer"),
     "batch_size": _scalar(int, "an integer"),
+    "precision": _scalar(str, "auto, fp32 or amp"),
     "fail_fast": _scalar(bool, "true or false"),
 }
 assert set(_CONVERTERS) == {f.name for f in fields(BatchConfig)}
@@ -264,7 +268,7 @@ _FLAGS = (("methods", "--methods"), ("shots", "--shots"), ("seeds", "--seeds"), 
           ("alphas", "--alpha"), ("betas", "--beta"), ("epochs", "--epochs"), ("lr", "--lr"),
           ("no_val", "--no-val"), ("device", "--device"), ("cache_dir", "--cache-dir"),
           ("results_dir", "--results-dir"), ("aug_views", "--aug-views"), ("templates", "--templates"),
-          ("workers", "--workers"), ("batch_size", "--batch-size"))
+          ("workers", "--workers"), ("batch_size", "--batch-size"), ("precision", "--precision"))
 
 
 def to_command(config: BatchConfig, *, datasets: list[str] | None = None,

@@ -164,6 +164,7 @@ def batch(
     templates: Annotated[Optional[str], typer.Option(help="Prompt template set or file [default].")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes during extract.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per forward pass during extract [64].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Extract precision: auto, fp32 or amp [auto].")] = None,
     fail_fast: Annotated[Optional[bool], typer.Option("--fail-fast/--no-fail-fast", help="Stop at the first failing dataset.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what is done and what would run; build no model.")] = False,
 ) -> None:
@@ -179,7 +180,7 @@ def batch(
         "epochs": epochs and _epochs(epochs), "lr": lr, "no_val": no_val, "device": device,
         "cache_dir": cache_dir and str(cache_dir), "results_dir": results_dir and str(results_dir),
         "aug_views": aug_views, "templates": templates, "workers": workers, "batch_size": batch_size,
-        "fail_fast": fail_fast,
+        "precision": precision, "fail_fast": fail_fast,
     }
     cfg = load_config(config, {k: v for k, v in raw.items() if v is not None})
     if dry_run:

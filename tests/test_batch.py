@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cacheclip.batch import BatchConfig, ModelSpec, load_config, plan_batch, read_config_file, to_command
+from cacheclip.batch import (BatchConfig, ModelSpec, extract_config, load_config, plan_batch, read_config_file,
+                             to_command)
 from cacheclip.errors import ConfigError
 from cacheclip.synthetic import make_dataset
 
@@ -90,7 +91,8 @@ def test_toml_config_flag_override_and_paths(tmp_path):
     toml.parent.mkdir()
     toml.write_text('datasets = ["eurosat", "dtd"]\nmodels = [{model = "RN50", pretrained = "openai"},'
                     ' {model = "my.json", pretrained = "w.pt"}]\nshots = [1, 4]\nseeds = 7\nalphas = [0.2, 1]\n'
-                    'epochs = "coop"\nroot = "data"\nresults_dir = "/abs/results"\nfail_fast = true\n')
+                    'epochs = "coop"\nroot = "data"\nresults_dir = "/abs/results"\nfail_fast = true\n'
+                    'precision = "amp"\n')
     cfg = load_config(toml, {"shots": (2,), "epochs": 5})
     assert cfg.datasets == ("eurosat", "dtd") and cfg.shots == (2,) and cfg.seeds == (7,)
     assert cfg.epochs == 5 and cfg.alphas == (0.2, 1.0) and cfg.fail_fast is True
@@ -100,7 +102,8 @@ def test_toml_config_flag_override_and_paths(tmp_path):
     assert read_config_file(toml)["epochs"] is None            # "coop": CoOp's policy
     command = to_command(cfg, datasets=["dtd"], models=cfg.models[:1])
     assert "--datasets dtd --model RN50 --pretrained openai --shots 2 --seeds 7" in command
-    assert "--epochs 5" in command and "w.pt" not in command
+    assert "--epochs 5" in command and "w.pt" not in command and "--precision amp" in command
+    assert extract_config(cfg).precision == "amp"
 
 
 def test_unknown_or_bad_keys_fail_loudly(tmp_path, capsys):
@@ -118,6 +121,8 @@ def test_unknown_or_bad_keys_fail_loudly(tmp_path, capsys):
     toml.write_text('shots = [1, "two"]\n')
     with pytest.raises(ConfigError, match="'shots' must be a list of integers"):
         load_config(toml)
+    with pytest.raises(ConfigError, match="precision 'bf16' is not supported"):
+        load_config(None, {"precision": "bf16"})
     with pytest.raises(Exception, match="unknown dataset 'eurosatt'"):
         load_config(None, {"datasets": ["eurosatt"]})
     assert BatchConfig().dataset_names()[:2] == ["imagenet", "caltech101"]   # coop11

@@ -355,7 +355,8 @@ def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, c
         check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
         error = None
         try:
-            encoded = _encode_todo(ds, {s: shard(todo[s], dist) for s in SPLITS}, loaded, cfg, path, precision, progress)
+            mine = {s: shard(todo[s], dist) for s in SPLITS}
+            encoded = _encode_todo(ds, mine, loaded, cfg, path, precision, progress)
         except Exception as e:  # e.g. a corrupt image in this rank's shard
             error, encoded = e, {}
         all_succeeded(error, dist)

@@ -253,11 +253,11 @@ def _read_part(part: Path, with_features: bool) -> Chunk | None:
             rows = {len(f[k]) for k in ("features", "aug_features") if k in f} | {len(indices)}
             if "features" not in f or len(rows) != 1:
                 return None
-            aug = None
-            if "aug_features" in f:   # metadata only: a (rows, views, 0) placeholder
-                aug = f["aug_features"][()] if with_features else np.zeros(f["aug_features"].shape[:2] + (0,))
-            if not with_features:  # cheap, for deciding what is left to encode and planning a merge
-                return Chunk(split, indices, np.zeros((len(indices), 0), np.float32), aug)
+            if not with_features:  # cheap: arrays of the right shape holding no data (one zero each)
+                shape_only = {k: np.broadcast_to(np.float32(0), f[k].shape) for k in ("features", "aug_features")
+                              if k in f}
+                return Chunk(split, indices, shape_only["features"], shape_only.get("aug_features"))
+            aug = f["aug_features"][()] if "aug_features" in f else None
             return Chunk(split, indices, f["features"][()], aug)
     except (OSError, KeyError, ValueError):
         return None
@@ -347,6 +347,7 @@ class _Source:
     """Rows for a merge: the committed store's split group, or one part file."""
 
     indices: np.ndarray            # item index of each row, in row order
+    dim: int                       # feature width
     views: int                     # augmented views per row (0: none)
     origin: h5py.Group | Path
 
@@ -370,11 +371,11 @@ def _merge_sources(split: str, old: FeatureStore | None, parts: list[tuple[Path,
     if old is not None and split in old.splits and len(old.encoded(split)):
         group = old._split(split)
         views = group["aug_features"].shape[1] if "aug_features" in group else 0
-        sources.append(_Source(old.encoded(split), views, group))
+        sources.append(_Source(old.encoded(split), group["features"].shape[1], views, group))
     for file, chunk in parts:
         if chunk.split == split:
             views = 0 if chunk.aug_features is None else chunk.aug_features.shape[1]
-            sources.append(_Source(chunk.indices, views, file))
+            sources.append(_Source(chunk.indices, chunk.features.shape[1], views, file))
     return sources
 
 
@@ -388,8 +389,7 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
     unique, first = np.unique(indices, return_index=True)
     owner, row = owner[first], row[first]
     g["encoded"] = unique
-    probe = sources[0].read(np.zeros(1, np.int64))[0]
-    dim, views = probe.shape[1], min(s.views for s in sources)
+    dim, views = sources[0].dim, min(s.views for s in sources)
     features = g.create_dataset("features", (len(unique), dim), dtype)
     aug = g.create_dataset("aug_features", (len(unique), views, dim), dtype) if views else None
     block = max(1, COMMIT_BLOCK_BYTES // (dim * (1 + views) * np.dtype(dtype).itemsize))

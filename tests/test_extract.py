@@ -338,8 +338,10 @@ def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
         forward_ms, decode_ms, views, expected, fake_threads, monkeypatch):
     forward_calls = []
     monkeypatch.setattr(ex, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
-    monkeypatch.setattr(ex, "_forward_seconds_per_image",
-                        lambda loaded, batch, precision: forward_calls.append(fake_threads["threads"]) or forward_ms / 1000)
+    def forward_seconds(loaded, batch, precision):
+        forward_calls.append(fake_threads["threads"])
+        return forward_ms / 1000
+    monkeypatch.setattr(ex, "_forward_seconds_per_image", forward_seconds)
     tuner = ex.CpuThreads("cpu", workers=2)
     assert tuner.choose(None, None, 64) == expected
     assert fake_threads["threads"] == expected

@@ -344,20 +344,18 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
     seed, are trained side by side for that), so no epoch-sized copy is ever held.
     """
     n, v, d = runs[0].views.shape
-    first_use: dict[int, int] = {}
+    sharing: dict[int, list[int]] = {}  # id of a views tensor -> the runs that use it
     for i, run in enumerate(runs):
-        first_use.setdefault(id(run.views), i)
-    order = sorted(range(len(runs)), key=lambda i: (first_use[id(runs[i].views)], i))
+        sharing.setdefault(id(run.views), []).append(i)
+    order = [i for members in sharing.values() for i in members]
+    sources = []  # (views (N * V, D) on the device, first run, end run) per distinct views tensor
+    for members in sharing.values():
+        start = sources[-1][2] if sources else 0
+        sources.append((runs[members[0]].views.to(device).reshape(n * v, d), start, start + len(members)))
     runs = [runs[i] for i in order]
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)
-    sources = []  # (views (N * V, D) on the device, first run, end run) per distinct views tensor
-    for r, run in enumerate(runs):
-        if r and run.views is runs[r - 1].views:
-            sources[-1] = (sources[-1][0], sources[-1][1], r + 1)
-        else:
-            sources.append((run.views.to(device).reshape(n * v, d), r, r + 1))
     labels = [run.labels.to(dtype=torch.int64) for run in runs]
     rows = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)  # (S, R, B)
     y = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)
@@ -371,8 +369,10 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
             trainer.step(x, y_dev[i], lr)
         if progress is not None:
             progress(epoch + 1, epochs)
-    states = trainer.states()
-    return [states[order.index(i)] for i in range(len(runs))]  # back to the caller's order
+    states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+    for state, i in zip(trainer.states(), order):   # back to the caller's order
+        states[i] = state
+    return states
 
 
 def _gather(source: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:

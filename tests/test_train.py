@@ -302,3 +302,16 @@ def test_all_zero_features_stay_finite(adapter):
     run.views[:8] = 0.0  # f* = 0 for these rows: zero logits, as F.normalize gives, not NaN
     state = train_runs([run], _class_weights(), 100.0, TrainConfig(lr=0.05), epochs=2)[0]
     assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_runs_sharing_views_out_of_order_come_back_in_order():
+    """Runs that share a views tensor train side by side internally; results keep the input order."""
+    a, b = _run(1), _run(2)
+    runs = [a, RunSpec(2, AdapterConfig(alpha=0.5), b.views, b.labels),
+            RunSpec(3, AdapterConfig(alpha=0.7), a.views, a.labels)]
+    cfg = TrainConfig(lr=0.01)
+    together = train_runs(runs, _class_weights(), 50.0, cfg, epochs=3)
+    for run, state in zip(runs, together):
+        alone = train_runs([run], _class_weights(), 50.0, cfg, epochs=3)[0]
+        for name in alone:
+            torch.testing.assert_close(state[name], alone[name], rtol=1e-5, atol=1e-6)

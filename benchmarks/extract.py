@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/extract.py [--model rn50|tiny|both|NAME|CONFIG.json]
          [--images N] [--workers W] [--batch-size B] [--image-size S] [--device cpu|cuda]
-         [--precision auto|fp32|amp]
+         [--precision auto|fp32|amp] [--cpu-plan auto|off|here]
 
 Writes a synthetic EuroSAT-layout dataset (S x S JPEGs, EuroSAT's are 64 x 64)
 with ``cacheclip.synthetic``, then measures in one process, for each model:
@@ -61,8 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", help="auto, fp32 or amp (as extract's --precision)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs of each measurement")
-    p.add_argument("--fixed-threads", action="store_true",
-                   help="turn off extract's CPU thread choice (ex.CpuThreads): the behaviour before it")
+    p.add_argument("--cpu-plan", choices=("auto", "off", "here"), default="auto",
+                   help="extract's CPU plan (ex.CpuPlan): auto; off (torch's threads, forward here: the "
+                        "behaviour before it); here (its thread choice, never the forward in the workers)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data and cache")
     return p.parse_args()
 
@@ -120,7 +121,8 @@ def forward_rate(loaded, batch_size: int, precision: str, min_batches: int = 3, 
 def decode_rate(root: Path, loaded, cfg: ex.ExtractConfig) -> float:
     """Images/s of extraction's DataLoader alone (every split, same reader, batches and workers)."""
     ds = load_dataset("eurosat", root)
-    _, loader = ex.image_loader(ds, {s: list(range(len(ds.split(s)))) for s in SPLITS}, loaded, cfg)
+    reader = ex.image_reader(ds, {s: list(range(len(ds.split(s)))) for s in SPLITS}, loaded, cfg)
+    loader = ex.image_loader(reader, loaded, cfg)
     start, n = time.perf_counter(), 0
     for _, idx, _, _, _ in loader:
         n += len(idx)
@@ -145,23 +147,31 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
             "binds": "model" if b < c else "decode", "ratio": a / min(b, c)}
 
 
-class _FixedThreads(ex.CpuThreads):
-    """Never changes torch's thread count (as if there were no DataLoader workers)."""
+class _PlanOff(ex.CpuPlan):
+    """Never changes torch's thread count nor runs the forward in the workers."""
 
     def __init__(self, device: str, workers: int):
         super().__init__(device, 0)
 
 
+class _PlanHere(ex.CpuPlan):
+    """Chooses the thread count but always runs the forward in this process."""
+
+    def choose(self, *args, **kwargs) -> int:
+        threads = super().choose(*args, **kwargs)
+        self.in_workers = False
+        return threads
+
+
 def main() -> None:
     args = parse_args()
-    if args.fixed_threads:
-        ex.CpuThreads = _FixedThreads
+    ex.CpuPlan = {"auto": ex.CpuPlan, "off": _PlanOff, "here": _PlanHere}[args.cpu_plan]
     folder = Path(tempfile.mkdtemp(prefix="cacheclip-bench-"))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# device {args.device}, precision {args.precision}, workers {args.workers}, batch {args.batch_size}, "
           f"{args.image_size}px JPEGs, aug_views=0 (one forward per image), best of {args.repeats}, "
-          f"thread choice {'off' if args.fixed_threads else 'on'}")
+          f"CPU plan {args.cpu_plan}")
     print(f"{'model':>16} {'images':>6} {'(a) e2e':>9} {'(b) fwd':>9} {'(c) decode':>10} {'binds':>6} {'ratio':>6}")
     try:
         for label, model in model_specs(args.model, folder):

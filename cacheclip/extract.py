@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -165,17 +166,39 @@ def _split_batches(work: Work, batch_size: int) -> list[list[int]]:
     return batches
 
 
-def image_loader(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel,
-                 cfg: ExtractConfig) -> tuple[_ImageReader, torch.utils.data.DataLoader]:
-    """One DataLoader over the planned items of every split: its workers start once and
-    stay busy across split boundaries."""
+def image_reader(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel,
+                 cfg: ExtractConfig) -> _ImageReader:
+    """The planned items of every split, in SPLITS order, decoded the model's way."""
     work = [(s, i, ds.split(s)[i]) for s in SPLITS for i in todo.get(s, [])]
     views = AugmentedViews(cfg.augment, loaded.preprocess) if cfg.augment.views and todo.get("train") else None
-    reader = _ImageReader(ds, work, loaded.val_transform, views)
-    loader = torch.utils.data.DataLoader(
-        reader, batch_sampler=_split_batches(work, cfg.batch_size), num_workers=cfg.workers,
-        collate_fn=_collate, pin_memory=loaded.device.startswith("cuda"), persistent_workers=False)
-    return reader, loader
+    return _ImageReader(ds, work, loaded.val_transform, views)
+
+
+class _EncodingCollate:
+    """Collates a batch and encodes it, in the DataLoader worker (CpuPlan's third case)."""
+
+    def __init__(self, loaded: LoadedModel, precision: str):
+        self.loaded, self.precision = loaded, precision
+
+    def __call__(self, batch):
+        split, indices, clean, aug, error = _collate(batch)
+        if error is not None:
+            return split, indices, None, None, error
+        return (split, indices, *_encode_batch(self.loaded, clean, aug, self.precision), None)
+
+
+def image_loader(reader: _ImageReader, loaded: LoadedModel, cfg: ExtractConfig,
+                 encode: str | None = None) -> torch.utils.data.DataLoader:
+    """One DataLoader over all of ``reader``'s items: its workers start once and stay busy
+    across split boundaries; batches never mix splits. Batches are (split, indices, clean
+    images, augmented views or None, error or None). With ``encode`` (a precision) the workers
+    also run the forward and batches carry features instead of images: forked, so each worker
+    shares this process's model instead of unpickling a copy."""
+    collate = _collate if encode is None else _EncodingCollate(loaded, encode)
+    return torch.utils.data.DataLoader(
+        reader, batch_sampler=_split_batches(reader.work, cfg.batch_size), num_workers=cfg.workers,
+        collate_fn=collate, pin_memory=loaded.device.startswith("cuda"), persistent_workers=False,
+        multiprocessing_context="fork" if encode is not None and cfg.workers else None)
 
 
 def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, precision: str):
@@ -187,21 +210,28 @@ def _encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | 
     return feats[:b], feats[b:].reshape(b, v, -1)
 
 
-class CpuThreads:
-    """Chooses torch's intra-op thread count for a CPU forward beside DataLoader workers.
+class CpuPlan:
+    """Where, and on how many threads, a CPU forward runs beside the DataLoader workers.
 
-    The workers and torch's threads share the cores. If one thread's forward keeps up with
-    what the workers decode, the forward gets one thread and the workers the other cores
-    (a multi-threaded forward spin-waits at every op for a core that a worker holds:
-    measured on 2 cores, a tiny model's forward 20x slower with 2 threads than with 1);
-    otherwise the model binds and gets every thread. ``choose`` decides while the loader's
-    workers start, from two cheap measurements: decoding the first items of each split in
-    this process (weighted by the split's share of the work and its forwards per item), and
-    one-thread forwards of random batches. Timing the running loader instead mixes worker
-    start-up and queue effects into the signal (it chose wrong in 3 of 6 runs of
-    benchmarks/extract.py here). Inactive on GPU, without workers, or with one thread.
-    ``close`` restores the thread count. (Conv models' features can differ in the last bit
-    between thread counts; ViTs' do not.)
+    The workers and the forward share the cores. ``choose`` measures, before the workers
+    start, how fast they decode (the first items of each split decoded in this process,
+    weighted by the split's share of the work and its forwards per item) and how fast a
+    one-thread forward runs (random batches), then picks one of three cases:
+
+    - the model binds (one thread cannot keep up with the decoding): the forward runs here
+      on every thread;
+    - decoding binds and the workers leave a core free: the forward runs here on one thread
+      (a multi-threaded forward spin-waits at every op for a core that a worker holds:
+      measured on 2 cores, a tiny model's forward 20x slower on 2 threads than on 1);
+    - decoding binds and the workers fill every core: each worker encodes its own batches on
+      one thread (``in_workers``). Run here, the forward would take its CPU from the workers
+      anyway, plus an image transfer and a context switch per batch: measured on 2 cores
+      with a tiny ViT, this process's CPU fell from 0.42 to 0.15 s per 8000 images and the
+      run from 0.87 to 0.95 of the decode-only rate. Linux only (the workers are forked).
+
+    Inactive on GPU, without workers, or with one thread. ``close`` restores the thread
+    count. (Conv models' features can differ in the last bit between thread counts; the
+    last two cases both compute on one thread.)
     """
 
     def __init__(self, device: str, workers: int):
@@ -209,9 +239,11 @@ class CpuThreads:
         self.workers = workers
         self.active = device == "cpu" and workers > 0 and self.initial > 1
         self.forward_seconds: float | None = None   # one image, one thread
+        self.in_workers = False
 
     def choose(self, loaded: LoadedModel, reader: _ImageReader, batch_size: int, precision: str = "fp32") -> int:
-        """Set and return the thread count for encoding ``reader``'s items."""
+        """Decide for ``reader``'s items; set and return this process's thread count."""
+        self.in_workers = False
         if not self.active:
             return torch.get_num_threads()
         decode, forwards_per_item = _decode_cost(reader)
@@ -220,7 +252,9 @@ class CpuThreads:
             self.forward_seconds = _forward_seconds_per_image(loaded, batch_size, precision)
         decode_rate = min(self.workers, self.initial) / max(decode, 1e-9)        # items/s
         forward_rate = 1.0 / (self.forward_seconds * forwards_per_item)        # items/s on one thread
-        threads = 1 if forward_rate >= decode_rate else self.initial
+        decode_binds = forward_rate >= decode_rate
+        self.in_workers = decode_binds and self.workers >= self.initial and sys.platform.startswith("linux")
+        threads = 1 if decode_binds else self.initial
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads
@@ -272,23 +306,26 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
                  path: Path, precision: str, progress: Progress | None) -> dict[str, int]:
     """Encode the planned items of every split, committing a part file per chunk of one split;
     returns the number of items encoded per split."""
-    reader, loader = image_loader(ds, todo, loaded, cfg)
+    reader = image_reader(ds, todo, loaded, cfg)
     done = {s: 0 for s in SPLITS if todo.get(s)}
     if not done:
         return done
-    threads = CpuThreads(loaded.device, cfg.workers)
+    plan = CpuPlan(loaded.device, cfg.workers)
     buffer: list[tuple] = []
     pending: Future | None = None
     try:
-        batches = iter(loader)
-        threads.choose(loaded, reader, cfg.batch_size, precision)   # measured while the workers start
+        plan.choose(loaded, reader, cfg.batch_size, precision)
+        loader = image_loader(reader, loaded, cfg, encode=precision if plan.in_workers else None)
         with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
-            for split, idx, clean, aug, error in batches:
+            for split, idx, clean, aug, error in loader:
                 if error is not None:
                     raise CorruptImageError(
                         f"cannot decode {ds.image_root / ds.split(split)[error[0]].path}: {error[1]}",
                         "replace or delete the file (and its line in the split file), then rerun")
-                feats, aug_feats = _encode_batch(loaded, clean, aug, precision)
+                if plan.in_workers:   # the batch already holds features
+                    feats, aug_feats = clean, aug
+                else:
+                    feats, aug_feats = _encode_batch(loaded, clean, aug, precision)
                 buffer.append((idx, feats, aug_feats))
                 done[split] += len(idx)
                 forwards = sum(len(b[0]) for b in buffer) * (1 + (0 if aug_feats is None else aug_feats.shape[1]))
@@ -302,7 +339,7 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
             if pending is not None:
                 pending.result()
     finally:
-        threads.close()
+        plan.close()
     return done
 
 

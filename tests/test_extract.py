@@ -314,7 +314,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_clip, tiny_loaded
         np.testing.assert_array_equal(a.text_features()[0], b.text_features()[0])
 
 
-# ---------------------------------------------------------------- CPU thread choice
+# ---------------------------------------------------------------- CPU plan: threads, and where the forward runs
 
 @pytest.fixture
 def fake_threads(monkeypatch):
@@ -329,44 +329,79 @@ def fake_threads(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("forward_ms, decode_ms, views, expected", [
-    (0.03, 0.5, 0, 1),    # tiny model: one thread's forward outruns 2 decoding workers
-    (100.0, 0.5, 0, 4),   # RN50 on a CPU: the model binds and gets every thread
-    (0.1, 0.5, 10, 4),    # 11 forwards per train item: now the model binds
+@pytest.mark.parametrize("forward_ms, decode_ms, views, workers, expected, in_workers", [
+    (0.03, 0.5, 0, 2, 1, False),    # tiny model: one thread's forward outruns 2 decoding workers
+    (0.03, 0.5, 0, 4, 1, True),     # ... and 4 workers fill the 4 cores: they run the forward too
+    (100.0, 0.5, 0, 2, 4, False),   # RN50 on a CPU: the model binds and gets every thread
+    (100.0, 0.5, 0, 4, 4, False),   # ... whatever the workers
+    (0.1, 0.5, 10, 2, 4, False),    # 11 forwards per train item: now the model binds
 ])
-def test_cpu_threads_gives_the_forward_one_thread_only_when_it_keeps_up(
-        forward_ms, decode_ms, views, expected, fake_threads, monkeypatch):
+def test_cpu_plan_gives_the_forward_one_thread_only_when_it_keeps_up(
+        forward_ms, decode_ms, views, workers, expected, in_workers, fake_threads, monkeypatch):
     forward_calls = []
     monkeypatch.setattr(ex, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
     def forward_seconds(loaded, batch, precision):
         forward_calls.append(fake_threads["threads"])
         return forward_ms / 1000
     monkeypatch.setattr(ex, "_forward_seconds_per_image", forward_seconds)
-    tuner = ex.CpuThreads("cpu", workers=2)
-    assert tuner.choose(None, None, 64) == expected
+    monkeypatch.setattr(sys, "platform", "linux")
+    plan = ex.CpuPlan("cpu", workers=workers)
+    assert plan.choose(None, None, 64) == expected
     assert fake_threads["threads"] == expected
-    tuner.choose(None, None, 64)                     # a second call does not measure the forward again
+    assert plan.in_workers is in_workers
+    plan.choose(None, None, 64)                      # a second call does not measure the forward again
     assert forward_calls == [1]                      # measured on one thread
-    tuner.close()
+    plan.close()
     assert fake_threads["threads"] == 4
 
 
+def test_cpu_plan_keeps_the_forward_here_where_workers_are_not_forked(fake_threads, monkeypatch):
+    monkeypatch.setattr(ex, "_decode_cost", lambda reader: (0.5e-3, 1))
+    monkeypatch.setattr(ex, "_forward_seconds_per_image", lambda loaded, batch, precision: 0.03e-3)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    plan = ex.CpuPlan("cpu", workers=4)
+    assert plan.choose(None, None, 64) == 1
+    assert not plan.in_workers
+
+
 @pytest.mark.parametrize("device, workers", [("cuda", 2), ("cpu", 0)])
-def test_cpu_threads_inactive_on_gpu_or_without_workers(device, workers, fake_threads):
-    tuner = ex.CpuThreads(device, workers)
-    assert tuner.choose(None, None, 64) == 4
-    tuner.close()
+def test_cpu_plan_inactive_on_gpu_or_without_workers(device, workers, fake_threads):
+    plan = ex.CpuPlan(device, workers)
+    assert plan.choose(None, None, 64) == 4
+    assert not plan.in_workers
+    plan.close()
     assert fake_threads["calls"] == []
 
 
-def test_cpu_thread_measurements_run(tiny_loaded, coop_root, tmp_path):
+def test_cpu_plan_measurements_run(tiny_loaded, coop_root, tmp_path):
     ds = load_dataset("eurosat", coop_root)
     todo = {"train": [0, 1, 2], "test": list(range(len(ds.test)))}
-    reader, _ = ex.image_loader(ds, todo, tiny_loaded, _cfg(tmp_path, augment=AugmentConfig(views=2)))
+    reader = ex.image_reader(ds, todo, tiny_loaded, _cfg(tmp_path, augment=AugmentConfig(views=2)))
     seconds, forwards = ex._decode_cost(reader)
     assert 0 < seconds < 1
     assert forwards == (3 * 3 + len(ds.test)) / (3 + len(ds.test))   # train items: 1 clean + 2 views
     assert 0 < ex._forward_seconds_per_image(tiny_loaded, 8) < 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forward in workers needs fork (Linux)")
+def test_forward_in_the_workers_stores_what_this_process_would(tiny_loaded, coop_root, tmp_path, monkeypatch):
+    used = []
+    def in_workers(plan, *args, **kwargs):
+        plan.in_workers = True
+        used.append(plan)
+        return torch.get_num_threads()
+    cfg = _cfg(tmp_path, workers=2, batch_size=4, train="all")
+    here = extract_dataset("eurosat", coop_root, tiny_loaded, replace(cfg, workers=0, cache_dir=str(tmp_path / "a")))
+    torch.ones(256, 256) @ torch.ones(256, 256)      # the intra-op pool has run before the workers fork
+    monkeypatch.setattr(ex.CpuPlan, "choose", in_workers)
+    there = extract_dataset("eurosat", coop_root, tiny_loaded, replace(cfg, cache_dir=str(tmp_path / "b")))
+    assert used and there.encoded == here.encoded
+    with st.open_store(here.store) as a, st.open_store(there.store) as b:
+        for split in ("train", "val", "test"):
+            assert a.encoded(split).tolist() == b.encoded(split).tolist()
+            for x, y in zip(a.read(split, aug=True), b.read(split, aug=True)):
+                if x is not None or y is not None:
+                    np.testing.assert_array_equal(x, y)
 
 
 def test_batches_never_mix_splits():

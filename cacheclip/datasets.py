@@ -218,7 +218,8 @@ def expand_names(names: Sequence[str] | str) -> list[str]:
 
 
 def resolve_data_root(root: str | Path | None) -> Path:
-    """The data root, made absolute: ``root`` if given, else $CACHECLIP_DATA; must be a folder."""
+    """The data root, made absolute and normalised (no ``..``; symlinks kept): ``root`` if
+    given, else $CACHECLIP_DATA; must be a folder."""
     if root is None or str(root) == "":
         env = os.environ.get(DATA_ENV, "")
         if not env:
@@ -227,7 +228,7 @@ def resolve_data_root(root: str | Path | None) -> Path:
                 f"pass --root <folder holding the datasets> or export {DATA_ENV}=<that folder>",
             )
         root = env
-    path = Path(root).expanduser().absolute()
+    path = Path(os.path.abspath(Path(root).expanduser()))
     if not path.is_dir():
         raise DatasetLayoutError(
             f"data root {path} is not a folder",
@@ -237,7 +238,7 @@ def resolve_data_root(root: str | Path | None) -> Path:
 
 
 def _imagefolder_path(name: str) -> Path:
-    return Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser().absolute()
+    return Path(os.path.abspath(Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()))
 
 
 def store_name(name: str) -> str:

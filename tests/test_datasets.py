@@ -98,6 +98,10 @@ def test_resolve_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("CACHECLIP_DATA", raising=False)
     assert resolve_data_root(tmp_path) == tmp_path
     assert resolve_data_root(str(tmp_path)) == tmp_path
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    assert resolve_data_root(tmp_path / "sub" / "..") == tmp_path                 # messages show no ".."
+    assert resolve_data_root(tmp_path / "link") == tmp_path / "link"             # a symlink is kept as given
     with pytest.raises(DatasetLayoutError) as err:
         resolve_data_root(None)
     assert "--root" in err.value.message and "CACHECLIP_DATA" in err.value.message

@@ -227,7 +227,7 @@ class CpuPlan:
       one thread (``in_workers``). Run here, the forward would take its CPU from the workers
       anyway, plus an image transfer and a context switch per batch: measured on 2 cores
       with a tiny ViT, this process's CPU fell from 0.42 to 0.15 s per 8000 images and the
-      run from 0.87 to 0.95 of the decode-only rate. Linux only (the workers are forked).
+      run from 0.87 to 0.94 of the decode-only rate (medians). Linux only (forked workers).
 
     Inactive on GPU, without workers, or with one thread. ``close`` restores the thread
     count. (Conv models' features can differ in the last bit between thread counts; the

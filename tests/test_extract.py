@@ -392,7 +392,8 @@ def test_forward_in_the_workers_stores_what_this_process_would(tiny_loaded, coop
         return torch.get_num_threads()
     cfg = _cfg(tmp_path, workers=2, batch_size=4, train="all")
     here = extract_dataset("eurosat", coop_root, tiny_loaded, replace(cfg, workers=0, cache_dir=str(tmp_path / "a")))
-    torch.ones(256, 256) @ torch.ones(256, 256)      # the intra-op pool has run before the workers fork
+    torch.ones(256, 256) @ torch.ones(256, 256)      # the intra-op pools have run before the workers fork
+    torch.ones(1 << 22).exp().sum()
     monkeypatch.setattr(ex.CpuPlan, "choose", in_workers)
     there = extract_dataset("eurosat", coop_root, tiny_loaded, replace(cfg, cache_dir=str(tmp_path / "b")))
     assert used and there.encoded == here.encoded

@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="auto, fp32 or amp (as extract's --precision)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs of each measurement")
     p.add_argument("--cpu-plan", choices=("auto", "off", "here"), default="auto",
-                   help="extract's CPU plan (ex.CpuPlan): auto; off (torch's threads, forward here: the "
+                   help="extract's CPU plan (cacheclip.cpu_plan.CpuPlan): auto; off (torch's threads, forward here: the "
                         "behaviour before it); here (its thread choice, never the forward in the workers)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data and cache")
     return p.parse_args()

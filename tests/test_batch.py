@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cacheclip.batch import (BatchConfig, ModelSpec, extract_config, load_config, plan_batch, read_config_file,
+from cacheclip.batch import (BatchConfig, ModelSpec, extract_config, load_config, read_config_file,
                              to_command)
 from cacheclip.errors import ConfigError
 from cacheclip.synthetic import make_dataset

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cacheclip import cpu_plan
 from cacheclip import extract as ex
 from cacheclip import store as st
 from cacheclip.augment import AugmentConfig, AugmentedViews, crop_box, view_generator
@@ -339,13 +340,13 @@ def fake_threads(monkeypatch):
 def test_cpu_plan_gives_the_forward_one_thread_only_when_it_keeps_up(
         forward_ms, decode_ms, views, workers, expected, in_workers, fake_threads, monkeypatch):
     forward_calls = []
-    monkeypatch.setattr(ex, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
+    monkeypatch.setattr(cpu_plan, "_decode_cost", lambda reader: (decode_ms / 1000, 1 + views))
     def forward_seconds(loaded, batch, precision):
         forward_calls.append(fake_threads["threads"])
         return forward_ms / 1000
-    monkeypatch.setattr(ex, "_forward_seconds_per_image", forward_seconds)
+    monkeypatch.setattr(cpu_plan, "_forward_seconds_per_image", forward_seconds)
     monkeypatch.setattr(sys, "platform", "linux")
-    plan = ex.CpuPlan("cpu", workers=workers)
+    plan = cpu_plan.CpuPlan("cpu", workers=workers)
     assert plan.choose(None, None, 64) == expected
     assert fake_threads["threads"] == expected
     assert plan.in_workers is in_workers
@@ -356,17 +357,17 @@ def test_cpu_plan_gives_the_forward_one_thread_only_when_it_keeps_up(
 
 
 def test_cpu_plan_keeps_the_forward_here_where_workers_are_not_forked(fake_threads, monkeypatch):
-    monkeypatch.setattr(ex, "_decode_cost", lambda reader: (0.5e-3, 1))
-    monkeypatch.setattr(ex, "_forward_seconds_per_image", lambda loaded, batch, precision: 0.03e-3)
+    monkeypatch.setattr(cpu_plan, "_decode_cost", lambda reader: (0.5e-3, 1))
+    monkeypatch.setattr(cpu_plan, "_forward_seconds_per_image", lambda loaded, batch, precision: 0.03e-3)
     monkeypatch.setattr(sys, "platform", "darwin")
-    plan = ex.CpuPlan("cpu", workers=4)
+    plan = cpu_plan.CpuPlan("cpu", workers=4)
     assert plan.choose(None, None, 64) == 1
     assert not plan.in_workers
 
 
 @pytest.mark.parametrize("device, workers", [("cuda", 2), ("cpu", 0)])
 def test_cpu_plan_inactive_on_gpu_or_without_workers(device, workers, fake_threads):
-    plan = ex.CpuPlan(device, workers)
+    plan = cpu_plan.CpuPlan(device, workers)
     assert plan.choose(None, None, 64) == 4
     assert not plan.in_workers
     plan.close()
@@ -377,10 +378,10 @@ def test_cpu_plan_measurements_run(tiny_loaded, coop_root, tmp_path):
     ds = load_dataset("eurosat", coop_root)
     todo = {"train": [0, 1, 2], "test": list(range(len(ds.test)))}
     reader = ex.image_reader(ds, todo, tiny_loaded, _cfg(tmp_path, augment=AugmentConfig(views=2)))
-    seconds, forwards = ex._decode_cost(reader)
+    seconds, forwards = cpu_plan._decode_cost(reader)
     assert 0 < seconds < 1
     assert forwards == (3 * 3 + len(ds.test)) / (3 + len(ds.test))   # train items: 1 clean + 2 views
-    assert 0 < ex._forward_seconds_per_image(tiny_loaded, 8) < 1
+    assert 0 < cpu_plan._forward_seconds_per_image(tiny_loaded, 8) < 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forward in workers needs fork (Linux)")

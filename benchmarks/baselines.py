@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cacheclip.evaluate import top1
-from cacheclip.fewshot import sample_run
-from cacheclip.fit import FitConfig
-from cacheclip.methods import FitContext, FitData, RunPlan, get_method
-from cacheclip.methods.base import zero_shot_predictor
+from cacheclip.fit.metrics import top1
+from cacheclip.datasets.fewshot import sample_run
+from cacheclip.fit.stage import FitConfig
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method
+from cacheclip.fit.methods.base import zero_shot_predictor
 
 SHOTS, DIM, VIEWS, VAL_SHOTS, TEST_SHOTS = 16, 1024, 10, 4, 10
 

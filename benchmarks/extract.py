@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/extract.py [--model rn50|tiny|both|NAME|CONFIG.
          [--precision auto|fp32|amp] [--cpu-plan auto|off|here]
 
 Writes a synthetic EuroSAT-layout dataset (S x S JPEGs, EuroSAT's are 64 x 64)
-with ``cacheclip.synthetic``, then measures in one process, for each model:
+with ``cacheclip.datasets.synthetic``, then measures in one process, for each model:
 
 (a) end-to-end ``extract_dataset`` rate: train=all, aug_views=0, so exactly one
     forward per image in every split; the time includes listing the dataset,
@@ -36,11 +36,12 @@ from pathlib import Path
 
 import torch
 
-from cacheclip import extract as ex
-from cacheclip.augment import AugmentConfig
-from cacheclip.datasets import SPLITS, load_dataset
-from cacheclip.models import encode_images, load_model
-from cacheclip.synthetic import make_dataset
+from cacheclip.features import extract as ex
+from cacheclip.features import pipeline
+from cacheclip.datasets.catalog import SPLITS
+from cacheclip.datasets.layouts import load_dataset
+from cacheclip.features.models import encode_images, load_model
+from cacheclip.datasets.synthetic import make_dataset
 
 TINY_CONFIG = {  # the tests' tiny ViT
     "embed_dim": 32,
@@ -121,8 +122,8 @@ def forward_rate(loaded, batch_size: int, precision: str, min_batches: int = 3, 
 def decode_rate(root: Path, loaded, cfg: ex.ExtractConfig) -> float:
     """Images/s of extraction's DataLoader alone (every split, same reader, batches and workers)."""
     ds = load_dataset("eurosat", root)
-    reader = ex.image_reader(ds, {s: list(range(len(ds.split(s)))) for s in SPLITS}, loaded, cfg)
-    loader = ex.image_loader(reader, loaded, cfg)
+    reader = pipeline.image_reader(ds, {s: list(range(len(ds.split(s)))) for s in SPLITS}, loaded, cfg.augment)
+    loader = pipeline.image_loader(reader, loaded, cfg.batch_size, cfg.workers)
     start, n = time.perf_counter(), 0
     for _, idx, _, _, _ in loader:
         n += len(idx)
@@ -134,7 +135,7 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
     root = folder / f"data-{label}"
     make_data(root, images, args.image_size)
     loaded = load_model(model, args.pretrained, device=args.device)
-    cfg = ex.ExtractConfig(cache_dir=str(folder / f"cache-{label}"), train="all", augment=AugmentConfig(views=0),
+    cfg = ex.ExtractConfig(cache_dir=str(folder / f"cache-{label}"), train="all", aug_views=0,
                            batch_size=args.batch_size, workers=args.workers, precision=args.precision)
     precision = ex.resolve_precision(cfg.precision, args.device)
     a = b = c = 0.0

@@ -31,8 +31,8 @@ import time
 
 import torch
 
-from cacheclip.adapters import AdapterConfig
-from cacheclip.train import RunSpec, TrainConfig, batch_plan, default_epochs, train_runs
+from cacheclip.fit.adapters import AdapterConfig
+from cacheclip.fit.train import RunSpec, TrainConfig, batch_plan, default_epochs, train_runs
 
 D, REDUCTION, SHOTS, VIEWS = 1024, 4, 16, 2
 CLASSES = (10, 397, 1000)

@@ -1,5 +1,5 @@
 """`python -m cacheclip ...` (e.g. under torchrun) == the `cacheclip` command."""
 
-from cli.main import main
+from cacheclip.cli.main import main
 
 main()

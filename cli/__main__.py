@@ -1,5 +1,5 @@
 """`python -m cli` == the `cacheclip` command."""
 
-from .main import main
+from cacheclip.cli.main import main
 
 main()

@@ -1,6 +1,5 @@
 """`cacheclip batch`, `cacheclip report` and `cacheclip demo`: parse -> one library call -> render.
 
-Registered on the app of ``cli.main`` (imported at its end).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from . import common as c
-from .main import app
+from cacheclip.cli import common as c
+from cacheclip.cli.app import app
 
 Names = Optional[list[str]]
 
@@ -25,7 +24,7 @@ class BatchDisplay:
     """One rich display for a batch: units done, runs trained (with ETA), and the current stage."""
 
     def __init__(self, progress: Progress):
-        from cacheclip.batch import DATASETS, RUNS
+        from cacheclip.batch.runner import DATASETS, RUNS
 
         self.progress, self.names = progress, (DATASETS, RUNS)
         self.units = progress.add_task("datasets x models", total=None)
@@ -43,14 +42,14 @@ class BatchDisplay:
 
 
 def _exit(code: int) -> None:
-    """Exit with ``code``. Not typer.Exit: under ``app(standalone_mode=False)`` (cli.main.main) typer
+    """Exit with ``code``. Not typer.Exit: under ``app(standalone_mode=False)`` (cacheclip.cli.main.main) typer
     returns that code instead of exiting, and main() drops it."""
     raise SystemExit(code)
 
 
 def _run_batch(config):
     """run_batch under the display, with its log file beside the results."""
-    from cacheclip.batch import open_log, run_batch
+    from cacheclip.batch.runner import open_log, run_batch
 
     description = Column(width=44, no_wrap=True, overflow="ellipsis")
     columns = [TextColumn("{task.description}", markup=False, table_column=description), BarColumn(),
@@ -92,7 +91,7 @@ def _print_summary(summary, log_path: Path) -> None:
 
 
 def _print_plan(plan) -> int:
-    from cacheclip.batch import error_message
+    from cacheclip.batch.runner import error_message
 
     table = Table("model", "dataset", "extract", "runs done", "to run", "status")
     errors = 0
@@ -114,8 +113,8 @@ def _print_plan(plan) -> int:
 
 
 def _model_specs(model: Names, pretrained: Names, config_file: Optional[Path]):
-    from cacheclip.batch import ModelSpec
-    from cacheclip.batch_config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+    from cacheclip.batch.runner import ModelSpec
+    from cacheclip.common import DEFAULT_MODEL, DEFAULT_PRETRAINED
 
     if not model and not pretrained:
         return None
@@ -133,14 +132,6 @@ def _model_specs(model: Names, pretrained: Names, config_file: Optional[Path]):
     return [ModelSpec(m, p) for m, p in zip(model, pretrained)]
 
 
-def _epochs(value: str) -> int | str:
-    if value.lower() == "coop":
-        return "coop"
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise typer.BadParameter(f"expected a positive integer or 'coop', got '{value}'", param_hint="--epochs")
-
-
 @app.command()
 def batch(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of batch settings (options override it).")] = None,
@@ -151,11 +142,7 @@ def batch(
     methods: Annotated[Optional[str], typer.Option(help="Few-shot methods, a comma list (see `cacheclip methods`).")] = None,
     shots: Annotated[Optional[str], typer.Option(help="Shots per class, a comma list [1,2,4,8,16].")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Few-shot seeds, a comma list [1,2,3].")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="CLIP-Adapter variant: visual, text or both [visual].")] = None,
-    alpha: Annotated[Optional[str], typer.Option(help="Visual ratio(s); several are chosen on val [0.2].")] = None,
-    beta: Annotated[Optional[str], typer.Option(help="Text ratio(s); several are chosen on val [0.2].")] = None,
-    epochs: Annotated[Optional[str], typer.Option(help="'coop' (CoOp's epochs by shots) or a number [coop].")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="SGD learning rate [0.002].")] = None,
+    views: Annotated[Optional[str], typer.Option(help="aug (cached augmented views) or clean (no augmentation) [aug].")] = None,
     no_val: Annotated[Optional[str], typer.Option(help="Datasets without val (ImageNet): none or holdout [none].")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Root of the feature stores [cache].")] = None,
@@ -167,22 +154,21 @@ def batch(
     precision: Annotated[Optional[str], typer.Option(help="Extract precision: auto, fp32 or amp [auto].")] = None,
     fail_fast: Annotated[Optional[bool], typer.Option("--fail-fast/--no-fail-fast", help="Stop at the first failing dataset.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what is done and what would run; build no model.")] = False,
+    **method_options: Optional[str],   # one option per method setting (cli.common.attach_method_options)
 ) -> None:
     """Extract what is missing, then fit every run: datasets x models x shots x seeds. Resumable."""
-    from cacheclip.batch import load_config, plan_batch
+    from cacheclip.batch.runner import load_config, plan_batch
 
     raw = {
         "datasets": c.split_names(datasets) or None, "root": root and str(root),
         "models": _model_specs(model, pretrained, config),
         "methods": methods and c.split_names([methods]), "shots": shots and c.parse_ints(shots, "--shots"),
-        "seeds": seeds and c.parse_ints(seeds, "--seeds"), "adapter": adapter,
-        "alphas": alpha and c.parse_floats(alpha, "--alpha"), "betas": beta and c.parse_floats(beta, "--beta"),
-        "epochs": epochs and _epochs(epochs), "lr": lr, "no_val": no_val, "device": device,
+        "seeds": seeds and c.parse_ints(seeds, "--seeds"), "views": views, "no_val": no_val, "device": device,
         "cache_dir": cache_dir and str(cache_dir), "results_dir": results_dir and str(results_dir),
         "aug_views": aug_views, "templates": templates, "workers": workers, "batch_size": batch_size,
         "precision": precision, "fail_fast": fail_fast,
     }
-    cfg = load_config(config, {k: v for k, v in raw.items() if v is not None})
+    cfg = load_config(config, {k: v for k, v in raw.items() if v is not None}, c.given_method_options(method_options))
     if dry_run:
         if _print_plan(plan_batch(cfg)):
             _exit(1)
@@ -202,8 +188,8 @@ def report(
     seeds: Annotated[Optional[str], typer.Option(help="Expected seeds, a comma list (missing ones are marked).")] = None,
 ) -> None:
     """Tables (Markdown, CSV) and the few-shot figure from result JSONs; partial results welcome."""
-    from cacheclip.datasets import expand_names
-    from cacheclip.report import write_report
+    from cacheclip.datasets.catalog import expand_names
+    from cacheclip.results.write import write_report
 
     names = expand_names(c.split_names(datasets)) if datasets else None
     shot_list = c.parse_ints(shots, "--shots") if shots else None
@@ -223,8 +209,8 @@ def demo(
     """Try cacheclip in a minute, offline: synthetic datasets + a tiny random-weight model, end to end."""
     import torch
 
-    from cacheclip.demo import REAL_COMMAND, headline, prepare_demo
-    from cacheclip.report import write_report
+    from cacheclip.batch.demo import REAL_COMMAND, headline, prepare_demo
+    from cacheclip.results.write import write_report
 
     torch.set_num_threads(1)   # tiny tensors: threads only add overhead (and stall on a busy machine)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ SeedsOpt = Annotated[str, typer.Option("--seeds", help="Few-shot sampling seeds,
 
 
 def default_device(device: str | None = None) -> str:
-    from cacheclip.models import resolve_device
+    from cacheclip.features.models import resolve_device
 
     return resolve_device(device)
 
@@ -99,6 +100,92 @@ def report_error(exc: BaseException) -> int:
                   soft_wrap=True)
     console.print(f"[yellow]hint:[/] rerun with {DEBUG_ENV}=1 for the traceback, and report it", highlight=False)
     return 1
+
+
+# ---------------------------------------------------------------- method settings as options
+
+METHOD_PANEL = "Method settings"
+
+
+def _method_flags() -> dict[str, tuple[str, str, list[str]]]:
+    """flag -> (parameter name, help, methods that have it), over every registered method."""
+    from cacheclip.fit.methods import get_method, list_methods
+    from cacheclip.settings import settings_of, to_text
+
+    flags: dict[str, tuple[str, str, list[str]]] = {}
+    for name in list_methods():
+        for _, (f, spec, _) in settings_of(get_method(name).config).items():
+            if spec.flag:
+                default = to_text(f.default, spec.none_word)
+                entry = flags.setdefault(spec.flag, ("m_" + spec.flag.lstrip("-").replace("-", "_"),
+                                                     f"{spec.help} [default: {default}]", []))
+                entry[2].append(name)
+    return flags
+
+
+def attach_method_options(command) -> None:
+    """Give ``command`` (which takes ``**method_options``) one text option per method setting,
+    so a new method's settings appear on the command line with no change here. Done only for
+    the command being run: it imports the methods (and torch)."""
+    import inspect
+
+    signature = inspect.signature(command)
+    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    known = {p.name for p in params}
+    for flag, (param, help_text, owners) in _method_flags().items():
+        if param in known:
+            continue
+        option = typer.Option(flag, help=f"{', '.join(owners)}: {help_text}", rich_help_panel=METHOD_PANEL,
+                              show_default=False)
+        params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[str], option]))
+    command.__signature__ = signature.replace(parameters=params)
+
+
+def given_method_options(method_options: dict[str, Optional[str]]) -> dict[str, str]:
+    """flag -> text of the method options given on the command line."""
+    by_param = {param: flag for flag, (param, _, _) in _method_flags().items()}
+    return {by_param[k]: v for k, v in method_options.items() if v is not None and k in by_param}
+
+
+def method_config(method: str, method_options: dict[str, Optional[str]]):
+    """``method``'s config from its defaults and the options given; an option of another
+    method is a usage error (exit 2) naming the methods that have it."""
+    from cacheclip.errors import ConfigError
+    from cacheclip.fit.methods import get_method
+    from cacheclip.settings import build, describe_type, from_text, settings_of
+
+    flags = _method_flags()
+    specs = {spec.flag: (key, kind, spec.none_word)
+             for key, (_, spec, kind) in settings_of(get_method(method).config).items() if spec.flag}
+    values = {}
+    for flag, text in given_method_options(method_options).items():
+        if flag not in specs:
+            raise typer.BadParameter(f"is a setting of {', '.join(flags[flag][2])}, not of {method}",
+                                     param_hint=flag)
+        key, kind, none_word = specs[flag]
+        try:
+            values[key] = from_text(kind, text, flag, "options", none_word)
+        except ConfigError:
+            want = describe_type(kind) + (f" or '{none_word}'" if none_word else "")
+            raise typer.BadParameter(f"must be {want}, got {text!r}", param_hint=flag) from None
+    return build(get_method(method).config, values, "options")
+
+
+# What an interrupted command keeps: every writer is atomic or resumable by design.
+_KEPT = {
+    "extract": "every finished chunk of images is kept in the store's .parts folder",
+    "fit": "every finished run is kept (its result.json)",
+    "batch": "finished runs and extracted chunks are kept",
+    "demo": "finished runs and extracted chunks are kept",
+}
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """One line for Ctrl-C: what was kept and the command that resumes."""
+    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    kept = _KEPT.get(command, "nothing is left half-written")
+    return f"interrupted: {kept}; resume with: {shlex.join(['cacheclip', *argv[1:]])}"
 
 
 # ---------------------------------------------------------------- progress

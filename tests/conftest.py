@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -11,8 +12,8 @@ import pytest
 # Without this a missing open_clip weight spends ~47 s in download retries before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cacheclip.datasets import COOP11  # noqa: E402
-from cacheclip.synthetic import make_dataset, make_imagefolder  # noqa: E402
+from cacheclip.datasets.catalog import COOP11  # noqa: E402
+from cacheclip.datasets.synthetic import make_dataset, make_imagefolder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,24 +73,10 @@ TINY_CONFIGS = {
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """name -> (model-config JSON, checkpoint file) for each of ``TINY_CONFIGS``, random weights."""
-    import json
-
-    import open_clip
-    import torch
+    from cacheclip.features.models import write_random_model
 
     folder = tmp_path_factory.mktemp("tiny_clip")
-    files = {}
-    for name, cfg in TINY_CONFIGS.items():
-        config = folder / f"{name}.json"
-        config.write_text(json.dumps(cfg, indent=2))
-        open_clip.add_model_config(config)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1234)
-            model = open_clip.create_model(name, pretrained=None)
-        checkpoint = folder / f"{name}.pt"
-        torch.save(model.state_dict(), checkpoint)
-        files[name] = (config, checkpoint)
-    return files
+    return {name: write_random_model(folder, name, cfg, seed=1234) for name, cfg in TINY_CONFIGS.items()}
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +94,31 @@ def tiny_clip_rn(tiny_clip_files) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_clip):
     """The tiny ViT loaded through ``load_model(config, checkpoint)`` on CPU (frozen; share it)."""
-    from cacheclip.models import load_model
+    from cacheclip.features.models import load_model
 
     return load_model(str(tiny_clip[0]), str(tiny_clip[1]), device="cpu")
+
+
+# --------------------------------------------------------------------------- the CLI
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli(*args) -> (exit code, stdout, stderr)``, in-process through ``cacheclip.cli.main.main``
+    (the same error boundary as the installed ``cacheclip`` command)."""
+    from cacheclip.cli import common
+    from cacheclip.cli.main import main
+
+    monkeypatch.setattr(common.out, "_width", 300)     # no truncated table cells
+    monkeypatch.delenv("CACHECLIP_DEBUG", raising=False)
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["cacheclip", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

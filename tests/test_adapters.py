@@ -6,14 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cacheclip.adapters import (
-    AdapterConfig,
-    ClipAdapterHead,
-    ResidualAdapter,
-    blend,
-    logits,
-    zero_shot_logits,
-)
+from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, ResidualAdapter, blend, logits, zero_shot_logits
 from cacheclip.errors import ConfigError
 
 

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
-from cacheclip import store as st
-from cacheclip.adapters import zero_shot_logits
-from cacheclip.fit import FitConfig, fit_dataset
-from cacheclip.methods import base, get_method, list_methods
-from cacheclip.methods.linear_probe import fit_logistic_path, objective
-from cacheclip.methods.tip_adapter import build_keys, cache_logits, finetune_keys, grid_top1, tip_logits
-from cacheclip.models import resolve_model
-from cacheclip.runs import load_adapter
+from cacheclip.features import store as st
+from cacheclip.fit.adapters import zero_shot_logits
+from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.fit.methods import base, get_method, list_methods
+from cacheclip.fit.methods.linear_probe import fit_logistic_path, objective
+from cacheclip.fit.methods.tip_adapter import build_keys, cache_logits, finetune_keys, grid_top1, tip_logits
+from cacheclip.features.models import resolve_model
+from cacheclip.results.runs import load_adapter
 
 BASELINES = ("linear-probe", "tip-adapter", "tip-adapter-f")
 REF = resolve_model("RN50", "none")     # what `--model RN50 --pretrained none` names: no weights needed
@@ -66,10 +65,16 @@ def clustered(cache: Path, dataset: str = "eurosat", *, per_class=(10, 5, 20), w
     return write_store(cache, dataset, text, splits, aug_scale)
 
 
-def cfg_for(tmp_path: Path, method: str, **kw) -> FitConfig:
-    base_kw = dict(method=method, shots=(4,), seeds=(1,), cache_dir=str(tmp_path / "cache"),
-                   results_dir=str(tmp_path / "results"), tipf_epochs=5, tip_alphas=(0.1, 1.0, 3.0, 10.0),
-                   tip_betas=(1.0, 5.0), lp_cs=(0.1, 10.0, 1000.0))
+SMALL_GRIDS = {"linear-probe": {"cs": (0.1, 10.0, 1000.0)},
+               "tip-adapter": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0)},
+               "tip-adapter-f": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0), "epochs": 5}}
+
+
+def cfg_for(tmp_path: Path, method: str, method_kw: dict | None = None, **kw) -> FitConfig:
+    """A small grid; ``method_kw`` replaces the method's settings of ``SMALL_GRIDS``."""
+    settings = {**SMALL_GRIDS.get(method, {}), **(method_kw or {})}
+    base_kw = dict(method=method, method_config=get_method(method).config(**settings), shots=(4,), seeds=(1,),
+                   cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
     base_kw.update(kw)
     return FitConfig(**base_kw)
 
@@ -143,7 +148,7 @@ def test_selection_follows_val_not_test(tmp_path):
               "val": (centers[labels] + noise(len(labels)), labels, None),        # cache right, text wrong
               "test": (centers[perm[labels]] + noise(len(labels)), labels, None)}  # text right, cache wrong
     write_store(tmp_path / "cache", "dtd", text, splits)
-    cfg = cfg_for(tmp_path, "tip-adapter", tip_alphas=(0.0, 0.5, 100.0), tip_betas=(5.0,))
+    cfg = cfg_for(tmp_path, "tip-adapter", {"alphas": (0.0, 0.5, 100.0), "betas": (5.0,)})
     [result] = fit_dataset("dtd", REF, cfg)
     assert result["selection"]["chosen"] == {"alpha": 100.0, "beta": 5.0}
     assert result["metrics"]["val"]["top1"] == 100.0
@@ -157,7 +162,7 @@ def test_tip_alpha_zero_is_zero_shot_exactly(tmp_path):
     labels = torch.arange(12) % K
     assert torch.equal(tip_logits(feats, keys, labels, cw, 100.0, 0.0, 3.0), zero_shot_logits(feats, cw, 100.0))
     clustered(tmp_path / "cache")
-    [result] = fit_dataset("eurosat", REF, cfg_for(tmp_path, "tip-adapter", tip_alphas=(0.0,), tip_betas=(2.0,)))
+    [result] = fit_dataset("eurosat", REF, cfg_for(tmp_path, "tip-adapter", {"alphas": (0.0,), "betas": (2.0,)}))
     assert result["metrics"]["test"] == result["zero_shot"]["test"]
 
 
@@ -245,15 +250,15 @@ def test_tipf_seeded_training_changes_the_keys():
                                            ("tip-adapter-f", {"alpha": 1.0, "beta": 1.0})])
 def test_no_val_uses_fixed_defaults(tmp_path, method, chosen):
     clustered(tmp_path / "cache", "imagenet", with_val=False, per_class=(20, 0, 10))
-    [result] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, lp_cs=FitConfig().lp_cs,
-                                                    tip_alphas=FitConfig().tip_alphas))
+    [result] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, {
+        k: getattr(get_method(method).config(), k) for k in ("cs", "alphas") if k in SMALL_GRIDS[method]}))
     sel = result["selection"]
     assert sel["on"] == "none" and sel["chosen"] == chosen and "no val" in sel["reason"]
     assert result["metrics"]["val"] is None
     # a single value given is used as is; --no-val holdout searches the grid on held-out train images
-    single = {"linear-probe": {"lp_cs": (0.5,)}, "tip-adapter": {"tip_alphas": (2.0,), "tip_betas": (3.0,)},
-              "tip-adapter-f": {"tip_alphas": (2.0,), "tip_betas": (3.0,)}}[method]
-    [fixed] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, **single))
+    single = {"linear-probe": {"cs": (0.5,)}, "tip-adapter": {"alphas": (2.0,), "betas": (3.0,)},
+              "tip-adapter-f": {"alphas": (2.0,), "betas": (3.0,)}}[method]
+    [fixed] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, single))
     assert list(fixed["selection"]["chosen"].values()) == [v[0] for v in single.values()]
     [held] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, no_val="holdout"))
     assert held["selection"]["on"] == "holdout" and held["metrics"]["val"] is not None
@@ -269,17 +274,18 @@ def test_tip_differences_name_the_cache_augmentation(tmp_path):
     assert "mean of 3 cached augmented views" in coop["config"]["cache"]
 
 
-@pytest.mark.parametrize("method", BASELINES)
-def test_cli_fit(tmp_path, method):
-    from cli.main import app
+METHOD_ARGS = {"linear-probe": ["--lp-c", "1,100"], "tip-adapter": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4"],
+               "tip-adapter-f": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4", "--tip-epochs", "2"]}
 
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_cli_fit(tmp_path, method, cli):
     clustered(tmp_path / "cache")
     args = ["fit", "--dataset", "eurosat", "--method", method, "--model", "RN50", "--pretrained", "none",
             "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"), "--shots", "2",
-            "--seeds", "1", "--device", "cpu", "--lp-c", "1,100", "--tip-alpha", "0.5,2", "--tip-beta", "1,4",
-            "--tip-epochs", "2"]
-    out = CliRunner().invoke(app, args)
-    assert out.exit_code == 0, out.output
+            "--seeds", "1", "--device", "cpu", *METHOD_ARGS[method]]
+    code, out, err = cli(*args)
+    assert code == 0, out + err
     [path] = (tmp_path / "results").rglob("result.json")
     result = json.loads(path.read_text())
     assert result["method"] == method and result["shots"] == 2

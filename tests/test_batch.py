@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cacheclip.batch import (BatchConfig, ModelSpec, extract_config, load_config, read_config_file,
-                             to_command)
+from cacheclip.batch.runner import BatchConfig, ModelSpec, extract_config, load_config, read_config_file, to_command
 from cacheclip.errors import ConfigError
-from cacheclip.synthetic import make_dataset
+from cacheclip.datasets.synthetic import make_dataset
 
 SMALL = {"n_classes": 3, "n_train": 4, "n_val": 2, "n_test": 3, "image_size": 32}
 GRID = ["--shots", "1,2", "--seeds", "1,2", "--epochs", "3", "--aug-views", "2", "--workers", "0",
@@ -39,8 +38,8 @@ def one_thread():
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run the real `cacheclip` entry point in-process: (exit code, stdout, stderr)."""
-    from cli import common
-    from cli.main import main
+    from cacheclip.cli import common
+    from cacheclip.cli.main import main
 
     common.out.width = common.console.width = 250   # no table wrapping in captured output
     argv, sys.argv = sys.argv, ["cacheclip", *args]
@@ -95,11 +94,12 @@ def test_toml_config_flag_override_and_paths(tmp_path):
                     'precision = "amp"\n')
     cfg = load_config(toml, {"shots": (2,), "epochs": 5})
     assert cfg.datasets == ("eurosat", "dtd") and cfg.shots == (2,) and cfg.seeds == (7,)
-    assert cfg.epochs == 5 and cfg.alphas == (0.2, 1.0) and cfg.fail_fast is True
+    adapter = cfg.method_config("clip-adapter")   # legacy top-level keys: CLIP-Adapter's settings
+    assert adapter.epochs == 5 and adapter.alphas == (0.2, 1.0) and cfg.fail_fast is True
     assert cfg.models == (ModelSpec("RN50", "openai"),
                           ModelSpec(str(toml.parent / "my.json"), str(toml.parent / "w.pt")))
     assert cfg.root == str(toml.parent / "data") and cfg.results_dir == "/abs/results"
-    assert read_config_file(toml)["epochs"] is None            # "coop": CoOp's policy
+    assert read_config_file(toml).method_config("clip-adapter").epochs is None   # "coop": CoOp's policy
     command = to_command(cfg, datasets=["dtd"], models=cfg.models[:1])
     assert "--datasets dtd --model RN50 --pretrained openai --shots 2 --seeds 7" in command
     assert "--epochs 5" in command and "w.pt" not in command and "--precision amp" in command
@@ -121,7 +121,7 @@ def test_unknown_or_bad_keys_fail_loudly(tmp_path, capsys):
     toml.write_text('shots = [1, "two"]\n')
     with pytest.raises(ConfigError, match="'shots' must be a list of integers"):
         load_config(toml)
-    with pytest.raises(ConfigError, match="precision 'bf16' is not supported"):
+    with pytest.raises(ConfigError, match="precision bf16 is not supported"):
         load_config(None, {"precision": "bf16"})
     with pytest.raises(Exception, match="unknown dataset 'eurosatt'"):
         load_config(None, {"datasets": ["eurosatt"]})
@@ -139,9 +139,9 @@ def test_model_pretrained_pairs(capsys, tmp_path):
 
 def test_dry_run_lists_without_building_a_model(done_batch, capsys, monkeypatch):
     base, args = done_batch
-    import cacheclip.models
+    import cacheclip.features.models
 
-    monkeypatch.setattr(cacheclip.models, "load_model", lambda *a, **k: pytest.fail("dry run built a model"))
+    monkeypatch.setattr(cacheclip.features.models, "load_model", lambda *a, **k: pytest.fail("dry run built a model"))
     code, out, _ = cli(capsys, *args, "--dry-run")
     assert code == 0, out
     assert out.count("store missing") == 2 and "0 runs done, 8 to run" in out
@@ -200,7 +200,7 @@ def test_kill_mid_batch_then_resume(tmp_path, tiny_clip):
     for name in names:
         make_dataset(name, data, **SMALL)
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "cli", "batch", "--root", str(data), "--datasets", ",".join(names),
+    cmd = [sys.executable, "-m", "cacheclip", "batch", "--root", str(data), "--datasets", ",".join(names),
            *model_args(tiny_clip), "--shots", "1,2,4", "--seeds", "1,2", "--aug-views", "2", "--workers", "0",
            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -264,7 +264,7 @@ def test_report_without_results_says_so(tmp_path, capsys):
 def test_demo_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cli", "demo", "--out", str(tmp_path / "demo")], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "cacheclip", "demo", "--out", str(tmp_path / "demo")], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout + done.stderr

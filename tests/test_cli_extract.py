@@ -3,37 +3,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cacheclip import store as st
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``cli(*args) -> (exit code, stdout, stderr)``, in-process through ``cli.main.main``
-    (the same error boundary as the installed ``cacheclip`` command)."""
-    from cli import common
-    from cli.main import main
-
-    monkeypatch.setattr(common.out, "_width", 300)     # no truncated table cells
-    monkeypatch.delenv("CACHECLIP_DEBUG", raising=False)
-
-    def run(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["cacheclip", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+from cacheclip.features import store as st
 
 
 @pytest.fixture
@@ -97,9 +73,9 @@ def test_extract_ls_export(cli, coop_root, tiny_args, tmp_path):
 @pytest.mark.parametrize("bf16, precision, noted", [(True, "auto", True), (True, "fp32", False),
                                                      (False, "auto", False)])
 def test_bf16_cpus_get_a_note_about_amp(cli, coop_root, tiny_args, monkeypatch, bf16, precision, noted):
-    import cacheclip.models
+    import cacheclip.features.models
 
-    monkeypatch.setattr(cacheclip.models, "cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr(cacheclip.features.models, "cpu_has_bf16", lambda: bf16)
     code, _, err = _extract(cli, coop_root, tiny_args, "--device", "cpu", "--precision", precision)
     assert code == 0, err
     assert ("--precision amp encodes much faster" in " ".join(err.split())) == noted

@@ -11,23 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cacheclip import datasets
-from cacheclip.dataset_loaders import load_imagefolder
-from cacheclip.datasets import (
-    COOP11,
-    DatasetSpec,
-    check_images,
-    dataset_folder,
-    expand_names,
-    get_dataset_spec,
-    list_datasets,
-    load_dataset,
-    register_dataset,
-    resolve_data_root,
-    resolve_name,
-)
+from cacheclip.datasets import catalog as datasets
+from cacheclip.datasets.layouts import load_imagefolder
+from cacheclip.datasets.catalog import COOP11, DatasetSpec, check_images, dataset_folder, expand_names, get_dataset_spec, list_datasets, register_dataset, resolve_data_root, resolve_name
+from cacheclip.datasets.layouts import load_dataset
 from cacheclip.errors import ConfigError, DatasetLayoutError, MissingImagesError, UnknownNameError
-from cacheclip.synthetic import make_dataset
+from cacheclip.datasets.synthetic import make_dataset
 
 COOP_ORDER = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
               "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
@@ -426,7 +415,8 @@ def test_synthetic_more_classes_than_pool(tmp_path):
 
 
 def test_store_name_matches_the_loaded_name(image_folder):
-    from cacheclip.datasets import load_dataset, store_name
+    from cacheclip.datasets.layouts import load_dataset
+    from cacheclip.datasets.catalog import store_name
 
     assert store_name("EuroSAT") == "eurosat"
     assert store_name(f"imagefolder:{image_folder}") == load_dataset(f"imagefolder:{image_folder}", None).name

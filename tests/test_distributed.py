@@ -10,9 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cacheclip.augment import AugmentConfig
-from cacheclip.distributed import SINGLE, Dist, shard
-from cacheclip.extract import ExtractConfig, extract_dataset
+from cacheclip.features.distributed import SINGLE, Dist, shard
+from cacheclip.features.extract import ExtractConfig, extract_dataset
 
 REPO = Path(__file__).parents[1]
 
@@ -48,7 +47,7 @@ def test_two_ranks_write_the_single_process_store(tmp_path, make_data, tiny_clip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("eurosat: encoded") == 1          # rank 0 alone reports
     single = extract_dataset("eurosat", root, tiny_loaded, ExtractConfig(
-        cache_dir=str(tmp_path / "single"), augment=AugmentConfig(views=2), shots=(1, 2), seeds=(1,), workers=0))
+        cache_dir=str(tmp_path / "single"), aug_views=2, shots=(1, 2), seeds=(1,), workers=0))
     multi_path = tmp_path / "multi" / single.store.relative_to(tmp_path / "single")
     a, b = read_store(multi_path), read_store(single.store)
     assert a.keys() == b.keys()
@@ -69,7 +68,7 @@ def test_a_failing_rank_fails_every_rank_without_hanging(tmp_path, make_data, ti
 
 
 def test_single_process_is_the_default(monkeypatch):
-    from cacheclip.distributed import from_env
+    from cacheclip.features.distributed import from_env
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert from_env("cpu") == SINGLE and not SINGLE.active and SINGLE.is_main

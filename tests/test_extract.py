@@ -19,16 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cacheclip import cpu_plan
-from cacheclip import extract as ex
-from cacheclip import store as st
-from cacheclip.augment import AugmentConfig, AugmentedViews, crop_box, view_generator
-from cacheclip.datasets import load_dataset
+from cacheclip.features import cpu_plan
+from cacheclip.features import extract as ex
+from cacheclip.features import pipeline as pl
+from cacheclip.features import store as st
+from cacheclip.features.augment import AugmentConfig, AugmentedViews, crop_box, view_generator
+from cacheclip.datasets.layouts import load_dataset
 from cacheclip.errors import ConfigError, StoreLockedError, StoreMismatchError
-from cacheclip.extract import ExtractConfig, extract_dataset, planned_items
-from cacheclip.fewshot import needed_train_indices
-from cacheclip.models import encode_text, load_model
-from cacheclip.templates import format_prompts, get_templates
+from cacheclip.features.extract import ExtractConfig, extract_dataset, planned_items
+from cacheclip.datasets.fewshot import needed_train_indices
+from cacheclip.features.models import encode_text, load_model
+from cacheclip.datasets.templates import format_prompts, get_templates
 
 FP16 = dict(rtol=2e-3, atol=1e-5)    # float16 storage: ~11 significant bits
 FP32 = dict(rtol=1e-5, atol=1e-6)    # float32 storage: only batch-composition rounding differs
@@ -36,7 +37,7 @@ FP32 = dict(rtol=1e-5, atol=1e-6)    # float32 storage: only batch-composition r
 
 def _cfg(tmp_path: Path, **kw) -> ExtractConfig:
     base = ExtractConfig(cache_dir=str(tmp_path / "cache"), workers=0, batch_size=16, shots=(1, 2), seeds=(1,),
-                         augment=AugmentConfig(views=2))
+                         aug_views=2)
     return replace(base, **kw)
 
 
@@ -55,7 +56,7 @@ def _independent(config: Path, ckpt: Path, image_root: Path, paths: list[str]) -
 def test_stored_features_equal_independent_computation(which, dtype, request, coop_root, tmp_path):
     config, ckpt = request.getfixturevalue(which)
     loaded = load_model(str(config), str(ckpt))
-    cfg = _cfg(tmp_path, dtype=dtype, augment=AugmentConfig(0), shots=(1,), batch_size=64)
+    cfg = _cfg(tmp_path, dtype=dtype, aug_views=0, shots=(1,), batch_size=64)
     summary = extract_dataset("eurosat", coop_root, loaded, cfg)
     ds = load_dataset("eurosat", coop_root)
     with st.open_store(summary.store) as s:
@@ -69,7 +70,7 @@ def test_stored_features_equal_independent_computation(which, dtype, request, co
 
 
 def test_text_features_equal_prompted_classnames(tiny_loaded, coop_root, tmp_path):
-    cfg = _cfg(tmp_path, templates="imagenet7", augment=AugmentConfig(0), shots=(1,))
+    cfg = _cfg(tmp_path, templates="imagenet7", aug_views=0, shots=(1,))
     summary = extract_dataset("eurosat", coop_root, tiny_loaded, cfg)
     ds = load_dataset("eurosat", coop_root)
     raw, ensemble = encode_text(tiny_loaded, format_prompts(get_templates("imagenet7", "eurosat"), ds.classnames))
@@ -139,7 +140,7 @@ def test_aug_features_independent_of_batch_workers_and_resume(tiny_loaded, coop_
 
 @pytest.mark.parametrize("name", ["eurosat", "imagenet", "fgvc_aircraft"])
 def test_layouts_encode_the_fewshot_union(name, tiny_loaded, coop_root, tmp_path):
-    cfg = _cfg(tmp_path, shots=(1, 2), seeds=(1, 2), augment=AugmentConfig(1))
+    cfg = _cfg(tmp_path, shots=(1, 2), seeds=(1, 2), aug_views=1)
     summary = extract_dataset(name, coop_root, tiny_loaded, cfg)
     ds = load_dataset(name, coop_root)
     needed = needed_train_indices([it.label for it in ds.train], [it.label for it in ds.val], (1, 2), (1, 2))
@@ -189,9 +190,9 @@ def test_changed_templates_reencode_text_only(tiny_loaded, coop_root, tmp_path):
 
 @pytest.mark.parametrize("change, attribute", [
     (dict(dtype="float32"), "dtype"),
-    (dict(augment=AugmentConfig(views=3)), "aug_views"),
-    (dict(augment=AugmentConfig(views=2, scale=(0.5, 1.0))), "aug_scale"),
-    (dict(augment=AugmentConfig(views=2, seed=1)), "aug_seed"),
+    (dict(aug_views=3), "aug_views"),
+    (dict(aug_views=2, aug_scale=(0.5, 1.0)), "aug_scale"),
+    (dict(aug_views=2, aug_seed=1), "aug_seed"),
 ])
 def test_other_options_are_a_mismatch(change, attribute, tiny_loaded, coop_root, tmp_path):
     extract_dataset("eurosat", coop_root, tiny_loaded, _cfg(tmp_path))
@@ -260,15 +261,16 @@ def test_second_writer_gets_store_locked_error(tiny_loaded, coop_root, tmp_path)
 # lands while the run is still going.
 DRIVER = """
 import sys, time
-import cacheclip.extract as ex
+import cacheclip.features.extract as ex
+import cacheclip.features.pipeline as pl
 ex.CHUNK_FORWARDS = 1
 delay = float(sys.argv[1])
-forward = ex._encode_batch
+forward = pl.encode_batch
 def slow_forward(*args, **kwargs):
     time.sleep(delay)
     return forward(*args, **kwargs)
-ex._encode_batch = slow_forward
-from cli.main import main
+pl.encode_batch = slow_forward
+from cacheclip.cli.main import main
 sys.argv = ["cacheclip", *sys.argv[2:]]
 main()
 """
@@ -377,7 +379,7 @@ def test_cpu_plan_inactive_on_gpu_or_without_workers(device, workers, fake_threa
 def test_cpu_plan_measurements_run(tiny_loaded, coop_root, tmp_path):
     ds = load_dataset("eurosat", coop_root)
     todo = {"train": [0, 1, 2], "test": list(range(len(ds.test)))}
-    reader = ex.image_reader(ds, todo, tiny_loaded, _cfg(tmp_path, augment=AugmentConfig(views=2)))
+    reader = pl.image_reader(ds, todo, tiny_loaded, AugmentConfig(views=2))
     seconds, forwards = cpu_plan._decode_cost(reader)
     assert 0 < seconds < 1
     assert forwards == (3 * 3 + len(ds.test)) / (3 + len(ds.test))   # train items: 1 clean + 2 views
@@ -408,7 +410,7 @@ def test_forward_in_the_workers_stores_what_this_process_would(tiny_loaded, coop
 
 def test_batches_never_mix_splits():
     work = [("train", i, None) for i in range(5)] + [("test", i, None) for i in range(3)]
-    assert ex._split_batches(work, 2) == [[0, 1], [2, 3], [4], [5, 6], [7]]
+    assert pl.split_batches(work, 2) == [[0, 1], [2, 3], [4], [5, 6], [7]]
 
 
 def test_extraction_restores_the_thread_count(tiny_loaded, coop_root, tmp_path):
@@ -438,7 +440,7 @@ def test_amp_on_a_cpu_without_bf16_units_is_an_error(monkeypatch):
 @pytest.mark.skipif(not ex.cpu_has_bf16(), reason="this CPU has no bf16 units")
 @pytest.mark.parametrize("model", ["tiny_clip", "tiny_clip_rn"])
 def test_bf16_autocast_on_cpu_is_recorded_and_close_to_fp32(model, request, coop_root, tmp_path):
-    from cacheclip.models import load_model
+    from cacheclip.features.models import load_model
 
     files = request.getfixturevalue(model)
     stores = {}

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import random
 
-from cacheclip.fewshot import (
-    FewShotSplit,
-    holdout_val,
-    needed_train_indices,
-    sample_fewshot,
-    sample_run,
-    sample_run_with_holdout,
-)
+from cacheclip.datasets.fewshot import FewShotSplit, holdout_val, needed_train_indices, sample_fewshot, sample_run, sample_run_with_holdout
 
 # Labels deliberately unsorted: first appearance is 2, 0, 1 (not 0, 1, 2).
 TRAIN = [2, 0, 2, 1, 0, 2, 2, 1, 0, 0, 2]

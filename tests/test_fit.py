@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cacheclip import store as st
-from cacheclip.adapters import AdapterConfig
+from cacheclip.features import store as st
 from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
-from cacheclip.fit import FitConfig, fit_dataset
-from cacheclip.fewshot import needed_train_indices
-from cacheclip.models import ModelRef
-from cacheclip.runs import load_adapter
-from cacheclip.train import TrainConfig
+from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.datasets.fewshot import needed_train_indices
+from cacheclip.features.models import ModelRef
+from cacheclip.results.runs import load_adapter
+from cacheclip.fit.methods.clip_adapter import ClipAdapterConfig
 
 REF = ModelRef("synthetic", "none", None, None, None, False)
 K, D, V = 5, 16, 3
@@ -57,15 +56,18 @@ def make_store(cache: Path, dataset: str = "toy", *, per_class=(12, 6, 20), with
 
 
 def small_cfg(tmp_path: Path, **kw) -> FitConfig:
-    base = dict(shots=(2, 4), seeds=(1, 2), train=TrainConfig(epochs=20), cache_dir=str(tmp_path / "cache"),
-                results_dir=str(tmp_path / "results"))
+    """CLIP-Adapter, 20 epochs; keywords that name ClipAdapterConfig fields go to the method."""
+    method_kw = {"epochs": 20, **{k: kw.pop(k) for k in list(kw) if k in ClipAdapterConfig.__dataclass_fields__}}
+    base = dict(shots=(2, 4), seeds=(1, 2), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
     base.update(kw)
+    if base.get("method", "clip-adapter") == "clip-adapter":
+        base["method_config"] = ClipAdapterConfig(**method_kw)
     return FitConfig(**base)
 
 
 def test_fit_beats_zero_shot_and_writes_results(tmp_path):
     make_store(tmp_path / "cache")
-    cfg = small_cfg(tmp_path, shots=(4,), alphas=(0.6,), train=TrainConfig(epochs=30, lr=0.05))
+    cfg = small_cfg(tmp_path, shots=(4,), alphas=(0.6,), epochs=30, lr=0.05)
     results = fit_dataset("toy", REF, cfg)
     assert len(results) == 2
     for r in results:
@@ -103,7 +105,7 @@ def test_alpha_grid_is_chosen_on_val_only(tmp_path, monkeypatch):
         events.append(("read", split))
         return real_read(self, split, indices, aug=aug)
 
-    import cacheclip.methods.clip_adapter as ca
+    import cacheclip.fit.methods.clip_adapter as ca
     real_train = ca.train_runs
 
     def spy_train(*args, **kwargs):
@@ -158,7 +160,7 @@ def test_text_and_both_adapters_train(tmp_path):
     make_store(tmp_path / "cache")
     for kind in ("text", "both"):
         results = fit_dataset("toy", REF, small_cfg(tmp_path, shots=(4,), seeds=(1,),
-                                                    adapter=AdapterConfig(kind=kind), betas=(0.3, 0.6)))
+                                                    adapter=kind, betas=(0.3, 0.6)))
         assert results[0]["config"]["adapter"]["kind"] == kind
         assert {c["beta"] for c in results[0]["selection"]["candidates"]} == {0.3, 0.6}
 
@@ -175,6 +177,6 @@ def test_bad_config_is_rejected(tmp_path):
 
 def test_clean_views_when_store_has_no_augmentation(tmp_path):
     make_store(tmp_path / "cache")
-    [r] = fit_dataset("toy", REF, small_cfg(tmp_path, shots=(2,), seeds=(1,), train=TrainConfig(epochs=5, views="clean")))
+    [r] = fit_dataset("toy", REF, small_cfg(tmp_path, shots=(2,), seeds=(1,), epochs=5, views="clean"))
     assert r["config"]["train_views"].startswith("the clean")
     assert torch.isfinite(torch.tensor(r["metrics"]["test"]["top1"]))

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from cacheclip.adapters import AdapterConfig
-from cacheclip.augment import AugmentConfig
-from cacheclip.extract import ExtractConfig, extract_dataset
-from cacheclip.models import load_model
-from cacheclip.train import RunSpec, TrainConfig, predict, train_runs
+from cacheclip.fit.adapters import AdapterConfig
+from cacheclip.features.extract import ExtractConfig, extract_dataset
+from cacheclip.features.models import load_model
+from cacheclip.fit.train import RunSpec, TrainConfig, predict, train_runs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,7 +35,7 @@ def _features(path: Path) -> dict[str, np.ndarray]:
 
 def _extract(root: Path, model: tuple[Path, Path], device: str, cache: Path, **kw) -> Path:
     loaded = load_model(str(model[0]), str(model[1]), device=device)
-    cfg = ExtractConfig(cache_dir=str(cache), augment=AugmentConfig(views=2), shots=(1, 2), seeds=(1,),
+    cfg = ExtractConfig(cache_dir=str(cache), aug_views=2, shots=(1, 2), seeds=(1,),
                         dtype="float32", **kw)
     return extract_dataset("eurosat", root, loaded, cfg).store
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ModelLoadError, UnknownNameError
-from cacheclip.models import encode_images, encode_text, load_model, resolve_model, sha256_file
+from cacheclip.features.models import encode_images, encode_text, load_model, resolve_model, sha256_file
 
 
 def test_config_and_checkpoint_route(tiny_clip, tiny_loaded):
@@ -124,7 +124,7 @@ def test_device_resolution_names_the_fix(monkeypatch):
     import torch
 
     from cacheclip.errors import ConfigError
-    from cacheclip.models import resolve_device
+    from cacheclip.features.models import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device(None) == resolve_device("auto") == "cpu"

@@ -10,28 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from cacheclip.augment import AugmentConfig
 from cacheclip.errors import ModelLoadError, StoreError
-from cacheclip.extract import ExtractConfig, extract_dataset
-from cacheclip.fit import FitConfig, fit_dataset
-from cacheclip.predict import classify, list_images, load_model_for, load_run
-from cacheclip.store import open_store
-from cacheclip.train import TrainConfig
+from cacheclip.features.extract import ExtractConfig, extract_dataset
+from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.fit.predict import classify, list_images, load_model_for, load_run
+from cacheclip.features.store import open_store
+from cacheclip.fit.methods.clip_adapter import ClipAdapterConfig
 
-CLI = [sys.executable, "-m", "cli"]
+CLI = [sys.executable, "-m", "cacheclip"]
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, tiny_clip, tiny_loaded):
     tmp = tmp_path_factory.mktemp("predict")
-    from cacheclip.synthetic import make_dataset
+    from cacheclip.datasets.synthetic import make_dataset
 
     make_dataset("eurosat", tmp / "data", n_classes=3, n_train=4, n_val=2, n_test=3)
-    cfg = ExtractConfig(cache_dir=str(tmp / "cache"), dtype="float32", augment=AugmentConfig(views=2),
+    cfg = ExtractConfig(cache_dir=str(tmp / "cache"), dtype="float32", aug_views=2,
                         shots=(2,), seeds=(1,), workers=0)
     summary = extract_dataset("eurosat", tmp / "data", tiny_loaded, cfg)
     [result] = fit_dataset("eurosat", tiny_loaded.ref, FitConfig(
-        shots=(2,), seeds=(1,), alphas=(0.5,), train=TrainConfig(epochs=3), cache_dir=str(tmp / "cache"),
+        shots=(2,), seeds=(1,), method_config=ClipAdapterConfig(alphas=(0.5,), epochs=3), cache_dir=str(tmp / "cache"),
         results_dir=str(tmp / "results")))
     folder = next((tmp / "results").rglob("2shot-seed1-*"))
     return tmp, summary.store, folder, result

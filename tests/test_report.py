@@ -15,24 +15,10 @@ from pathlib import Path
 import pytest
 
 from cacheclip.errors import ConfigError
-from cacheclip.published import (
-    PAPER_DATASETS,
-    PUBLISHED_SHOTS,
-    published_available,
-    published_curve,
-    published_numbers,
-)
-from cacheclip.report import (
-    Cell,
-    average_row,
-    build_reports,
-    load_results,
-    summarize,
-    t_quantile_975,
-    to_csv,
-    to_markdown,
-    write_report,
-)
+from cacheclip.results.published import PAPER_DATASETS, PUBLISHED_SHOTS, published_available, published_curve, published_numbers
+from cacheclip.results.loading import load_results
+from cacheclip.results.report import Cell, average_row, build_reports, summarize, t_quantile_975, to_csv, to_markdown
+from cacheclip.results.write import write_report
 
 RN50 = ("RN50-quickgelu", "openai")
 OTHER = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -252,7 +238,7 @@ def test_published_module():
 
 
 def test_import_is_cheap():
-    code = "import sys, cacheclip.report; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, cacheclip.results.report; assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cacheclip import store as st
+from cacheclip.features import store as st
 from cacheclip.errors import StoreError, StoreLockedError, StoreMismatchError
 
 D = 8
@@ -160,7 +160,7 @@ def test_second_writer_is_refused_while_first_holds_the_lock(path):
 
 
 def test_lock_dies_with_its_process(path):
-    code = ("import sys, time; from pathlib import Path; from cacheclip.store import writer_lock\n"
+    code = ("import sys, time; from pathlib import Path; from cacheclip.features.store import writer_lock\n"
             "with writer_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     try:

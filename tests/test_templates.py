@@ -6,15 +6,9 @@ from importlib import resources
 
 import pytest
 
-from cacheclip.datasets import COOP11
+from cacheclip.datasets.catalog import COOP11
 from cacheclip.errors import ConfigError, UnknownNameError
-from cacheclip.templates import (
-    DATASET_TEMPLATES,
-    IMAGENET7,
-    format_prompts,
-    get_templates,
-    list_template_sets,
-)
+from cacheclip.datasets.templates import DATASET_TEMPLATES, IMAGENET7, format_prompts, get_templates, list_template_sets
 
 
 def test_sets_listed():
@@ -40,7 +34,7 @@ def test_imagenet_ensembles():
     t80 = get_templates("imagenet80", "imagenet")
     assert len(t80) == len(set(t80)) == 80 and all("{}" in t for t in t80)
     assert "itap of a {}." in t80
-    assert resources.files("cacheclip").joinpath("data/imagenet_templates_80.txt").is_file()
+    assert resources.files("cacheclip.datasets").joinpath("data/imagenet_templates_80.txt").is_file()
 
 
 def test_template_file(tmp_path):

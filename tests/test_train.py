@@ -8,20 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cacheclip import train
-from cacheclip.adapters import AdapterConfig, ClipAdapterHead, zero_shot_logits
+from cacheclip.fit import train
+from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, zero_shot_logits
 from cacheclip.errors import ConfigError
-from cacheclip.evaluate import classification_metrics, mean_per_class_accuracy, top1
-from cacheclip.train import (
-    RunSpec,
-    TrainConfig,
-    batch_plan,
-    default_epochs,
-    group_runs,
-    lr_per_epoch,
-    predict,
-    train_runs,
-)
+from cacheclip.fit.metrics import classification_metrics, mean_per_class_accuracy, top1
+from cacheclip.fit.train import RunSpec, TrainConfig, batch_plan, default_epochs, group_runs, lr_per_epoch, predict, train_runs
 
 D, K = 64, 5
 

@@ -1,0 +1,429 @@
+"""Readers for the split formats: CoOp JSON, ImageNet folders, FGVC-Aircraft txt, image folders.
+
+Each registered loader takes ``(spec, dataset folder)`` and returns a ``DatasetSplits``
+whose ``split_sha256`` covers every file that defines the split, so a feature store
+can tell when a split changed. No image is opened here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cacheclip.datasets.catalog import (
+    COOP_DATASETS_MD, DATA_ENV, IMAGEFOLDER_PREFIX, SPLITS, DatasetSplits, DatasetSpec, Item, expected_layout,
+    get_dataset_spec, imagefolder_path, resolve_data_root, resolve_name,
+)
+from cacheclip.common import IMAGE_SUFFIXES
+from cacheclip.errors import ConfigError, DatasetLayoutError, UnknownNameError
+
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sha256_files(parts: Iterable[tuple[str, bytes]]) -> str:
+    """sha256 over several named byte strings, each framed by its name and length."""
+    h = hashlib.sha256()
+    for name, data in parts:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _subdirs(path: Path) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``path``."""
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _files(path: Path, extensions: frozenset[str] | None = None) -> list[str]:
+    """Sorted names of the non-hidden files in ``path`` (optionally only some extensions)."""
+    with os.scandir(path) as entries:
+        return sorted(
+            e.name
+            for e in entries
+            if not e.name.startswith(".")
+            and e.is_file()
+            and (extensions is None or os.path.splitext(e.name)[1].lower() in extensions)
+        )
+
+
+def _classnames(splits: dict[str, list[Item]], source: str) -> tuple[str, ...]:
+    """label -> classname from the items of all splits; must agree and cover 0..K-1."""
+    names: dict[int, str] = {}
+    for split, items in splits.items():
+        for it in items:
+            known = names.setdefault(it.label, it.classname)
+            if known != it.classname:
+                raise DatasetLayoutError(
+                    f"{source}: label {it.label} is called both '{known}' and '{it.classname}' "
+                    f"({split} item {it.path})",
+                    f"every item with one label must carry the same class name; re-download {source}",
+                )
+    if not names:
+        raise DatasetLayoutError(f"{source} lists no items", f"re-download {source}")
+    gaps = sorted(set(range(max(names) + 1)) - set(names))
+    if gaps:
+        raise DatasetLayoutError(
+            f"{source}: labels must be 0..K-1 but {', '.join(map(str, gaps[:5]))} never appear",
+            f"labels must be contiguous from 0; re-download {source}",
+        )
+    return tuple(names[i] for i in range(len(names)))
+
+
+def _read_text(path: Path, spec: DatasetSpec, folder: Path, hint: str) -> bytes:
+    if not path.is_file():
+        raise DatasetLayoutError(
+            f"{spec.name}: {path} not found; {expected_layout(spec, folder)}", hint
+        )
+    return path.read_bytes()
+
+
+def _image_root(spec: DatasetSpec, folder: Path) -> Path:
+    return folder / spec.image_root if spec.image_root else folder
+
+
+# --------------------------------------------------------------------------- CoOp JSON
+
+
+def _parse_split_json(obj: object, source: str) -> dict[str, list[Item]]:
+    """Validate ``{"train": [[path, label, classname], ...], "val": ..., "test": ...}``."""
+    hint = f"re-download {source} (links in CoOp's DATASETS.md: {COOP_DATASETS_MD})"
+    if not isinstance(obj, dict):
+        raise DatasetLayoutError(f"{source}: expected a JSON object with keys {', '.join(SPLITS)}", hint)
+    out: dict[str, list[Item]] = {}
+    for split in SPLITS:
+        rows = obj.get(split)
+        if not isinstance(rows, list):
+            raise DatasetLayoutError(f"{source}: missing list '{split}'", hint)
+        items = []
+        for i, row in enumerate(rows):
+            ok = (
+                isinstance(row, list)
+                and len(row) == 3
+                and isinstance(row[0], str)
+                and type(row[1]) is int
+                and row[1] >= 0
+                and isinstance(row[2], str)
+            )
+            if not ok:
+                raise DatasetLayoutError(
+                    f"{source}: {split} item {i} is not [path, label >= 0, classname]: {row!r:.80}", hint
+                )
+            items.append(Item(row[0], row[1], row[2]))
+        out[split] = items
+    return out
+
+
+def load_json_split(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """A CoOp ``split_zhou_*.json``; split_sha256 is the plain sha256 of the file."""
+    path = folder / spec.split_file
+    if not path.is_file():
+        raise DatasetLayoutError(
+            f"{spec.name}: split file {path} not found",
+            f"download {spec.split_file} into {folder} (links in CoOp's DATASETS.md: {COOP_DATASETS_MD})",
+        )
+    data = path.read_bytes()
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        detail = f"{err.msg} at line {err.lineno}, column {err.colno}" if isinstance(
+            err, json.JSONDecodeError) else str(err)
+        raise DatasetLayoutError(
+            f"{spec.name}: split file {path} is not valid JSON ({detail})",
+            f"re-download {spec.split_file}; the file may be truncated (CoOp's DATASETS.md)",
+        ) from None
+    splits = _parse_split_json(obj, spec.split_file)
+    return DatasetSplits(
+        name=spec.name,
+        root=folder,
+        image_root=_image_root(spec, folder),
+        classnames=_classnames(splits, spec.split_file),
+        train=tuple(splits["train"]),
+        val=tuple(splits["val"]),
+        test=tuple(splits["test"]),
+        split_sha256=hashlib.sha256(data).hexdigest(),
+        split_source=spec.split_file,
+    )
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+
+def _read_wnid_names(data: bytes, source: str) -> dict[str, str]:
+    """Lines ``<wnid> <name words>`` -> {wnid: name}."""
+    names: dict[str, str] = {}
+    for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        wnid, _, name = line.strip().partition(" ")
+        if not wnid:
+            continue
+        if not name.strip():
+            raise DatasetLayoutError(
+                f"{source} line {n}: expected '<wnid> <class name>', got {line!r:.60}",
+                "re-download classnames.txt (linked in CoOp's DATASETS.md, ImageNet section)",
+            )
+        names[wnid] = name.strip()
+    return names
+
+
+def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """ImageNet from ``images/{train,val}/<wnid>/`` plus ``classnames.txt``.
+
+    Labels follow the sorted wnid folder names; test is the official val set and
+    there is no few-shot val. CoOp lists each class folder with an unsorted
+    ``os.listdir`` (so its item order depends on the filesystem); we sort the file
+    names so the order, and hence few-shot sampling, is reproducible everywhere.
+    split_sha256 covers classnames.txt and the sorted listing of both folders.
+    """
+    cls_path = folder / "classnames.txt"
+    cls_bytes = _read_text(
+        cls_path, spec, folder,
+        f"put classnames.txt (linked in CoOp's DATASETS.md, ImageNet section) into {folder}",
+    )
+    wnid_names = _read_wnid_names(cls_bytes, "classnames.txt")
+    image_root = _image_root(spec, folder)
+    wnids: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        split_dir = image_root / split
+        if not split_dir.is_dir():
+            raise DatasetLayoutError(
+                f"imagenet: {split_dir} not found; {expected_layout(spec, folder)}",
+                "extract the ImageNet train and val images into class folders named by wnid "
+                "(CoOp's DATASETS.md)",
+            )
+        wnids[split] = _subdirs(split_dir)
+    if not wnids["train"] or wnids["train"] != wnids["val"]:
+        only = sorted(set(wnids["train"]) ^ set(wnids["val"]))[:3]
+        raise DatasetLayoutError(
+            f"imagenet: train/ and val/ must hold the same non-empty set of wnid folders "
+            f"({len(wnids['train'])} vs {len(wnids['val'])}; e.g. {', '.join(only) or 'none'})",
+            "val images must be sorted into wnid folders like train (CoOp's DATASETS.md)",
+        )
+    unnamed = [w for w in wnids["train"] if w not in wnid_names]
+    if unnamed:
+        raise DatasetLayoutError(
+            f"imagenet: {len(unnamed)} wnid folders have no line in classnames.txt, "
+            f"e.g. {', '.join(unnamed[:3])}",
+            "use the classnames.txt linked in CoOp's DATASETS.md",
+        )
+    splits: dict[str, list[Item]] = {}
+    for split in ("train", "val"):
+        items = []
+        for label, wnid in enumerate(wnids["train"]):
+            name = wnid_names[wnid]
+            for fname in _files(image_root / split / wnid):
+                items.append(Item(f"{split}/{wnid}/{fname}", label, name))
+        splits[split] = items
+    listing = "\n".join(it.path for split in ("train", "val") for it in splits[split]).encode()
+    return DatasetSplits(
+        name=spec.name,
+        root=folder,
+        image_root=image_root,
+        classnames=tuple(wnid_names[w] for w in wnids["train"]),
+        train=tuple(splits["train"]),
+        val=(),
+        test=tuple(splits["val"]),
+        split_sha256=_sha256_files([("classnames.txt", cls_bytes), ("listing", listing)]),
+        split_source="classnames.txt + images/{train,val}/<wnid>/ listing",
+    )
+
+
+# --------------------------------------------------------------------------- FGVC-Aircraft
+
+
+def load_fgvc(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """FGVC-Aircraft: ``variants.txt`` gives the class order, ``images_variant_<split>.txt``
+    lines ``<image id> <variant name>`` (names may hold spaces and slashes: "F-16A/B"),
+    images at ``images/<id>.jpg``; all these files sit in the dataset folder.
+    """
+    hint = (f"extract fgvc-aircraft-2013b.tar.gz and move its data/ folder to {folder} "
+            "(CoOp's DATASETS.md)")
+    names = ["variants.txt"] + [f"images_variant_{s}.txt" for s in SPLITS]
+    raw = {n: _read_text(folder / n, spec, folder, hint) for n in names}
+    variants = [v.strip() for v in raw["variants.txt"].decode("utf-8").splitlines() if v.strip()]
+    label_of = {v: i for i, v in enumerate(variants)}
+    if len(label_of) != len(variants):
+        raise DatasetLayoutError("fgvc_aircraft: variants.txt lists a variant twice", hint)
+    splits: dict[str, list[Item]] = {}
+    for split in SPLITS:
+        source = f"images_variant_{split}.txt"
+        items = []
+        for n, line in enumerate(raw[source].decode("utf-8").splitlines(), start=1):
+            image_id, _, variant = line.strip().partition(" ")
+            if not image_id:
+                continue
+            if variant not in label_of:
+                raise DatasetLayoutError(
+                    f"fgvc_aircraft: {source} line {n}: variant '{variant}' is not in variants.txt",
+                    hint,
+                )
+            items.append(Item(f"{image_id}.jpg", label_of[variant], variant))
+        splits[split] = items
+    return DatasetSplits(
+        name=spec.name,
+        root=folder,
+        image_root=_image_root(spec, folder),
+        classnames=tuple(variants),
+        train=tuple(splits["train"]),
+        val=tuple(splits["val"]),
+        test=tuple(splits["test"]),
+        split_sha256=_sha256_files((n, raw[n]) for n in names),
+        split_source="variants.txt + images_variant_{train,val,test}.txt",
+    )
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _split_class(files: list[str], val_fraction: float, test_fraction: float,
+                 rng: random.Random) -> tuple[list[str], list[str], list[str]]:
+    """Shuffle one class's files and cut test, val, train (train keeps at least one)."""
+    order = list(files)
+    rng.shuffle(order)
+    n = len(order)
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    while n_test + n_val >= n and n_test + n_val > 0:
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def load_imagefolder(path: Path, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                     seed: int = 0) -> DatasetSplits:
+    """Your own images: one sub-folder per class (the folder name is the class name).
+
+    Either ``train/``, ``test/`` and optionally ``val/`` each hold the class folders,
+    or the class folders sit directly in ``path`` and each class is split on its own:
+    its sorted files are shuffled by ``random.Random(f"{seed}:{class name}")`` (so
+    adding a class leaves the other classes' splits unchanged), then test and val
+    fractions are cut off. split_sha256 covers the file listing (and the fractions/seed).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetLayoutError(
+            f"image folder {path} not found",
+            "imagefolder:<path> needs a folder with one sub-folder of images per class, "
+            "or train/, val/, test/ folders that each hold such class folders",
+        )
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1",
+            "use fractions such as 0.2 and 0.2",
+        )
+    if (path / "train").is_dir():
+        classnames, splits, how = _read_split_folders(path)
+        extra = b""
+    else:
+        classnames, splits = _read_class_folders(path, val_fraction, test_fraction, seed)
+        how = f"seeded split: val {val_fraction}, test {test_fraction}, seed {seed}"
+        extra = f"val_fraction={val_fraction!r} test_fraction={test_fraction!r} seed={seed!r}".encode()
+    listing = "\n".join(sorted(it.path for s in SPLITS for it in splits[s])).encode()
+    return DatasetSplits(
+        name=f"imagefolder-{path.resolve().name}",
+        root=path,
+        image_root=path,
+        classnames=tuple(classnames),
+        train=tuple(splits["train"]),
+        val=tuple(splits["val"]),
+        test=tuple(splits["test"]),
+        split_sha256=_sha256_files([("listing", listing), ("split", extra)]),
+        split_source=f"class folders of {path} ({how})",
+    )
+
+
+def _no_images(path: Path) -> DatasetLayoutError:
+    return DatasetLayoutError(
+        f"image folder {path} holds no class folders with images",
+        f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in one sub-folder per class",
+    )
+
+
+def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], str]:
+    if not (path / "test").is_dir():
+        raise DatasetLayoutError(
+            f"image folder {path} has train/ but no test/",
+            "add test/ (and optionally val/) with the same class folders as train/",
+        )
+    classnames = _subdirs(path / "train")
+    if not classnames:
+        raise _no_images(path / "train")
+    label_of = {c: i for i, c in enumerate(classnames)}
+    splits: dict[str, list[Item]] = {}
+    for split in SPLITS:
+        split_dir = path / split
+        found = _subdirs(split_dir) if split_dir.is_dir() else []
+        unknown = [c for c in found if c not in label_of]
+        if unknown:
+            raise DatasetLayoutError(
+                f"{split_dir} has class folders that train/ lacks: {', '.join(unknown[:3])}",
+                "every class folder in val/ and test/ must also exist in train/",
+            )
+        splits[split] = [
+            Item(f"{split}/{c}/{f}", label_of[c], c)
+            for c in found
+            for f in _files(split_dir / c, IMAGE_SUFFIXES)
+        ]
+    if not splits["train"]:
+        raise _no_images(path / "train")
+    return classnames, splits, "train/val/test folders"
+
+
+def _read_class_folders(path: Path, val_fraction: float, test_fraction: float,
+                        seed: int) -> tuple[list[str], dict[str, list[Item]]]:
+    per_class = {c: _files(path / c, IMAGE_SUFFIXES) for c in _subdirs(path)}
+    classnames = [c for c, files in per_class.items() if files]
+    if not classnames:
+        raise _no_images(path)
+    splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
+    for label, c in enumerate(classnames):
+        rng = random.Random(f"{seed}:{c}")
+        parts = _split_class(per_class[c], val_fraction, test_fraction, rng)
+        for split, files in zip(SPLITS, parts):
+            splits[split].extend(Item(f"{c}/{f}", label, c) for f in files)
+    return classnames, splits
+
+
+LOADERS: dict[str, Callable[[DatasetSpec, Path], DatasetSplits]] = {
+    "json": load_json_split,
+    "imagenet": load_imagenet,
+    "fgvc": load_fgvc,
+}
+
+
+# --------------------------------------------------------------------------- by name
+
+def load_dataset(name: str, data_root: Path | None) -> DatasetSplits:
+    """Read the splits of dataset ``name`` under ``data_root`` (None: $CACHECLIP_DATA).
+
+    Images are not opened; call ``check_images`` to verify they exist.
+    'imagefolder:<path>' ignores ``data_root``.
+    """
+    canonical = resolve_name(name)
+    if canonical.startswith(IMAGEFOLDER_PREFIX):
+        return load_imagefolder(imagefolder_path(canonical))
+    spec = get_dataset_spec(canonical)
+    root = resolve_data_root(data_root)
+    folder = root / spec.folder
+    if not folder.is_dir():
+        raise DatasetLayoutError(
+            f"{spec.name}: dataset folder {folder} not found; {expected_layout(spec, folder)}",
+            f"put {spec.folder}/ under {root} as in CoOp's DATASETS.md ({COOP_DATASETS_MD}), "
+            f"or point --root / ${DATA_ENV} at the folder that holds it",
+        )
+    try:
+        loader = LOADERS[spec.loader]
+    except KeyError:
+        raise UnknownNameError(
+            f"{spec.name}: unknown loader '{spec.loader}'. Available: {', '.join(LOADERS)}",
+            "fix the loader field of the registered DatasetSpec",
+        ) from None
+    return loader(spec, folder)

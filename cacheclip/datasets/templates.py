@@ -1,0 +1,108 @@
+"""Prompt templates: one per dataset (CoOp's), the ImageNet 7 and 80 ensembles, or a file.
+
+A template holds one ``{}`` that takes a class name with "_" replaced by " ".
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from cacheclip.datasets.catalog import IMAGEFOLDER_PREFIX, get_dataset_spec
+from cacheclip.errors import ConfigError, UnknownNameError
+
+# The single template per dataset used by CoOp / CLIP-Adapter, by canonical dataset name.
+DATASET_TEMPLATES: dict[str, str] = {
+    "imagenet": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "stanford_cars": "a photo of a {}.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "food101": "a photo of {}, a type of food.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "sun397": "a photo of a {}.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagefolder": "a photo of a {}.",  # any imagefolder:<path> dataset
+}
+GENERIC_TEMPLATE = "a photo of a {}."
+
+# The ImageNet 7-template ensemble (Tip-Adapter; CoOp's zero-shot ensemble).
+IMAGENET7 = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+TEMPLATE_SETS = {
+    "default": "the single template of the dataset (CoOp's)",
+    "photo": f"'{GENERIC_TEMPLATE}' for every dataset",
+    "imagenet7": "the 7-template ImageNet ensemble",
+    "imagenet80": "CLIP's 80 ImageNet templates",
+}
+
+
+def list_template_sets() -> list[str]:
+    """Names accepted by ``get_templates`` (besides a path to a template file)."""
+    return list(TEMPLATE_SETS)
+
+
+def _parse_templates(text: str, source: str) -> tuple[str, ...]:
+    """One template per line; blank lines and lines starting with '#' are skipped."""
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            ok = "{}" in line and line.format("x") is not None
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"{source} line {n}: template {line!r} needs exactly one '{{}}' for the class name",
+                "write each template as text with one {} (other braces doubled: {{ }})",
+            )
+        out.append(line)
+    if not out:
+        raise ConfigError(f"{source} holds no templates", "put one template with {} per line")
+    return tuple(out)
+
+
+def _dataset_template(dataset: str) -> str:
+    if dataset.startswith(IMAGEFOLDER_PREFIX) or dataset.startswith("imagefolder-"):
+        return DATASET_TEMPLATES["imagefolder"]
+    spec = get_dataset_spec(dataset)
+    return DATASET_TEMPLATES.get(spec.template_key or spec.name, GENERIC_TEMPLATE)
+
+
+def get_templates(spec: str, dataset: str) -> tuple[str, ...]:
+    """Templates for ``dataset`` from a set name (``list_template_sets()``) or a text file."""
+    if spec == "default":
+        return (_dataset_template(dataset),)
+    if spec == "photo":
+        return (GENERIC_TEMPLATE,)
+    if spec == "imagenet7":
+        return IMAGENET7
+    if spec == "imagenet80":
+        text = resources.files("cacheclip.datasets").joinpath("data/imagenet_templates_80.txt").read_text("utf-8")
+        return _parse_templates(text, "imagenet_templates_80.txt")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _parse_templates(path.read_text("utf-8"), str(path))
+    raise UnknownNameError(
+        f"unknown template set '{spec}' (and no such file). Available: {', '.join(TEMPLATE_SETS)}",
+        "use one of those names, or a path to a text file with one template containing {} per line",
+    )
+
+
+def format_prompts(templates: Sequence[str], classnames: Sequence[str]) -> list[list[str]]:
+    """Prompts indexed [template][class]: ``template.format(name.replace("_", " "))``."""
+    names = [c.replace("_", " ") for c in classnames]
+    return [[t.format(n) for n in names] for t in templates]

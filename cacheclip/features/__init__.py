@@ -1,0 +1,8 @@
+"""Stage 1, features: images and class names -> HDF5 feature stores.
+
+Owns: ``models`` (the only open_clip import: loading, encoding), ``augment`` (the cached
+augmented views), ``pipeline`` (decoding and batching images), ``cpu_plan`` (where a CPU
+forward runs), ``extract`` (the extract stage), ``store`` (the only h5py import),
+``distributed`` (torchrun sharding), ``export`` and ``locate``. May import ``datasets``,
+``errors`` and ``common``; never ``fit``, ``results`` or ``batch``.
+"""

@@ -1,0 +1,286 @@
+"""The extract stage: dataset images and prompted class names -> a feature store.
+
+``extract_dataset`` encodes only what the store lacks, in chunks that are each
+committed on their own (see ``store``), so it is incremental and resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cacheclip.features import pipeline
+from cacheclip.features import store as st
+from cacheclip.features.augment import COOP_SCALE, AugmentConfig
+from cacheclip.features.cpu_plan import CpuPlan
+from cacheclip.datasets.catalog import SPLITS, DatasetSplits, check_images
+from cacheclip.datasets.layouts import load_dataset
+from cacheclip.features.distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
+from cacheclip.common import package_versions
+from cacheclip.settings import setting
+from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError
+from cacheclip.datasets.fewshot import needed_train_indices
+from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text
+from cacheclip.datasets.templates import format_prompts, get_templates
+
+DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SEEDS = (1, 2, 3)
+CHUNK_FORWARDS = 2048   # image forwards per committed chunk: bounds the work a kill can lose
+
+Progress = Callable[[str, int, int], None]   # (stage, done, total)
+
+
+def default_workers() -> int:
+    """Decoding processes by default: the cores this process may use, at most 4 (more workers
+    than cores only contend; torch warns about it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to encode and how; every field that changes the bytes is recorded in the store."""
+
+    cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
+    templates: str = setting("default", "prompt template set (default, photo, imagenet7, imagenet80) or file",
+                             flag="--templates")
+    dtype: str = setting("float16", "stored feature dtype: float16 or float32", flag="--dtype")
+    aug_views: int = setting(10, "augmented views cached per train image (0: none)", flag="--aug-views")
+    aug_scale: tuple[float, float] = setting(COOP_SCALE, "RandomResizedCrop scale range (CoOp: 0.08,1)",
+                                             flag="--aug-scale")
+    aug_seed: int = setting(0, "seed of the augmented views", flag="--aug-seed")
+    train: str = setting("fewshot", "fewshot: the train images the planned runs need; all: every one",
+                         flag="--train")
+    shots: tuple[int, ...] = setting(DEFAULT_SHOTS, "shots per class the planned runs use", flag="--shots")
+    seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "few-shot sampling seeds the planned runs use", flag="--seeds")
+    holdout_val: bool = False                   # also encode the hold-out val of datasets without val
+    batch_size: int = setting(64, "images per forward pass", flag="--batch-size")
+    workers: int = setting(default_workers(), "image-decoding processes", flag="--workers")
+    precision: str = setting("auto", "auto (amp on CUDA, fp32 on CPU), fp32 or amp", flag="--precision")
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(views=self.aug_views, scale=self.aug_scale, seed=self.aug_seed)
+
+    def validate(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype {self.dtype} is not supported", "use float16 or float32")
+        if self.train not in ("fewshot", "all"):
+            raise ConfigError(f"--train {self.train} is not supported", "use fewshot or all")
+        if self.precision not in ("auto", "fp32", "amp"):
+            raise ConfigError(f"--precision {self.precision} is not supported", "use auto, fp32 or amp")
+        if self.aug_views < 0 or self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("--aug-views, --batch-size and --workers must not be negative",
+                              "e.g. --aug-views 10 --batch-size 64 --workers 4")
+        if not 0 < self.aug_scale[0] <= self.aug_scale[1] <= 1:
+            raise ConfigError(f"--aug-scale {self.aug_scale} is not a crop scale range",
+                              "two numbers 0 < lo <= hi <= 1, e.g. --aug-scale 0.08,1")
+
+
+@dataclass
+class ExtractSummary:
+    dataset: str
+    store: Path
+    encoded: dict[str, int] = field(default_factory=dict)    # newly encoded images per split
+    total: dict[str, int] = field(default_factory=dict)      # images with features per split
+    text_updated: bool = False
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.encoded.values()) / self.seconds if self.seconds else 0.0
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """What the forward runs in, as recorded in the store: fp32, amp-fp16 (CUDA autocast)
+    or amp-bf16 (CPU autocast: only asked for, and only where the CPU has bf16 units)."""
+    cuda = device.startswith("cuda")
+    if precision == "fp32" or (precision == "auto" and not cuda):
+        return "fp32"
+    if cuda:
+        return "amp-fp16"
+    if not cpu_has_bf16():
+        raise ConfigError("--precision amp on CPU needs bf16 hardware (AVX512-BF16 or AMX); this CPU has neither",
+                          "use --precision fp32, the default on CPU")
+    return "amp-bf16"
+
+
+def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig,
+                   precision: str) -> dict:
+    """The identity attributes of the store. From a ModelRef (no model built) it lacks only
+    ``preprocess``, which the built model reports."""
+    identity = {
+        "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **model.identity(),
+        "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": precision,
+        **cfg.augment.attrs(),
+    }
+    # lists are stored as JSON text in HDF5 attributes; compare them in that form
+    return {k: st.json_attr(v) if isinstance(v, (list, dict)) else v for k, v in identity.items()}
+
+
+def planned_items(ds: DatasetSplits, cfg: ExtractConfig) -> dict[str, list[int]]:
+    """Item indices each split needs: val and test fully; train all, or the few-shot union."""
+    plan = {"val": list(range(len(ds.val))), "test": list(range(len(ds.test)))}
+    if cfg.train == "all":
+        plan["train"] = list(range(len(ds.train)))
+    else:
+        labels = [it.label for it in ds.train]
+        plan["train"] = needed_train_indices(labels, [it.label for it in ds.val], cfg.shots, cfg.seeds,
+                                             holdout=cfg.holdout_val)
+    return {s: plan[s] for s in SPLITS}
+
+
+def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
+                 path: Path, precision: str, progress: Progress | None) -> dict[str, int]:
+    """Encode the planned items of every split, committing a part file per chunk of one split;
+    returns the number of items encoded per split."""
+    done = {s: 0 for s in SPLITS if todo.get(s)}
+    if not done:
+        return done
+    reader = pipeline.image_reader(ds, todo, loaded, cfg.augment)
+    plan = CpuPlan(loaded.device, cfg.workers)
+    buffer: list[tuple] = []
+    pending: Future | None = None
+    try:
+        plan.choose(loaded, reader, cfg.batch_size, precision)
+        loader = pipeline.image_loader(reader, loaded, cfg.batch_size, cfg.workers,
+                              encode=precision if plan.in_workers else None)
+        with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
+            for split, idx, clean, aug, error in loader:
+                if error is not None:
+                    raise CorruptImageError(
+                        f"cannot decode {ds.image_root / ds.split(split)[error[0]].path}: {error[1]}",
+                        "replace or delete the file (and its line in the split file), then rerun")
+                if plan.in_workers:   # the batch already holds features
+                    feats, aug_feats = clean, aug
+                else:
+                    feats, aug_feats = pipeline.encode_batch(loaded, clean, aug, precision)
+                buffer.append((idx, feats, aug_feats))
+                done[split] += len(idx)
+                forwards = sum(len(b[0]) for b in buffer) * (1 + (0 if aug_feats is None else aug_feats.shape[1]))
+                if forwards >= CHUNK_FORWARDS or done[split] == len(todo[split]):
+                    if pending is not None:   # batches never mix splits, and a split's end flushes
+                        pending.result()
+                    pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
+                    buffer = []
+                if progress:
+                    progress(split, done[split], len(todo[split]))
+            if pending is not None:
+                pending.result()
+    finally:
+        plan.close()
+    return done
+
+
+def _to_chunk(split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
+    aug = None if buffer[0][2] is None else np.concatenate([b[2] for b in buffer]).astype(dtype)
+    return st.Chunk(split, np.concatenate([b[0] for b in buffer]),
+                    np.concatenate([b[1] for b in buffer]).astype(dtype), aug)
+
+
+def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
+    """Parts left by a killed run must come from the same inputs as this run. The marker
+    is written only when this run will write parts (a no-op rerun must not touch the store)."""
+    marker = st.parts_dir(path) / "identity.json"
+    if marker.exists():
+        import json
+        recorded = json.loads(marker.read_text())
+        try:
+            st.check_identity(path, recorded, identity)
+        except StoreMismatchError as e:
+            raise StoreMismatchError(e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
+                                     f"rerun with the same options, or delete {st.parts_dir(path)}") from None
+    elif will_write:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(st.json_attr(identity))
+
+
+def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, cfg: ExtractConfig = ExtractConfig(),
+                    progress: Progress | None = None, dist: Dist = SINGLE) -> ExtractSummary:
+    """Bring the store of ``dataset`` for ``loaded`` up to date with ``cfg``; return what was done.
+
+    Under torchrun (``dist``), every rank encodes its shard of the work into part files and
+    rank 0, which alone holds the writer lock, encodes the text and commits.
+    """
+    cfg.validate()
+    start = time.perf_counter()
+    ds = load_dataset(dataset, data_root)
+    precision = resolve_precision(cfg.precision, loaded.device)
+    identity = store_identity(ds, loaded, cfg, precision)
+    path = st.store_path(cfg.cache_dir, loaded.model_id, loaded.weights_id, ds.name)
+    templates = list(get_templates(cfg.templates, ds.name))
+    summary = ExtractSummary(dataset=ds.name, store=path)
+    with ExitStack() as held:
+        on_main(dist, lambda: held.enter_context(st.writer_lock(path)))
+        have, old_text = _store_state(path, identity, templates)
+        staged = st.staged_indices(path)
+        for split, done in staged.items():
+            have[split] |= done
+        todo = {s: [i for i in want if i not in have[s]] for s, want in planned_items(ds, cfg).items()}
+        on_main(dist, lambda: _check_parts_identity(path, identity, will_write=any(todo.values())))
+        check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
+        error = None
+        try:
+            mine = {s: shard(todo[s], dist) for s in SPLITS}
+            encoded = _encode_todo(ds, mine, loaded, cfg, path, precision, progress)
+        except Exception as e:  # e.g. a corrupt image in this rank's shard
+            error, encoded = e, {}
+        all_succeeded(error, dist)
+        summary.encoded = {s: n for s in SPLITS if (n := sum_over_ranks(encoded.get(s, 0), dist))}
+        summary.text_updated = old_text is None
+
+        def finish() -> None:
+            text = old_text if old_text is not None else _encode_text(loaded, templates, ds, progress)
+            if summary.encoded or summary.text_updated or staged:
+                st.commit(path, _contents(ds, loaded, cfg, identity, templates, text), cfg.dtype)
+
+        on_main(dist, finish)
+    with st.open_store(path) as s:
+        summary.total = {split: int(len(s.encoded(split))) for split in s.splits}
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _store_state(path: Path, identity: dict, templates: list[str]):
+    """(item indices with features per split, text features if the templates match) of the
+    committed store; checks the store was built from the same inputs."""
+    if not path.is_file():
+        return {s: set() for s in SPLITS}, None
+    with st.open_store(path) as old:
+        st.check_identity(path, old.attrs, identity)
+        have = {s: set(old.encoded(s).tolist()) for s in SPLITS}
+        return have, (old.text_features() if old.templates == templates else None)
+
+
+def _encode_text(loaded: LoadedModel, templates: list[str], ds: DatasetSplits,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    if progress:
+        progress("text", 0, len(templates))
+    per_template, ensemble = encode_text(loaded, format_prompts(templates, ds.classnames))
+    if progress:
+        progress("text", len(templates), len(templates))
+    return per_template.numpy(), ensemble.numpy()
+
+
+def _contents(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, identity: dict,
+              templates: list[str], text: tuple[np.ndarray, np.ndarray]) -> st.StoreContents:
+    attrs = dict(identity)
+    attrs.update({
+        "split_source": ds.split_source, "image_root": str(ds.image_root), "templates_spec": cfg.templates,
+        "logit_scale": loaded.logit_scale, "embed_dim": loaded.embed_dim,
+        "checkpoint_path": loaded.checkpoint_path or "", "model_config_path": loaded.ref.config_path or "",
+        **{f"{k}_version": v for k, v in package_versions().items() if k in ("open_clip", "torch")},
+    })
+    listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)])
+                for s in SPLITS}
+    return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1])

@@ -1,0 +1,153 @@
+"""CLIP-Adapter (Gao et al. 2021, arXiv 2110.04544): residual bottleneck adapters on frozen
+CLIP features. Every (seed x alpha x beta) run of a shot count trains in one batched pass;
+the ratios are then chosen per seed on the few-shot val split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from cacheclip.fit.adapters import AdapterConfig
+from cacheclip.fit.train import RunSpec, TrainConfig, predict, resolve_epochs, train_runs
+from cacheclip.errors import ConfigError
+from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.settings import setting
+
+PAPER_ALPHA = 0.2   # the official code's fixed ratio, behind the published numbers
+_COOP = TrainConfig()
+
+
+@dataclass(frozen=True)
+class ClipAdapterConfig:
+    """CLIP-Adapter's settings; the defaults are the paper's (CoOp's RN50 schedule)."""
+
+    adapter: str = setting("visual", "which adapters: visual (the paper's), text or both", flag="--adapter")
+    alphas: tuple[float, ...] = setting((PAPER_ALPHA,), "visual residual ratio(s); several are chosen on val",
+                                        flag="--alpha")
+    betas: tuple[float, ...] = setting((0.2,), "text residual ratio(s); several are chosen on val", flag="--beta")
+    reduction: int = setting(4, "bottleneck reduction D -> D/r", flag="--reduction")
+    block: str = setting("official", "official (ReLU after each layer, as the released code) or paper",
+                         flag="--block")
+    epochs: int | None = setting(None, "epochs; coop: CoOp's by shots (1: 50, 2-4: 100, 8-16: 200; ImageNet 50)",
+                                 flag="--epochs", none_word="coop")
+    lr: float = setting(_COOP.lr, "SGD learning rate", flag="--lr")
+    batch_size: int = setting(_COOP.batch_size, "training batch size", flag="--batch-size")
+    weight_decay: float = setting(_COOP.weight_decay, "SGD weight decay", flag="--weight-decay")
+    momentum: float = setting(_COOP.momentum, "SGD momentum", flag="--momentum")
+    warmup_epochs: int = setting(_COOP.warmup_epochs, "constant-lr warm-up epochs", flag="--warmup-epochs")
+    warmup_lr: float = setting(_COOP.warmup_lr, "warm-up learning rate", flag="--warmup-lr")
+
+    def train_config(self, views: str = "aug") -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                           weight_decay=self.weight_decay, momentum=self.momentum,
+                           warmup_epochs=self.warmup_epochs, warmup_lr=self.warmup_lr, views=views)
+
+    @property
+    def kind(self) -> AdapterConfig:
+        """The adapter shape (alpha/beta come from the grids)."""
+        return AdapterConfig(kind=self.adapter, reduction=self.reduction, block=self.block)
+
+    def candidates(self) -> list[AdapterConfig]:
+        """The (alpha, beta) grid as adapter configs, in tie-breaking order."""
+        a = self.kind
+        alphas = self.alphas if a.visual else (0.0,)
+        betas = self.betas if a.text else (0.0,)
+        return [replace(a, alpha=x, beta=y) for x in alphas for y in betas]
+
+    def validate(self) -> None:
+        for candidate in self.candidates():
+            candidate.validate()
+        self.train_config().validate()
+
+
+def payload(ctx: FitContext) -> dict[str, Any]:
+    cfg = ctx.config
+    return {
+        "adapter": {k: v for k, v in asdict(cfg.kind).items() if k not in ("alpha", "beta")},
+        "alphas": list(cfg.alphas), "betas": list(cfg.betas),
+        "train": {**asdict(cfg.train_config(ctx.views_requested)),
+                  "epochs": resolve_epochs(cfg.train_config(), ctx.shots, ctx.data.dataset)},
+        "views_used": ctx.views,
+    }
+
+
+def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
+    cfg, data, mode = ctx.config, ctx.data, ctx.views
+    if not ctx.has_val and len(cfg.candidates()) > 1:
+        raise ConfigError(f"{data.dataset} has no few-shot val split, so {len(cfg.candidates())} alpha/beta "
+                          "values cannot be chosen without the test set",
+                          "pass a single --alpha (and --beta), or --no-val holdout to hold out val from train")
+    start = time.perf_counter()
+    candidates = cfg.candidates()
+    specs, vals = [], []
+    for plan in plans:
+        _, views, labels = ctx.train_views(plan.split)                       # views (N, V, D)
+        vals.append(ctx.val_features(plan.split))
+        specs += [RunSpec(plan.seed, c, views, labels) for c in candidates]
+    epochs = resolve_epochs(cfg.train_config(), ctx.shots, data.dataset)
+    states = train_runs(specs, data.class_weights, data.logit_scale, cfg.train_config(mode),
+                        epochs, ctx.device, ctx.tick)
+    seconds = (time.perf_counter() - start) / len(plans)
+    out, n = [], len(candidates)
+    for i, plan in enumerate(plans):
+        run_specs, run_states = specs[i * n:(i + 1) * n], states[i * n:(i + 1) * n]
+        predictors = [_predictor(s, st, data, ctx.device) for s, st in zip(run_specs, run_states)]
+        ratios = [_ratios(s.adapter) for s in run_specs]
+        best, selection, val_metrics = select_on_val(ratios, predictors, vals[i], data, ctx.selection_source)
+        chosen = run_specs[best].adapter
+        config = {**payload(ctx), "chosen": asdict(chosen), "classifier": data.classifier,
+                  "train_views": (f"one of {data.aug_views} cached augmented views per image per epoch"
+                                  if mode == "aug" else "the clean (val-transform) view every epoch")}
+        meta = {"adapter": asdict(chosen), "classnames": data.classnames, "logit_scale": data.logit_scale}
+        out.append(Trained(plan, predictors[best], selection, val_metrics, config,
+                           (run_states[best], meta), seconds))
+    return out
+
+
+def _ratios(adapter: AdapterConfig) -> dict[str, float]:
+    """The residual ratios this adapter kind uses: alpha (visual), beta (text), or both."""
+    return {**({"alpha": adapter.alpha} if adapter.visual else {}), **({"beta": adapter.beta} if adapter.text else {})}
+
+
+def _predictor(spec: RunSpec, state: dict, data: FitData, device: str):
+    return lambda feats: predict(state, spec.adapter, feats, data.class_weights, data.logit_scale, device)
+
+
+def differences(ctx: FitContext) -> list[str]:
+    cfg, data, shots = ctx.config, ctx.data, ctx.shots
+    ref, a, diffs = _COOP, cfg.kind, []
+    if a.kind != "visual":
+        diffs.append(f"adapter {a.kind} (published numbers: visual only)")
+    if a.block != "official":
+        diffs.append("paper block without trailing ReLU (published numbers: official block)")
+    if a.reduction != 4:
+        diffs.append(f"reduction {a.reduction} (paper: 4)")
+    if a.visual and list(cfg.alphas) != [PAPER_ALPHA]:
+        diffs.append(f"alpha from {list(cfg.alphas)} (official code: fixed {PAPER_ALPHA})")
+    for name in ("lr", "batch_size", "weight_decay", "momentum", "warmup_epochs", "warmup_lr"):
+        if getattr(cfg, name) != getattr(ref, name):
+            diffs.append(f"{name} {getattr(cfg, name)} (CoOp: {getattr(ref, name)})")
+    protocol_epochs = resolve_epochs(ref, shots, data.dataset)
+    if resolve_epochs(cfg.train_config(), shots, data.dataset) != protocol_epochs:
+        diffs.append(f"epochs {cfg.epochs} (CoOp: {protocol_epochs})")
+    if ctx.views == "aug":
+        diffs.append(f"augmentation from {data.aug_views} cached views, one per image per epoch "
+                     "(CoOp: a fresh random crop every epoch)")
+    else:
+        diffs.append("no augmentation: the clean view every epoch (CoOp: random crop + flip)")
+    return diffs
+
+
+def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_scale: float, device: str):
+    adapter = AdapterConfig(**meta["adapter"])
+    return lambda feats: predict(tensors, adapter, feats, class_weights, logit_scale, device)
+
+
+register_method(Method(
+    name="clip-adapter",
+    summary="residual bottleneck adapters on frozen CLIP features (Gao et al. 2021, arXiv 2110.04544)",
+    config=ClipAdapterConfig, payload=payload, train=train, differences=differences, from_artifact=from_artifact,
+))

@@ -1,0 +1,33 @@
+"""Zero-shot CLIP: the text classifier alone (Radford et al. 2021). Nothing is trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, zero_shot_predictor
+from cacheclip.fit.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot CLIP has no settings."""
+
+
+def _train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
+    predict = zero_shot_predictor(ctx.data)
+    results = []
+    for plan in plans:
+        val = ctx.val_features(plan.split)   # each seed samples its own few-shot val
+        metrics = classification_metrics(predict(val[0]), val[1], ctx.data.num_classes) if val else None
+        results.append(Trained(plan, predict, {"on": "none", "candidates": [], "chosen": {}}, metrics,
+                               {"classifier": ctx.data.classifier}))
+    return results
+
+
+register_method(Method(
+    name="zero-shot",
+    summary="CLIP's text classifier with no training (Radford et al. 2021)",
+    config=ZeroShotConfig,
+    payload=lambda ctx: {},
+    train=_train,
+))

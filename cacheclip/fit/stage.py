@@ -1,0 +1,258 @@
+"""The fit stage: a feature store -> few-shot runs -> result JSONs (and adapter files).
+
+For each shot count, the chosen method trains every seed's run (CLIP-Adapter:
+all seeds x alphas x betas in one batched pass) and selects its
+hyperparameters on the few-shot val split. Only then does ``fit`` read the
+test split, once, to evaluate each selected run and zero-shot CLIP. Methods
+get a ``FitContext`` that cannot read test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cacheclip.results import runs as rr
+from cacheclip.common import COOP_CROP_SCALE, package_versions
+from cacheclip.errors import ConfigError, MissingFeaturesError, StoreError
+from cacheclip.fit.metrics import classification_metrics
+from cacheclip.datasets.fewshot import FewShotSplit, sample_run, sample_run_with_holdout
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
+from cacheclip.fit.methods.base import Progress, zero_shot_predictor
+from cacheclip.features.models import ModelRef
+from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
+from cacheclip.settings import setting
+
+NO_VAL_POLICIES = ("none", "holdout")
+VIEW_MODES = ("aug", "clean")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """One dataset's few-shot grid and the chosen method's settings; every resolved value is
+    written into each result. The method's own settings live in its config dataclass."""
+
+    method: str = "clip-adapter"
+    method_config: Any = None     # the method's config (``get_method(method).config``); None: its defaults
+    shots: tuple[int, ...] = setting((1, 2, 4, 8, 16), "shots per class", flag="--shots")
+    seeds: tuple[int, ...] = setting((1, 2, 3), "few-shot sampling seeds", flag="--seeds")
+    views: str = setting("aug", "aug: a cached augmented view per image per epoch; clean: no augmentation",
+                         flag="--views")
+    no_val: str = setting("none", "datasets without val (ImageNet): none (no selection) or holdout", flag="--no-val")
+    cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
+    results_dir: str = setting("results", "result JSONs, adapters and batch logs", flag="--results-dir")
+    device: str = setting("cpu", "cpu, cuda or cuda:N (batch: auto, CUDA when available)", flag="--device")
+    force: bool = False           # redo runs whose result already exists
+
+    @property
+    def settings(self) -> Any:
+        """The method's config, its defaults when none was given."""
+        return self.method_config if self.method_config is not None else get_method(self.method).config()
+
+    def validate(self) -> None:
+        get_method(self.method).validate(self.settings)
+        if self.no_val not in NO_VAL_POLICIES:
+            raise ConfigError(f"--no-val {self.no_val} is not supported", "use none or holdout")
+        if self.views not in VIEW_MODES:
+            raise ConfigError(f"--views {self.views} is not supported", "use aug or clean")
+        if not self.shots or min(self.shots) < 1 or not self.seeds:
+            raise ConfigError("--shots must be positive integers and --seeds non-empty",
+                              "e.g. --shots 1,2,4,8,16 --seeds 1,2,3")
+
+
+# ---------------------------------------------------------------- store -> FitData
+
+def load_fit_data(store: FeatureStore, dataset: str) -> FitData:
+    per_template, ensemble = store.text_features()
+    single = per_template.shape[0] == 1
+    train, val = store.listing("train"), store.listing("val")
+    return FitData(
+        dataset=dataset, store=store.path, attrs=dict(store.attrs), classnames=store.classnames,
+        class_weights=torch.from_numpy(per_template[0] if single else ensemble).float(),
+        classifier="single template (raw embedding)" if single else f"ensemble of {per_template.shape[0]} templates",
+        logit_scale=float(store.attrs["logit_scale"]), train_labels=list(train.labels),
+        val_labels=list(val.labels), train_paths=list(train.paths), val_paths=list(val.paths),
+        aug_views=store.num_aug_views(),
+    )
+
+
+def extract_command(dataset: str, model_arg: str, pretrained_arg: str, cfg: FitConfig, attrs: dict) -> str:
+    """The exact `cacheclip extract` call that adds what this fit needs to the store."""
+    parts = [f"cacheclip extract --dataset {dataset} --model {model_arg} --pretrained {pretrained_arg}",
+             f"--cache-dir {cfg.cache_dir}", f"--shots {','.join(map(str, cfg.shots))}",
+             f"--seeds {','.join(map(str, cfg.seeds))}"]
+    if attrs:
+        parts.append(f"--aug-views {attrs.get('aug_views', 10)} --dtype {attrs.get('dtype', 'float16')}")
+        scale = json.loads(attrs.get("aug_scale", "[]"))
+        if scale and list(scale) != list(COOP_CROP_SCALE):
+            parts.append("--aug-scale " + ",".join(str(s) for s in scale))
+        if attrs.get("templates_spec", "default") != "default":
+            parts.append(f"--templates {attrs['templates_spec']}")
+    if cfg.no_val == "holdout":
+        parts.append("--holdout-val")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- planning
+
+def selection_source(data: FitData, cfg: FitConfig) -> str:
+    if data.val_labels:
+        return "val"
+    return "holdout" if cfg.no_val == "holdout" else "none"
+
+
+def sample_splits(data: FitData, shots: int, cfg: FitConfig) -> dict[int, FewShotSplit]:
+    if not data.val_labels and cfg.no_val == "holdout":
+        return {s: sample_run_with_holdout(data.train_labels, shots, s) for s in cfg.seeds}
+    return {s: sample_run(data.train_labels, data.val_labels, shots, s) for s in cfg.seeds}
+
+
+def fit_context(store: FeatureStore | None, data: FitData, shots: int, cfg: FitConfig, *, extract_hint: str = "",
+                progress: Progress | None = None) -> FitContext:
+    """What the method sees for one shot count (``store`` None: planning only, nothing read)."""
+    return FitContext(store, data, cfg.settings, shots, views=cfg.views, selection=selection_source(data, cfg),
+                      device=cfg.device, extract_hint=extract_hint, progress=progress)
+
+
+def run_payload(ctx: FitContext, seed: int, cfg: FitConfig) -> dict[str, Any]:
+    """Everything that changes a run's numbers; hashed into its key."""
+    data = ctx.data
+    return {
+        "method": cfg.method, "dataset": data.dataset, "shots": ctx.shots, "seed": seed,
+        "settings": get_method(cfg.method).payload(ctx),
+        "selection": ctx.selection_source, "classifier": data.classifier,
+        "templates": data.attrs.get("templates_spec"), "store": {k: data.attrs.get(k) for k in IDENTITY_KEYS},
+    }
+
+
+def plan_runs(data: FitData, shots: int, cfg: FitConfig) -> tuple[list[RunPlan], list[Path]]:
+    """(runs to do, result folders of runs already done)."""
+    todo, done = [], []
+    ctx = fit_context(None, data, shots, cfg)
+    for seed, split in sample_splits(data, shots, cfg).items():
+        key = rr.run_key(run_payload(ctx, seed, cfg))
+        folder = rr.run_dir(Path(cfg.results_dir), data.store.parent.parent.name, data.store.parent.name,
+                            data.dataset, cfg.method, shots, seed, key)
+        if cfg.force or not rr.is_done(folder, key):
+            todo.append(RunPlan(seed, split, key, folder))
+        else:
+            done.append(folder)
+    return todo, done
+
+
+# ---------------------------------------------------------------- the stage
+
+def fit_dataset(dataset: str, ref: ModelRef, cfg: FitConfig, *, model_arg: str = "RN50",
+                pretrained_arg: str = "openai", progress: Progress | None = None) -> list[dict[str, Any]]:
+    """All runs of ``cfg`` on one dataset's store; returns their results (skipped runs read back)."""
+    cfg.validate()
+    method = get_method(cfg.method)
+    path = store_path(cfg.cache_dir, ref.model_id, ref.weights_id, dataset)
+    if parts_dir(path).exists() or not path.is_file():
+        what = "has an unfinished extraction" if path.is_file() else "does not exist"
+        raise MissingFeaturesError(f"the feature store {path} {what}",
+                                   f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}")
+    results = []
+    with open_store(path) as store:
+        data = load_fit_data(store, dataset)
+        hint = extract_command(dataset, model_arg, pretrained_arg, cfg, data.attrs)
+        for shots in cfg.shots:
+            todo, done = plan_runs(data, shots, cfg)
+            results += [rr.read_result(folder) for folder in done]
+            if todo:
+                ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress)
+                trained = method.train(ctx, todo)
+                results += evaluate_on_test(store, ctx, trained, cfg)
+    return results
+
+
+def evaluate_on_test(store: FeatureStore, ctx: FitContext, trained: list[Trained],
+                     cfg: FitConfig) -> list[dict[str, Any]]:
+    """The final evaluation: read test once, score each selected run and zero-shot, write results."""
+    data, shots = ctx.data, ctx.shots
+    start = time.perf_counter()
+    test_feats, test_labels, _ = store.read("test")
+    feats, labels = torch.from_numpy(test_feats), torch.from_numpy(test_labels)
+    k = data.num_classes
+    zs_test = classification_metrics(zero_shot_predictor(data)(feats), labels, k)
+    results = []
+    for t in trained:
+        val = ctx.val_features(t.plan.split)
+        zs_val = classification_metrics(zero_shot_predictor(data)(val[0]), val[1], k) if val else None
+        test_metrics = classification_metrics(t.predict(feats), labels, k)
+        if t.artifact is not None:
+            tensors, meta = t.artifact
+            rr.save_adapter(t.plan.folder / "adapter.safetensors", tensors, data.class_weights, {
+                **meta, "method": cfg.method, "model": model_identity(data), "dataset": data.dataset,
+                "shots": shots, "seed": t.plan.seed, "classifier": data.classifier})
+        result = build_result(ctx, t, cfg, zs_val, zs_test, test_metrics)
+        result["wall_time_s"] = round(t.seconds + (time.perf_counter() - start) / len(trained), 3)
+        rr.write_result(t.plan.folder, result)
+        results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------- results
+
+def model_identity(data: FitData) -> dict[str, Any]:
+    keys = ("model", "model_config_sha256", "model_config_path", "pretrained", "weights_sha256", "quick_gelu",
+            "preprocess", "checkpoint_path")
+    return {k: data.attrs.get(k) for k in keys}
+
+
+def pretrained_label(attrs: dict) -> str:
+    p = attrs.get("pretrained")
+    return f"file:{attrs.get('weights_sha256', '')[:12]}" if p == "file" else p
+
+
+def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
+    """How this run departs from the protocol behind the published numbers."""
+    data = ctx.data
+    diffs = list(get_method(cfg.method).differences(ctx))
+    if data.attrs.get("templates_spec", "default") != "default":
+        diffs.append(f"templates {data.attrs.get('templates_spec')} (CoOp: the dataset's single template)")
+    if data.attrs.get("dtype") == "float16":
+        diffs.append("image features cached in float16")
+    if data.attrs.get("precision", "fp32") != "fp32":
+        diffs.append(f"features encoded with {data.attrs.get('precision')} autocast")
+    if not data.val_labels and cfg.no_val == "holdout":
+        diffs.append("val held out from the train split (CoOp's ImageNet has no val)")
+    return diffs
+
+
+def build_result(ctx: FitContext, t: Trained, cfg: FitConfig, zs_val: dict | None,
+                 zs_test: dict, test_metrics: dict) -> dict[str, Any]:
+    data, shots = ctx.data, ctx.shots
+    diffs = protocol_differences(ctx, cfg)
+    val_paths = data.val_paths if data.val_labels else data.train_paths
+    return {
+        "schema": rr.RESULT_SCHEMA, "run_key": t.plan.key, "method": cfg.method, "dataset": data.dataset,
+        "shots": shots, "seed": t.plan.seed, "model": data.attrs.get("model"),
+        "pretrained": pretrained_label(data.attrs),
+        "config": {**t.config, "no_val": cfg.no_val, "device": cfg.device},
+        "selection": t.selection,
+        "store": {"path": str(data.store), "attrs": data.attrs},
+        "versions": package_versions(),
+        "fewshot": {"train_paths": [data.train_paths[i] for i in t.plan.split.train],
+                    "val_paths": [val_paths[i] for i in t.plan.split.val],
+                    "val_source": ctx.selection_source},
+        "protocol": {"matches_paper": not diffs, "differences": diffs},
+        "zero_shot": {"val": zs_val, "test": zs_test},
+        "metrics": {"val": t.val_metrics, "test": test_metrics},
+        "adapter_file": "adapter.safetensors" if t.artifact is not None else None,
+        "wall_time_s": round(t.seconds, 3),
+    }
+
+
+def stores_for(ref: ModelRef, cache_dir: str | Path) -> list[str]:
+    """Datasets that have a store for this model and weights."""
+    folder = Path(cache_dir) / ref.model_id / ref.weights_id
+    names = sorted(p.stem for p in folder.glob("*.h5")) if folder.is_dir() else []
+    if not names:
+        raise StoreError(f"no feature stores under {folder}", "run `cacheclip extract --dataset ...` first")
+    return names

@@ -1,0 +1,411 @@
+"""Train CLIP-Adapter on cached features, many runs at once.
+
+Tensors in, state dicts out: this module never sees a store, a split or a
+file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
+and trains them together with ``bmm``; the forward and backward passes are
+written out by hand (no autograd, no DataLoader: each step's inputs are one
+``index_select`` from the cached views per distinct views tensor) and the SGD
+update is torch's fused one-pass kernel where it exists, so a step costs its
+5 adapter GEMMs, 2 logit GEMMs, one pass over the weights and a dozen small
+elementwise ops.
+The result equals training each run alone up to float rounding
+(tests/test_train.py checks both this and the gradients against autograd).
+
+Cost model (CPU, D = 1024, batch 32): a step is bound as much by moving the
+weights (w1, w2, their momentum and gradients: ~12 MB per run per step,
+which does not fit a 2 MB L2) as by its ~85 MFLOP, so batching runs helps
+mostly by sharing the per-op overhead; benchmarks/fit.py measures it.
+Memory: beyond the views, one (R, B, D) step input and the (S, R, B) row numbers.
+
+Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
+
+* SGD, momentum 0.9, weight decay 5e-4 on all adapter weights, no Nesterov,
+  no dampening; cross-entropy averaged over the batch.
+* Learning rate per epoch: see :func:`lr_per_epoch`.
+* Batches: each epoch a fresh permutation of the N images; ``N // batch``
+  full batches (the remainder is dropped) when N >= batch, else one batch of
+  all N images (Dassl's ``drop_last = len(data) >= batch_size``).
+* Views: each epoch, per image, one of its V cached views drawn uniformly
+  (``views="aug"``); ``views="clean"`` (or V = 1) always uses view 0.
+* The returned model is the last epoch's.
+
+Randomness: each run owns ``torch.Generator().manual_seed(seed)`` (CPU).
+Order of draws: the initial weights (visual.w1, visual.w2, text.w1, text.w2,
+as in :mod:`cacheclip.adapters`), then per epoch ``randint(V, (N,))`` for
+the views (skipped when V = 1 or views="clean") followed by ``randperm(N)``.
+Same seed and inputs give bitwise-identical states on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
+from cacheclip.errors import ConfigError
+
+VIEW_MODES = ("aug", "clean")
+_EPS = 1e-12  # F.normalize's floor on the norm, so an all-zero f* gives zero logits, not NaN
+_threshold_backward = torch.ops.aten.threshold_backward  # ReLU backward in one pass
+_fused_sgd = getattr(torch, "_fused_sgd_", None)  # one pass per weight; what SGD(fused=True) calls
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule; the defaults are CoOp's RN50 settings."""
+
+    epochs: int | None = None  # None -> default_epochs(shots, dataset)
+    lr: float = 0.002  # peak learning rate (first epoch after warm-up)
+    batch_size: int = 32  # images per step
+    weight_decay: float = 5e-4  # L2 on all adapter weights, SGD-style
+    momentum: float = 0.9  # SGD momentum (no Nesterov, no dampening)
+    warmup_epochs: int = 1  # epochs at the constant warm-up lr
+    warmup_lr: float = 1e-5  # lr during warm-up
+    views: str = "aug"  # aug (a random cached view per image per epoch) | clean (view 0 always)
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}", "or leave it unset")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}", "CoOp uses 32")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}", "CoOp uses 1")
+        checks = [("lr", self.lr, 0.0, False), ("warmup_lr", self.warmup_lr, 0.0, True),
+                  ("weight_decay", self.weight_decay, 0.0, True)]
+        for name, value, low, inclusive in checks:
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                raise ConfigError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}", "")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}", "CoOp uses 0.9")
+        if self.views not in VIEW_MODES:
+            raise ConfigError(f"unknown views mode {self.views!r}", f"use one of: {', '.join(VIEW_MODES)}")
+
+
+def default_epochs(shots: int, dataset: str) -> int:
+    """CoOp's epochs: ImageNet 50; else 1 shot 50, 2-4 shots 100, 8+ shots 200.
+
+    Shot counts CoOp never ran (5-7) get 100, the value of the nearest
+    smaller configuration.
+    """
+    if not isinstance(shots, int) or shots < 1:
+        raise ConfigError(f"shots must be a positive integer, got {shots!r}", "CoOp uses 1, 2, 4, 8, 16")
+    if dataset == "imagenet" or shots == 1:
+        return 50
+    return 100 if shots < 8 else 200
+
+
+def resolve_epochs(cfg: TrainConfig, shots: int, dataset: str) -> int:
+    """``cfg.epochs`` when set, else :func:`default_epochs`."""
+    return cfg.epochs if cfg.epochs is not None else default_epochs(shots, dataset)
+
+
+def lr_per_epoch(cfg: TrainConfig, epochs: int) -> list[float]:
+    """The learning rate each epoch trains with; ``len == epochs``.
+
+    Dassl (CoOp's trainer) wraps ``CosineAnnealingLR(T_max=epochs)`` in a
+    ``ConstantWarmupScheduler`` (WARMUP_RECOUNT=True) and steps it once at
+    the end of every epoch. Tracing the two schedulers gives, with
+    W = warmup_epochs and T = epochs::
+
+        epoch e < W  : warmup_lr
+        epoch e >= W : lr * (1 + cos(pi * (e - W) / T)) / 2
+
+    The cosine restarts its count after the warm-up but keeps T = epochs,
+    so epoch W trains at the full lr and the last epoch (e = T - 1) at
+    ``lr * (1 + cos(pi * (T - 1 - W) / T)) / 2``: the cosine never reaches
+    zero. E.g. T = 5, W = 1: [1e-5, 2e-3, 1.809e-3, 1.309e-3, 6.91e-4].
+    """
+    w = cfg.warmup_epochs
+    return [cfg.warmup_lr if e < w else cfg.lr * (1.0 + math.cos(math.pi * (e - w) / epochs)) / 2.0
+            for e in range(epochs)]
+
+
+def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
+    """(images per step, steps per epoch) under Dassl's drop_last rule."""
+    if num_images < 1:
+        raise ConfigError("no training images", "sample at least one shot per class")
+    if num_images >= batch_size:
+        return batch_size, num_images // batch_size
+    return num_images, 1
+
+
+@dataclass
+class RunSpec:
+    """One training run: its seed, adapter settings and few-shot features."""
+
+    seed: int
+    adapter: AdapterConfig
+    views: torch.Tensor  # (N, V, D) float training features (V cached views per image)
+    labels: torch.Tensor  # (N,) int64 class indices
+
+
+def group_runs(runs: Sequence[RunSpec]) -> list[list[int]]:
+    """Indices of runs that train together in one batched pass, groups in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(runs):
+        a = run.adapter
+        key = (tuple(run.views.shape), a.kind, a.reduction, a.block, str(run.views.device))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> None:
+    if not runs:
+        raise ConfigError("no runs to train", "pass at least one RunSpec")
+    if class_weights.dim() != 2:
+        raise ConfigError(f"class weights must be (K, D), got shape {tuple(class_weights.shape)}", "")
+    k, d = class_weights.shape
+    for run in runs:
+        run.adapter.validate()
+        if run.views.dim() != 3 or run.views.shape[2] != d:
+            raise ConfigError(
+                f"views must be (N, V, D) with D = {d} (the class weights' dim), got {tuple(run.views.shape)}",
+                "use class weights from the same model as the features",
+            )
+        if tuple(run.labels.shape) != (run.views.shape[0],):
+            raise ConfigError(f"{run.views.shape[0]} images but labels of shape {tuple(run.labels.shape)}", "")
+        if run.labels.numel() and not (0 <= int(run.labels.min()) and int(run.labels.max()) < k):
+            raise ConfigError(f"labels must lie in [0, {k})", "check the class weights match the dataset")
+
+
+class _StackedTrainer:
+    """R runs' weights as (R, ., .) tensors, with a hand-written SGD step."""
+
+    def __init__(self, runs, gens, class_weights, logit_scale, cfg, device):
+        config = runs[0].adapter
+        d = class_weights.shape[1]
+        self.official = config.block == "official"
+        self.cfg = cfg
+        self.params: dict[str, torch.Tensor] = {}
+        states = [ClipAdapterHead(r.adapter, d, g).state_dict() for r, g in zip(runs, gens)]
+        for name in states[0]:
+            self.params[name] = torch.stack([s[name] for s in states]).to(device)  # (R, in, out)
+        self.bufs = {name: torch.zeros_like(p) for name, p in self.params.items()}  # momentum
+        self.grads = {name: torch.empty_like(p) for name, p in self.params.items()}  # reused each step
+        self._neg: torch.Tensor | None = None  # (R, B, 1) of -1, for softmax - onehot
+        self._coef_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.visual, self.text = config.visual, config.text
+        r = len(runs)
+        as_col = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device).view(r, 1, 1)  # noqa: E731
+        self.alpha = as_col([run.adapter.alpha for run in runs])
+        self.beta = as_col([run.adapter.beta for run in runs])
+        self.scale = float(logit_scale)
+        self.cw = class_weights.to(device=device, dtype=torch.float32)  # (K, D) raw
+        self.cw_t = self.cw.t().expand(r, -1, -1)  # (R, D, K) for text.w1's gradient
+        # Fixed classifier when there is no text adapter: s * normalize(W) (K, D) and its transpose.
+        self.vs_fixed = self.scale * torch.nn.functional.normalize(self.cw, dim=-1)
+        self.vs_t_fixed = self.vs_fixed.t().contiguous()  # (D, K)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """One SGD step on x (R, B, D) float32, y (R, B) int64.
+
+        Notation: f = f* (R, B, D), rn = 1 / |f|, vs = s * normalize(W*)
+        (K, D), z = rn * f @ vs.T (the logits), g = softmax(z) - onehot(y).
+        dLoss/dz = g / B, and since f . vs_k = z_k / rn,
+        dLoss/df = (rn / B) * (g @ vs - f * rn * (g . z)).
+        For the text side, with dv = (g * rn).T @ f (K, D) and v = wt * rn_t,
+        dLoss/dwt = (s rn_t / B) * (dv - wt * rn_t * sum_b(g * z) / s).
+        The 1 / B, s, alpha and beta factors ride on per-row scalars, so
+        each (R, B, D) tensor is touched as few times as possible.
+        """
+        p = self.params
+        alpha_b, beta_sb = self._coefs(x.shape[1])
+        if self.visual:
+            h = torch.bmm(x, p["visual.w1"]).relu_()  # (R, B, H)
+            a = torch.bmm(h, p["visual.w2"])  # (R, B, D)
+            if self.official:
+                a.relu_()
+            f = torch.lerp(x, a, self.alpha)  # (R, B, D)
+        else:
+            f = x
+        rn = torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, B, 1)
+        if self.text:
+            ht = torch.matmul(self.cw, p["text.w1"]).relu_()  # (R, K, H)
+            at = torch.bmm(ht, p["text.w2"])  # (R, K, D)
+            if self.official:
+                at.relu_()
+            wt = torch.lerp(self.cw, at, self.beta)  # (R, K, D)
+            rn_t = torch.linalg.vector_norm(wt, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, K, 1)
+            vs = wt * (rn_t * self.scale)  # (R, K, D)
+            z = torch.bmm(f, vs.transpose(1, 2)).mul_(rn)  # (R, B, K)
+        else:
+            vs = self.vs_fixed  # (K, D)
+            z = torch.matmul(f, self.vs_t_fixed).mul_(rn)  # (R, B, K)
+        g = torch.softmax(z, dim=-1)
+        g.scatter_add_(-1, y.unsqueeze(-1), self._minus_one(g))  # softmax - onehot
+        grads = []
+        if self.visual:
+            c = rn * alpha_b  # (R, B, 1): dLoss/dA = alpha * dLoss/df = c * (g @ vs - f * rn * (g . z))
+            da = torch.matmul(g * c, vs)  # (R, B, D); scaling g, not the result, saves a pass when K < D
+            da.addcmul_(f, torch.linalg.vecdot(g, z).unsqueeze(-1).mul_(c * rn), value=-1.0)
+            if self.official:
+                da = _threshold_backward(da, a, 0)
+            dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
+            grads += [torch.bmm(x.transpose(1, 2), dh, out=self.grads["visual.w1"]),
+                      torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"])]
+        if self.text:
+            dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
+            dwt = torch.addcmul(dv, wt, (g * z).sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
+            dat = dwt.mul_(rn_t * beta_sb)  # (R, K, D): dLoss / dA_t(W)
+            if self.official:
+                dat = _threshold_backward(dat, at, 0)
+            dht = _threshold_backward(torch.bmm(dat, p["text.w2"].transpose(1, 2)), ht, 0)  # (R, K, H)
+            grads += [torch.bmm(self.cw_t, dht, out=self.grads["text.w1"]),
+                      torch.bmm(ht.transpose(1, 2), dat, out=self.grads["text.w2"])]
+        self._sgd(grads, lr)
+
+    def _sgd(self, grads: list[torch.Tensor], lr: float) -> None:
+        """torch.optim.SGD's update (momentum, L2 decay, no dampening) on all weights."""
+        params, bufs = list(self.params.values()), list(self.bufs.values())
+        cfg = self.cfg
+        if _fused_sgd is not None:
+            _fused_sgd(params, grads, bufs if cfg.momentum else [], weight_decay=cfg.weight_decay,
+                       momentum=cfg.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                       is_first_step=False)  # buffers start at zero, so m * 0 + g is the first step
+            return
+        if cfg.weight_decay:
+            torch._foreach_add_(grads, params, alpha=cfg.weight_decay)
+        torch._foreach_mul_(bufs, cfg.momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-lr)
+
+    def _minus_one(self, g: torch.Tensor) -> torch.Tensor:
+        if self._neg is None or self._neg.shape[:2] != g.shape[:2]:
+            self._neg = torch.full_like(g[..., :1], -1.0)
+        return self._neg
+
+    def _coefs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha / B, beta * s / B), each (R, 1, 1), cached per batch size."""
+        if batch not in self._coef_cache:
+            self._coef_cache[batch] = (self.alpha / batch, self.beta * (self.scale / batch))
+        return self._coef_cache[batch]
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        r = next(iter(self.params.values())).shape[0]
+        return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
+
+
+def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:
+    """Fill rows (S, R, B) with each run's shuffled epoch as row numbers into its (N * V, D)
+    views, and y (S, R, B) with the matching labels (all on CPU: small)."""
+    batch, steps = plan
+    n = labels[0].shape[0]
+    for r, gen in enumerate(gens):
+        draw = torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else None
+        perm = torch.randperm(n, generator=gen)[: steps * batch]
+        rows[:, r] = (perm * v + (draw[perm] if draw is not None else 0)).view(steps, batch)
+        y[:, r] = labels[r][perm].view(steps, batch)
+
+
+def train_runs(
+    runs: Sequence[RunSpec],
+    class_weights: torch.Tensor,
+    logit_scale: float,
+    cfg: TrainConfig,
+    epochs: int,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Train every run for ``epochs`` epochs; one CPU state dict per run, in input order.
+
+    Runs that share N, V, D and adapter kind/reduction/block (see
+    :func:`group_runs`) train together in one batched pass; they may differ
+    in seed, alpha, beta, features and labels. Other runs form further
+    groups, trained one group after another. class_weights (K, D), logit
+    scale s. Views may be any float dtype (cast to float32 per epoch),
+    labels int. ``progress(done, total)`` counts epochs over all groups.
+    """
+    cfg.validate()
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}", "")
+    _check_runs(runs, class_weights)
+    groups = group_runs(runs)
+    states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+    for g, members in enumerate(groups):
+        tick = None
+        if progress is not None:
+            def tick(epoch: int, _: int, offset: int = g * epochs) -> None:
+                progress(offset + epoch, len(groups) * epochs)
+        group = [runs[i] for i in members]
+        for i, state in zip(members, _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick)):
+            states[i] = state
+    return states
+
+
+def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress):
+    """train_runs for runs of one shape: one stacked trainer, one pass.
+
+    Each step gathers its (R, B, D) input straight from the runs' cached views, one
+    ``index_select`` per distinct views tensor (runs that share one, e.g. the alphas of a
+    seed, are trained side by side for that), so no epoch-sized copy is ever held.
+    """
+    n, v, d = runs[0].views.shape
+    sharing: dict[int, list[int]] = {}  # id of a views tensor -> the runs that use it
+    for i, run in enumerate(runs):
+        sharing.setdefault(id(run.views), []).append(i)
+    order = [i for members in sharing.values() for i in members]
+    sources = []  # (views (N * V, D) on the device, first run, end run) per distinct views tensor
+    for members in sharing.values():
+        start = sources[-1][2] if sources else 0
+        sources.append((runs[members[0]].views.to(device).reshape(n * v, d), start, start + len(members)))
+    runs = [runs[i] for i in order]
+    gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
+    trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
+    plan = batch_plan(n, cfg.batch_size)
+    labels = [run.labels.to(dtype=torch.int64) for run in runs]
+    rows = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)  # (S, R, B)
+    y = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)
+    x = torch.empty(len(runs), plan[0], d, device=device)  # this step's input, refilled each step
+    for epoch, lr in enumerate(lr_per_epoch(cfg, epochs)):
+        _epoch_order(labels, v, gens, cfg, plan, rows, y)
+        rows_dev, y_dev = rows.to(device), y.to(device)
+        for i in range(plan[1]):
+            for views, r0, r1 in sources:
+                _gather(views, rows_dev[i, r0:r1].reshape(-1), x[r0:r1].view(-1, d))
+            trainer.step(x, y_dev[i], lr)
+        if progress is not None:
+            progress(epoch + 1, epochs)
+    states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+    for state, i in zip(trainer.states(), order):   # back to the caller's order
+        states[i] = state
+    return states
+
+
+def _gather(source: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    """out = source[index], cast to out's dtype (the views may be stored as float16)."""
+    if source.dtype == out.dtype:
+        torch.index_select(source, 0, index, out=out)
+    else:
+        out.copy_(source.index_select(0, index))
+
+
+def predict(
+    state: dict[str, torch.Tensor],
+    adapter: AdapterConfig,
+    features: torch.Tensor,
+    class_weights: torch.Tensor,
+    logit_scale: float,
+    device: str = "cpu",
+    batch_size: int = 8192,
+) -> torch.Tensor:
+    """Logits (M, K) on CPU for features (M, D) under a trained state."""
+    head = ClipAdapterHead(adapter, features.shape[1])
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"adapter state does not fit {adapter}: {exc}".splitlines()[0],
+                          "predict with the AdapterConfig the state was trained with") from exc
+    head.to(device).eval()
+    with torch.no_grad():
+        weights = head.class_embeddings(class_weights.to(device=device, dtype=torch.float32))
+        chunks = [
+            logits(head.image_embeddings(chunk.to(device=device, dtype=torch.float32)), weights, logit_scale).cpu()
+            for chunk in features.split(batch_size)
+        ]
+    if not chunks:
+        return torch.empty(0, class_weights.shape[0])
+    return torch.cat(chunks)

@@ -1,0 +1,73 @@
+"""Published few-shot numbers for CLIP RN50 (openai weights), as data.
+
+The figures live in ``cacheclip/results/data/published_rn50.json`` (top-1 %, test
+split, shots 1/2/4/8/16; see the file's ``_source``). They are comparable only
+to runs of the same backbone and weights, hence ``published_available``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib import resources
+
+PUBLISHED_SHOTS = (1, 2, 4, 8, 16)
+
+# The paper's 11 datasets, in the order of its tables (CoOp order).
+PAPER_DATASETS = (
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
+    "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+)
+
+# cacheclip method name -> key of its curve in the JSON.
+METHOD_KEYS = {"clip-adapter": "CLIP-A", "tip-adapter": "Tip", "tip-adapter-f": "Tip-F"}
+
+_MODELS = {"rn50", "rn50-quickgelu"}  # open_clip names of the paper's backbone
+_PRETRAINED = "openai"
+
+
+@lru_cache(maxsize=1)
+def _load() -> dict:
+    text = resources.files("cacheclip.results").joinpath("data/published_rn50.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def published_available(model: str, pretrained: str) -> bool:
+    """True when runs of ``model``/``pretrained`` are comparable to the paper (RN50, openai)."""
+    return model.lower() in _MODELS and pretrained == _PRETRAINED
+
+
+def published_source() -> str:
+    """Where the figures come from, in one line."""
+    return str(_load()["_source"])
+
+
+def published_numbers() -> dict:
+    """Per dataset ``{"zs": float, "CLIP-A": [...], "Tip": [...], "Tip-F": [...]}``.
+
+    Lists run over ``PUBLISHED_SHOTS``. A fresh copy: callers may mutate it.
+    """
+    return {k: copy.deepcopy(v) for k, v in _load().items() if not k.startswith("_")}
+
+
+def published_curve(dataset: str, method: str) -> dict[int, float] | None:
+    """Published top-1 per shot count, or None for an unknown dataset or method.
+
+    ``"zero-shot"`` gives the zero-shot number at every shot count.
+    """
+    entry = _load().get(dataset) if not dataset.startswith("_") else None
+    if entry is None:
+        return None
+    if method == "zero-shot":
+        return {s: float(entry["zs"]) for s in PUBLISHED_SHOTS}
+    key = METHOD_KEYS.get(method)
+    if key is None:
+        return None
+    return {s: float(v) for s, v in zip(PUBLISHED_SHOTS, entry[key])}
+
+
+def published_zero_shot(dataset: str) -> float | None:
+    """Published zero-shot top-1 for ``dataset``, or None when unknown."""
+    entry = _load().get(dataset) if not dataset.startswith("_") else None
+    return None if entry is None else float(entry["zs"])

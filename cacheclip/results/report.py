@@ -1,0 +1,385 @@
+"""Result JSONs -> per-method reports -> Markdown table, CSV and a figure.
+
+``build_reports`` groups result JSONs (``loading.load_results``) by (model,
+pretrained, method) and summarises the test top-1 of each (dataset, shots) cell
+over seeds; ``to_markdown`` / ``to_csv`` render one or several reports (the
+figure is ``plots.plot_report``; ``write.write_report`` writes all three). Nothing
+here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from cacheclip.results.published import PAPER_DATASETS, published_available, published_curve, published_zero_shot
+from cacheclip.results.loading import ResultSet, load_results, result_problem, result_source, test_top1  # noqa: F401
+
+METHOD_ORDER = ("zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f")
+METHOD_LABELS = {
+    "zero-shot": "Zero-shot CLIP", "linear-probe": "Linear probe", "clip-adapter": "CLIP-Adapter",
+    "tip-adapter": "Tip-Adapter", "tip-adapter-f": "Tip-Adapter-F",
+}
+CSV_COLUMNS = ("model", "pretrained", "method", "dataset", "shots", "n_seeds", "seeds",
+               "mean", "std", "ci95", "zero_shot", "published", "diff")
+MISSING = "—"
+
+# Two-sided 95% Student t quantiles (0.975) for 1..30 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(dof: int) -> float:
+    """0.975 quantile of Student's t with ``dof`` degrees of freedom (1.96 beyond 30)."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Test top-1 (%) of one (dataset, shots) cell over seeds.
+
+    ``std`` uses n - 1 (0.0 when n == 1); ``ci95`` is the half-width of the
+    Student t interval of the mean (nan when n == 1). Average cells (from
+    ``average_row``) also name the ``datasets`` they average and whether that
+    is fewer than the report expects (``partial``).
+    """
+
+    n: int
+    mean: float
+    std: float
+    ci95: float
+    seeds: tuple[int, ...]
+    datasets: tuple[str, ...] = ()
+    partial: bool = False
+
+
+def summarize(values: Sequence[float], seeds: Sequence[int]) -> Cell:
+    """Mean, std (ddof=1) and CI95 half-width of one cell's values."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Cell(1, mean, 0.0, math.nan, tuple(seeds))
+    std = statistics.stdev(values)
+    return Cell(n, mean, std, t_quantile_975(n - 1) * std / math.sqrt(n), tuple(seeds))
+
+
+@dataclass
+class Report:
+    """All runs of one (model, pretrained, method): test top-1 per (dataset, shots)."""
+
+    model: str
+    pretrained: str
+    method: str
+    datasets: list[str]
+    shots: list[int]
+    cells: dict[tuple[str, int], Cell]
+    zero_shot: dict[str, float]
+    published: dict[tuple[str, int], float]
+    warnings: list[str]
+    published_zero_shot: dict[str, float] = field(default_factory=dict)
+    expected_seeds: tuple[int, ...] = ()
+    missing: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
+    n_expected_datasets: int = 0          # denominator of "Average (k/N)"
+    protocol_differences: dict[str, int] = field(default_factory=dict)  # text -> number of runs
+    n_runs: int = 0
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.method, self.method)
+
+    @property
+    def covered(self) -> list[str]:
+        """The datasets with at least one result."""
+        return [d for d in self.datasets if any((d, s) in self.cells for s in self.shots)]
+
+
+# ----------------------------------------------------------------------------- grouping
+
+def dataset_order(names: Sequence[str]) -> list[str]:
+    """The paper's 11 datasets in its order, then any others sorted."""
+    unique = set(names)
+    return [d for d in PAPER_DATASETS if d in unique] + sorted(unique - set(PAPER_DATASETS))
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def build_reports(
+    results: Sequence[dict],
+    expected_datasets: Sequence[str] | None = None,
+    expected_shots: Sequence[int] | None = None,
+    expected_seeds: Sequence[int] | None = None,
+) -> list[Report]:
+    """One ``Report`` per (model, pretrained, method), sorted by model then method.
+
+    Without ``expected_*`` the grid is what the group's runs cover (datasets,
+    shots, and the union of seeds); cells short of it are ``missing``. Of
+    duplicate runs (same model, pretrained, method, dataset, shots, seed) the
+    newest file is kept, with a warning. Warnings from ``load_results`` and
+    invalid results are repeated in every report.
+    """
+    shared = list(getattr(results, "warnings", []))
+    groups: dict[tuple[str, str, str], dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
+    for index, result in enumerate(results):
+        problem = result_problem(result)
+        if problem:
+            shared.append(f"skipped {result_source(result)}: {problem}")
+            continue
+        group = groups.setdefault((result["model"], result["pretrained"], result["method"]), {})
+        run = (result["dataset"], result["shots"], result["seed"])
+        age = ((result.get("_source") or {}).get("mtime", 0.0), index)
+        if run in group:
+            shared.append(_duplicate_warning(result, group[run][1], age > group[run][0]))
+            if age < group[run][0]:
+                continue
+        group[run] = (age, result)
+    reports = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], _method_rank(k[2]))):
+        runs = {run: result for run, (_, result) in groups[key].items()}
+        reports.append(_build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared))
+    return reports
+
+
+def _duplicate_warning(new: dict, old: dict, new_wins: bool) -> str:
+    kept, dropped = (new, old) if new_wins else (old, new)
+    same = "same run_key" if new.get("run_key") == old.get("run_key") else "different run_key"
+    return (f"duplicate run {new['method']} {new['dataset']} {new['shots']}-shot seed {new['seed']} "
+            f"({same}): kept {result_source(kept)}, ignored {result_source(dropped)}")
+
+
+def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared) -> Report:
+    model, pretrained, method = key
+    if method == "zero-shot":  # no training shots: its shot grid is whatever the runs say
+        expected_shots = None
+    datasets = dataset_order(list(expected_datasets or []) + [d for d, _, _ in runs])
+    shots = sorted(set(expected_shots or []) | {s for _, s, _ in runs})
+    seeds = tuple(sorted(set(expected_seeds) if expected_seeds else {seed for _, _, seed in runs}))
+    cells, missing = {}, {}
+    for d in datasets:
+        for s in shots:
+            have = sorted(seed for dd, ss, seed in runs if (dd, ss) == (d, s))
+            if have:
+                cells[(d, s)] = summarize([test_top1(runs[(d, s, seed)]["metrics"]) for seed in have], have)
+            absent = tuple(seed for seed in seeds if seed not in have)
+            if absent:
+                missing[(d, s)] = absent
+    if expected_datasets:
+        n_expected = len(datasets)
+    else:
+        n_expected = len(PAPER_DATASETS) if set(datasets) <= set(PAPER_DATASETS) else len(datasets)
+    report = Report(model, pretrained, method, datasets, shots, cells, _zero_shot(runs), {}, list(shared),
+                    expected_seeds=seeds, missing=missing, n_expected_datasets=n_expected,
+                    protocol_differences=_protocol_differences(runs), n_runs=len(runs))
+    if published_available(model, pretrained):
+        _attach_published(report)
+    return report
+
+
+def _zero_shot(runs: dict) -> dict[str, float]:
+    values: dict[str, list[float]] = {}
+    for (dataset, _, _), result in runs.items():
+        top1 = test_top1(result.get("zero_shot"))
+        if top1 is not None:
+            values.setdefault(dataset, []).append(top1)
+    return {d: math.fsum(v) / len(v) for d, v in values.items()}
+
+
+def _protocol_differences(runs: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in runs.values():
+        protocol = result.get("protocol") or {}
+        for text in protocol.get("differences") or []:
+            counts[str(text)] = counts.get(str(text), 0) + 1
+    return counts
+
+
+def _attach_published(report: Report) -> None:
+    for d in report.datasets:
+        zs = published_zero_shot(d)
+        if zs is not None:
+            report.published_zero_shot[d] = zs
+        curve = published_curve(d, report.method) or {}
+        for s in report.shots:
+            value = zs if report.method == "zero-shot" else curve.get(s)
+            if value is not None:
+                report.published[(d, s)] = value
+
+
+# ----------------------------------------------------------------------------- averages
+
+def average_row(report: Report) -> dict[int, Cell | None]:
+    """Per shot count, the mean over datasets of the per-dataset means.
+
+    Spread assumes independent datasets: std = sqrt(sum std_i^2) / k (the std
+    of a one-seed average), ci95 likewise from the per-dataset half-widths.
+    ``n`` is the smallest seed count, ``seeds`` those common to all datasets;
+    ``partial`` when fewer than ``report.n_expected_datasets`` datasets are in.
+    """
+    row: dict[int, Cell | None] = {}
+    for s in report.shots:
+        parts = [(d, report.cells[(d, s)]) for d in report.datasets if (d, s) in report.cells]
+        if not parts:
+            row[s] = None
+            continue
+        k = len(parts)
+        cells = [c for _, c in parts]
+        common = set(cells[0].seeds).intersection(*(c.seeds for c in cells[1:]))
+        row[s] = Cell(
+            n=min(c.n for c in cells),
+            mean=math.fsum(c.mean for c in cells) / k,
+            std=math.sqrt(math.fsum(c.std ** 2 for c in cells)) / k,
+            ci95=math.sqrt(math.fsum(c.ci95 ** 2 for c in cells)) / k,
+            seeds=tuple(sorted(common)),
+            datasets=tuple(d for d, _ in parts),
+            partial=k < report.n_expected_datasets,
+        )
+    return row
+
+
+def mean_over(values: dict, keys: Sequence) -> float | None:
+    """Mean of ``values[k]`` over ``keys``; None unless every key has a value."""
+    picked = [values[k] for k in keys if k in values]
+    return math.fsum(picked) / len(picked) if picked and len(picked) == len(keys) else None
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _with_paper(text: str, ours: float, paper: float | None) -> str:
+    return text if paper is None else f"{text} (paper {paper:.2f}, {ours - paper:+.2f})"
+
+
+def _mean_text(cell: Cell) -> str:
+    return f"{cell.mean:.2f}" if cell.n == 1 else f"{cell.mean:.2f} ± {cell.std:.2f}"
+
+
+def _cell_text(report: Report, d: str, s: int) -> str:
+    cell = report.cells.get((d, s))
+    if cell is None:
+        return MISSING
+    text = _with_paper(_mean_text(cell), cell.mean, report.published.get((d, s)))
+    if cell.n < len(report.expected_seeds):
+        text += f" [{cell.n}/{len(report.expected_seeds)} seeds]"
+    return text
+
+
+def _zs_text(report: Report, d: str) -> str:
+    if d not in report.zero_shot:
+        return MISSING
+    ours = report.zero_shot[d]
+    return _with_paper(f"{ours:.2f}", ours, report.published_zero_shot.get(d))
+
+
+def _average_texts(report: Report, row: dict[int, Cell | None]) -> tuple[str, list[str]]:
+    covered = report.covered
+    zs_keys = [d for d in covered if d in report.zero_shot]
+    zs = mean_over(report.zero_shot, zs_keys)
+    paper_zs = mean_over(report.published_zero_shot, zs_keys)
+    zs_text = MISSING if zs is None else _with_paper(f"{zs:.2f}", zs, paper_zs)
+    texts = []
+    for s in report.shots:
+        cell = row[s]
+        if cell is None:
+            texts.append(MISSING)
+            continue
+        paper = mean_over(report.published, [(d, s) for d in cell.datasets])
+        text = _with_paper(_mean_text(cell), cell.mean, paper)
+        if len(cell.datasets) < len(covered):
+            text += f" [{len(cell.datasets)}/{report.n_expected_datasets} datasets]"
+        texts.append(text)
+    return zs_text, texts
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    rule = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(r) + " |" for r in [header, rule, *rows]]
+
+
+def _section(report: Report, level: int = 2) -> list[str]:
+    shot_cols = [f"{s}-shot" for s in report.shots]
+    row = average_row(report)
+    covered = len(report.covered)
+    avg_label = f"**Average ({covered}/{report.n_expected_datasets})**"
+    lines = [f"{'#' * level} {report.label} — {report.model} / {report.pretrained}", ""]
+    lines.append(f"Test top-1 accuracy (%), mean ± std over seeds (n - 1); runs: {report.n_runs}.")
+    if report.published or report.published_zero_shot:
+        lines.append("In brackets: the published RN50 number and ours minus it "
+                     "(paper averages: over the same datasets as ours).")
+    lines.append("")
+    rows = [[d, _zs_text(report, d)] + [_cell_text(report, d, s) for s in report.shots]
+            for d in report.datasets]
+    zs_avg, avg_cells = _average_texts(report, row)
+    rows.append([avg_label, zs_avg] + avg_cells)
+    lines += _table(["Dataset", "Zero-shot"] + shot_cols, rows)
+    if covered < report.n_expected_datasets:
+        lines += ["", f"Partial: the average covers {covered} of {report.n_expected_datasets} datasets."]
+    lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
+    ci_rows = [[d] + [_ci_text(report.cells.get((d, s))) for s in report.shots] for d in report.datasets]
+    ci_rows.append([avg_label] + [_ci_text(row[s]) for s in report.shots])
+    lines += _table(["Dataset"] + shot_cols, ci_rows)
+    if report.missing:
+        seeds = ", ".join(map(str, report.expected_seeds))
+        lines += ["", f"Missing runs (expected seeds {seeds}):", ""]
+        lines += [f"- missing: {d} {s}-shot seeds {', '.join(map(str, absent))}"
+                  for (d, s), absent in report.missing.items()]
+    if report.protocol_differences:
+        lines += ["", "Departures from the paper's protocol:", ""]
+        lines += [f"- {text} (runs: {n})" for text, n in report.protocol_differences.items()]
+    return lines
+
+
+def _ci_text(cell: Cell | None) -> str:
+    if cell is None:
+        return MISSING
+    return f"{MISSING} (n={cell.n})" if math.isnan(cell.ci95) else f"±{cell.ci95:.2f} (n={cell.n})"
+
+
+def _warning_lines(warnings: Sequence[str]) -> list[str]:
+    unique = list(dict.fromkeys(warnings))
+    return ["", "Warnings:", ""] + [f"- {w}" for w in unique] if unique else []
+
+
+def to_markdown(report: Report) -> str:
+    """One report as Markdown: results table, CI table, missing runs, warnings."""
+    return "\n".join(_section(report) + _warning_lines(report.warnings)) + "\n"
+
+
+def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> str:
+    """Several reports in one document, with their warnings gathered once at the end."""
+    lines = ["# cacheclip report", ""]
+    lines.append(f"Method groups: {len(reports)}; runs: {sum(r.n_runs for r in reports)}.")
+    for report in reports:
+        lines += [""] + _section(report)
+    every = list(warnings) + [w for r in reports for w in r.warnings]
+    return "\n".join(lines + _warning_lines(every)) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def to_csv(report: Report, header: bool = True) -> str:
+    """One row per (dataset, shots), missing cells included (empty numbers)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for d in report.datasets:
+        for s in report.shots:
+            cell = report.cells.get((d, s))
+            paper = report.published.get((d, s))
+            diff = None if cell is None or paper is None else cell.mean - paper
+            writer.writerow([
+                report.model, report.pretrained, report.method, d, s,
+                0 if cell is None else cell.n, "" if cell is None else " ".join(map(str, cell.seeds)),
+                _num(cell and cell.mean), _num(cell and cell.std), _num(cell and cell.ci95),
+                _num(report.zero_shot.get(d)), _num(paper), _num(diff),
+            ])
+    return buffer.getvalue()

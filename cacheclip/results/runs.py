@@ -1,0 +1,75 @@
+"""Run artifacts: where a run's result lives, its key, and atomic writes.
+
+A run is identified by a key hashed from everything that changes its numbers
+(dataset, shots, seed, method, resolved configuration, the store identity).
+Its folder is ``<results>/<model>/<weights>/<dataset>/<method>/<K>shot-seed<S>-<key10>/``
+holding ``result.json`` and, for trained methods, ``adapter.safetensors``.
+A run whose ``result.json`` exists with the same key is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cacheclip.common import atomic_path, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+RESULT_SCHEMA = "cacheclip.result/1"
+ADAPTER_FORMAT = "cacheclip.adapter/1"
+
+
+def run_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_dir(results_dir: Path, model_id: str, weights_id: str, dataset: str, method: str,
+            shots: int, seed: int, key: str) -> Path:
+    return Path(results_dir) / model_id / weights_id / dataset / method / f"{shots}shot-seed{seed}-{key[:10]}"
+
+
+def is_done(folder: Path, key: str) -> bool:
+    try:
+        return json.loads((folder / "result.json").read_text()).get("run_key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def write_result(folder: Path, result: dict[str, Any]) -> None:
+    """Written last: its presence (with the run key) is what marks the run done."""
+    write_json_atomic(folder / "result.json", result)
+
+
+def read_result(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "result.json").read_text())
+
+
+def save_adapter(path: Path, state: dict[str, torch.Tensor], class_weights: torch.Tensor,
+                 metadata: dict[str, Any]) -> None:
+    """safetensors file: the adapter tensors (names as in ClipAdapterHead.state_dict), plus
+    ``class_weights`` (K, D) so the file alone can classify; metadata holds the adapter config,
+    class names, logit scale and the model identity it expects (JSON strings)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    tensors["class_weights"] = class_weights.detach().cpu().float().contiguous()
+    meta = {"format": ADAPTER_FORMAT, **{k: json.dumps(v, default=str) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
+    """(adapter state, class_weights (K, D), metadata) from ``save_adapter``'s file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    class_weights = tensors.pop("class_weights")
+    return tensors, class_weights, {k: (json.loads(v) if k != "format" else v) for k, v in meta.items()}
+
+

@@ -1,0 +1,44 @@
+"""Write a report's three files (Markdown, CSV, figure) from result JSONs, atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cacheclip.common import write_atomic
+from cacheclip.errors import ConfigError
+from cacheclip.results.loading import ResultSet, load_results
+from cacheclip.results.plots import plot_report
+from cacheclip.results.report import build_reports, render_markdown, to_csv
+
+
+def write_report(
+    result_paths: Sequence[Path],
+    out_dir: Path,
+    expected_datasets: Sequence[str] | None = None,
+    expected_shots: Sequence[int] | None = None,
+    expected_seeds: Sequence[int] | None = None,
+    keep: Callable[[dict], bool] | None = None,
+) -> dict[str, Path]:
+    """Write report.md, report.csv and report.png into ``out_dir``.
+
+    ``keep`` (optional) selects the results to report, e.g. some datasets only.
+    Returns ``{"md": ..., "csv": ..., "png": ...}``. Raises ``ConfigError``
+    when no result is found.
+    """
+    results = load_results(result_paths)
+    if keep is not None:
+        results = ResultSet([r for r in results if keep(r)], results.warnings)
+    reports = build_reports(results, expected_datasets, expected_shots, expected_seeds)
+    if not reports:
+        skipped = f"; {len(results.warnings)} file(s) skipped" if results.warnings else ""
+        raise ConfigError(f"no cacheclip results found in {', '.join(map(str, result_paths))}{skipped}",
+                          hint="run `cacheclip fit` first, or point at the folder holding its result JSONs")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_text = "".join(to_csv(r, header=(i == 0)) for i, r in enumerate(reports))
+    return {
+        "md": write_atomic(out_dir / "report.md", render_markdown(reports)),
+        "csv": write_atomic(out_dir / "report.csv", csv_text),
+        "png": plot_report(reports, out_dir / "report.png"),
+    }

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cacheclip.fit.metrics import top1
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.stage import FitConfig
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method
 from cacheclip.fit.methods.base import zero_shot_predictor
+from cacheclip.fit.metrics import top1
+from cacheclip.fit.stage import FitConfig
 
 SHOTS, DIM, VIEWS, VAL_SHOTS, TEST_SHOTS = 16, 1024, 10, 4, 10
 
@@ -66,14 +66,23 @@ def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore,
     val, val_labels = draw(VAL_SHOTS) if with_val else (np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
     test, test_labels = draw(TEST_SHOTS)
     text = centers + 1.1 * rng.standard_normal((classes, DIM), dtype=np.float32)
-    store = MemoryStore({"train": (train, train_labels, views), "val": (val, val_labels, None),
-                         "test": (test, test_labels, None)})
+    store = MemoryStore(
+        {"train": (train, train_labels, views), "val": (val, val_labels, None), "test": (test, test_labels, None)}
+    )
     data = FitData(
-        dataset=f"synthetic{classes}", store=store.path, attrs={"aug_scale": "[0.08, 1.0]"},
-        classnames=[f"c{k}" for k in range(classes)], class_weights=torch.from_numpy(text),
-        classifier="synthetic", logit_scale=100.0, train_labels=train_labels.tolist(),
-        val_labels=val_labels.tolist(), train_paths=[f"t{i}" for i in range(len(train_labels))],
-        val_paths=[f"v{i}" for i in range(len(val_labels))], aug_views=VIEWS)
+        dataset=f"synthetic{classes}",
+        store=store.path,
+        attrs={"aug_scale": "[0.08, 1.0]"},
+        classnames=[f"c{k}" for k in range(classes)],
+        class_weights=torch.from_numpy(text),
+        classifier="synthetic",
+        logit_scale=100.0,
+        train_labels=train_labels.tolist(),
+        val_labels=val_labels.tolist(),
+        train_paths=[f"t{i}" for i in range(len(train_labels))],
+        val_paths=[f"v{i}" for i in range(len(val_labels))],
+        aug_views=VIEWS,
+    )
     return store, data
 
 
@@ -97,14 +106,20 @@ def main() -> None:
     parser.add_argument("--classes", default="10,397,1000", help="comma list of class counts")
     parser.add_argument("--full", action="store_true", help="measure Tip-Adapter-F's 20 epochs at every size")
     parser.add_argument("--val-at-1000", action="store_true", help="give 1000 classes a 4-shot val too")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steady numbers on a shared machine; 0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: steady numbers on a shared machine; 0: torch's default)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = FitConfig()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SHOTS} shots, D={DIM}, "
-          f"{VIEWS} aug views; grids: {len(cfg.lp_cs)} C, {len(cfg.tip_betas)} x {len(cfg.tip_alphas)} (beta, alpha)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SHOTS} shots, D={DIM}, "
+        f"{VIEWS} aug views; grids: {len(cfg.lp_cs)} C, {len(cfg.tip_betas)} x {len(cfg.tip_alphas)} (beta, alpha)"
+    )
     rows = []
     for classes in (int(c) for c in args.classes.split(",")):
         with_val = classes < 1000 or args.val_at_1000
@@ -116,7 +131,7 @@ def main() -> None:
             seconds, chosen, acc = time_run(method, store, data, dataclasses.replace(cfg, tipf_epochs=epochs))
             times[method] = seconds
             note = ""
-            if epochs != cfg.tipf_epochs:   # the cache and selection once, the epochs scaled
+            if epochs != cfg.tipf_epochs:  # the cache and selection once, the epochs scaled
                 once = times["tip-adapter"]
                 seconds = once + (seconds - once) * cfg.tipf_epochs / epochs
                 note = f"~ ({epochs} of {cfg.tipf_epochs} epochs measured; test top-1 after {epochs})"
@@ -125,8 +140,11 @@ def main() -> None:
     print("\n| classes | train | val | method | s / run | chosen | test top-1 (zero-shot) | note |")
     print("|---|---|---|---|---|---|---|---|")
     for classes, n, m, method, seconds, chosen, acc, zs, note in rows:
-        print(f"| {classes} | {n} | {m or 'none'} | {method} | {seconds:.2f} | {json.dumps(chosen)} | "
-              f"{acc:.1f} ({zs:.1f}) | {note} |")
+        print(
+            f"| {classes} | {n} | {m or 'none'} | {method} | {seconds:.2f} | {json.dumps(chosen)} | "
+            f"{acc:.1f} ({zs:.1f}) | {note} |"
+        )
+
 
 if __name__ == "__main__":
     main()

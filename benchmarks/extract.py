@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from cacheclip.features import extract as ex
-from cacheclip.features import pipeline
 from cacheclip.datasets.catalog import SPLITS
 from cacheclip.datasets.layouts import load_dataset
-from cacheclip.features.models import encode_images, load_model
 from cacheclip.datasets.synthetic import make_dataset
+from cacheclip.features import extract as ex
+from cacheclip.features import pipeline
+from cacheclip.features.models import encode_images, load_model
 
 TINY_CONFIG = {  # the tests' tiny ViT
     "embed_dim": 32,
@@ -62,9 +62,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", help="auto, fp32 or amp (as extract's --precision)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs of each measurement")
-    p.add_argument("--cpu-plan", choices=("auto", "off", "here"), default="auto",
-                   help="extract's CPU plan (cacheclip.cpu_plan.CpuPlan): auto; off (torch's threads, forward here: the "
-                        "behaviour before it); here (its thread choice, never the forward in the workers)")
+    p.add_argument(
+        "--cpu-plan",
+        choices=("auto", "off", "here"),
+        default="auto",
+        help="extract's CPU plan (cacheclip.cpu_plan.CpuPlan): auto; off (torch's threads, forward here: the "
+        "behaviour before it); here (its thread choice, never the forward in the workers)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary data and cache")
     return p.parse_args()
 
@@ -82,8 +86,9 @@ def make_data(root: Path, images: int, size: int) -> None:
     """EuroSAT layout, 10 classes, the images split about 1/2 train, 1/4 val, 1/4 test."""
     per_class = max(images // 10, 4)
     n_val = max(per_class // 4, 1)
-    make_dataset("eurosat", root, n_classes=10, n_train=per_class - 2 * n_val, n_val=n_val, n_test=n_val,
-                 image_size=size)
+    make_dataset(
+        "eurosat", root, n_classes=10, n_train=per_class - 2 * n_val, n_val=n_val, n_test=n_val, image_size=size
+    )
 
 
 def end_to_end(root: Path, loaded, cfg: ex.ExtractConfig) -> tuple[float, int]:
@@ -135,8 +140,14 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
     root = folder / f"data-{label}"
     make_data(root, images, args.image_size)
     loaded = load_model(model, args.pretrained, device=args.device)
-    cfg = ex.ExtractConfig(cache_dir=str(folder / f"cache-{label}"), train="all", aug_views=0,
-                           batch_size=args.batch_size, workers=args.workers, precision=args.precision)
+    cfg = ex.ExtractConfig(
+        cache_dir=str(folder / f"cache-{label}"),
+        train="all",
+        aug_views=0,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        precision=args.precision,
+    )
     precision = ex.resolve_precision(cfg.precision, args.device)
     a = b = c = 0.0
     for _ in range(args.repeats):  # interleaved, so a drifting background load hits all three alike
@@ -144,8 +155,15 @@ def bench_model(label: str, model: str, args: argparse.Namespace, folder: Path) 
         a = max(a, rate)
         b = max(b, forward_rate(loaded, args.batch_size, precision))
         c = max(c, decode_rate(root, loaded, cfg))
-    return {"model": label, "images": n, "end_to_end": a, "forward": b, "decode": c,
-            "binds": "model" if b < c else "decode", "ratio": a / min(b, c)}
+    return {
+        "model": label,
+        "images": n,
+        "end_to_end": a,
+        "forward": b,
+        "decode": c,
+        "binds": "model" if b < c else "decode",
+        "ratio": a / min(b, c),
+    }
 
 
 class _PlanOff(ex.CpuPlan):
@@ -168,17 +186,24 @@ def main() -> None:
     args = parse_args()
     ex.CpuPlan = {"auto": ex.CpuPlan, "off": _PlanOff, "here": _PlanHere}[args.cpu_plan]
     folder = Path(tempfile.mkdtemp(prefix="cacheclip-bench-"))
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"# device {args.device}, precision {args.precision}, workers {args.workers}, batch {args.batch_size}, "
-          f"{args.image_size}px JPEGs, aug_views=0 (one forward per image), best of {args.repeats}, "
-          f"CPU plan {args.cpu_plan}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"# device {args.device}, precision {args.precision}, workers {args.workers}, batch {args.batch_size}, "
+        f"{args.image_size}px JPEGs, aug_views=0 (one forward per image), best of {args.repeats}, "
+        f"CPU plan {args.cpu_plan}"
+    )
     print(f"{'model':>16} {'images':>6} {'(a) e2e':>9} {'(b) fwd':>9} {'(c) decode':>10} {'binds':>6} {'ratio':>6}")
     try:
         for label, model in model_specs(args.model, folder):
             r = bench_model(label, model, args, folder)
-            print(f"{r['model']:>16} {r['images']:>6} {r['end_to_end']:>9.1f} {r['forward']:>9.1f} "
-                  f"{r['decode']:>10.1f} {r['binds']:>6} {r['ratio']:>6.2f}", flush=True)
+            print(
+                f"{r['model']:>16} {r['images']:>6} {r['end_to_end']:>9.1f} {r['forward']:>9.1f} "
+                f"{r['decode']:>10.1f} {r['binds']:>6} {r['ratio']:>6.2f}",
+                flush=True,
+            )
     finally:
         if args.keep:
             print(f"# kept {folder}")

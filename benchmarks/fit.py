@@ -38,9 +38,16 @@ D, REDUCTION, SHOTS, VIEWS = 1024, 4, 16, 2
 CLASSES = (10, 397, 1000)
 # coop11: dataset -> (classes, train split size); ImageNet's train split is 1.28M.
 COOP11 = {
-    "imagenet": (1000, 1281167), "caltech101": (100, 4128), "oxford_pets": (37, 2944),
-    "stanford_cars": (196, 6509), "oxford_flowers": (102, 4093), "food101": (101, 50500),
-    "fgvc_aircraft": (100, 3334), "sun397": (397, 15880), "dtd": (47, 2820), "eurosat": (10, 13500),
+    "imagenet": (1000, 1281167),
+    "caltech101": (100, 4128),
+    "oxford_pets": (37, 2944),
+    "stanford_cars": (196, 6509),
+    "oxford_flowers": (102, 4093),
+    "food101": (101, 50500),
+    "fgvc_aircraft": (100, 3334),
+    "sun397": (397, 15880),
+    "dtd": (47, 2820),
+    "eurosat": (10, 13500),
     "ucf101": (101, 7639),
 }
 GRID_SHOTS, GRID_SEEDS = (1, 2, 4, 8, 16), 3
@@ -68,7 +75,7 @@ def model_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = RE
 def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
     """Seconds per step of the step's 7 GEMMs and fused SGD update alone, ``runs`` stacked.
 
-    The same calls ``train._StackedTrainer.step`` makes (bmm / matmul at the same shapes and
+    The same calls ``train.StackedTrainer.step`` makes (bmm / matmul at the same shapes and
     layouts, torch's one-pass SGD on w1 and w2), for ``steps`` steps on the same weights and
     a fresh batch each step; no elementwise ops, no Python logic.
     """
@@ -78,8 +85,15 @@ def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
     vs = torch.randn(classes, D, device=DEVICE)
     vs_t = vs.t().contiguous()
     xs = torch.randn(steps, runs, 32, D, device=DEVICE)
-    opts = dict(weight_decay=5e-4, momentum=0.9, lr=1e-3, dampening=0.0, nesterov=False, maximize=False,
-                is_first_step=False)
+    opts = {
+        "weight_decay": 5e-4,
+        "momentum": 0.9,
+        "lr": 1e-3,
+        "dampening": 0.0,
+        "nesterov": False,
+        "maximize": False,
+        "is_first_step": False,
+    }
 
     def one_step(x):
         hid = torch.bmm(x, w1)
@@ -139,8 +153,7 @@ def time_per_step(classes: int, seeds: int, alphas: tuple[float, ...], min_steps
     steps_per_epoch = batch_plan(len(runs[0].labels), 32)[1]
     epochs = max(1, math.ceil(min_steps / steps_per_epoch))
     cfg = TrainConfig()
-    best = min(_timed(lambda: train_runs(runs, weights, 100.0, cfg, epochs=epochs, device=DEVICE))
-               for _ in range(reps))
+    best = min(_timed(lambda: train_runs(runs, weights, 100.0, cfg, epochs=epochs, device=DEVICE)) for _ in range(reps))
     return best / (epochs * steps_per_epoch)
 
 
@@ -180,21 +193,29 @@ def main() -> None:
     min_steps, reps = (60, 2) if args.quick else (400, 3)
     alphas = (0.1, 0.2, 0.4, 0.6)
 
-    where = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else \
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    where = (
+        torch.cuda.get_device_name(DEVICE)
+        if DEVICE.startswith("cuda")
+        else f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     print(f"cacheclip fit benchmark: torch {torch.__version__}, {DEVICE}: {where}")
-    print(f"synthetic features D={D}, r={REDUCTION}, {SHOTS} shots, {VIEWS} views, batch 32, "
-          f"visual adapter (official block)")
-    print("FLOPs per step per run = 32 * (10*D*H + 4*D*K), H = D/r "
-          "(5 adapter GEMMs fwd+bwd, 2 logit GEMMs fwd+bwd)\n")
+    print(
+        f"synthetic features D={D}, r={REDUCTION}, {SHOTS} shots, {VIEWS} views, batch 32, "
+        f"visual adapter (official block)"
+    )
+    print("FLOPs per step per run = 32 * (10*D*H + 4*D*K), H = D/r (5 adapter GEMMs fwd+bwd, 2 logit GEMMs fwd+bwd)\n")
     time_per_step(10, 1, (0.2,), 20, 1)  # warm-up: thread pool, allocator
     peak = matmul_gflops(reps + 2)
-    print(f"reference fp32 matmul 2048^3: {peak:.0f} GFLOP/s (TF32 "
-          f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} on CUDA)\n")
+    print(
+        f"reference fp32 matmul 2048^3: {peak:.0f} GFLOP/s (TF32 "
+        f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} on CUDA)\n"
+    )
 
     single, batched = {}, {}
-    header = (f"{'classes':>7} {'steps':>6} {'runs':>4} | {'per run, 200 ep':>15} {'GFLOP/s':>7} {'ratio':>5} "
-              f"{'3x fwd count':>12} | {'floor ratio':>11} {'of floor':>8} | {'matmul':>6}")
+    header = (
+        f"{'classes':>7} {'steps':>6} {'runs':>4} | {'per run, 200 ep':>15} {'GFLOP/s':>7} {'ratio':>5} "
+        f"{'3x fwd count':>12} | {'floor ratio':>11} {'of floor':>8} | {'matmul':>6}"
+    )
     print(header)
     print("-" * len(header))
     for k in CLASSES:
@@ -205,9 +226,11 @@ def main() -> None:
         for runs, per_step in ((1, single[k]), (12, batched[k])):
             floor = kernel_floor(k, runs, reps) / runs
             gflops = step_flops(k) / per_step / 1e9
-            print(f"{k:>7} {steps:>6} {runs:>4} | {steps * per_step:>14.1f}s {gflops:>7.0f} {gflops / row_peak:>5.2f} "
-                  f"{model_flops(k) / per_step / 1e9 / row_peak:>12.2f} | "
-                  f"{step_flops(k) / floor / 1e9 / row_peak:>11.2f} {floor / per_step:>8.2f} | {row_peak:>6.0f}")
+            print(
+                f"{k:>7} {steps:>6} {runs:>4} | {steps * per_step:>14.1f}s {gflops:>7.0f} {gflops / row_peak:>5.2f} "
+                f"{model_flops(k) / per_step / 1e9 / row_peak:>12.2f} | "
+                f"{step_flops(k) / floor / 1e9 / row_peak:>11.2f} {floor / per_step:>8.2f} | {row_peak:>6.0f}"
+            )
         print(f"{'':>7} {'':>6} {'':>4} | batched per run: {single[k] / batched[k]:.2f}x faster than one by one")
     print(f"""
 runs: 1 = one run alone; 12 = 3 seeds x 4 alphas in one train_runs call (time per run).

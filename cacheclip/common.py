@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-COOP_CROP_SCALE = (0.08, 1.0)   # CoOp's RandomResizedCrop scale, the default of the cached views
+COOP_CROP_SCALE = (0.08, 1.0)  # CoOp's RandomResizedCrop scale, the default of the cached views
 DEFAULT_MODEL = "RN50"
 DEFAULT_PRETRAINED = "openai"
 
 
 # ---------------------------------------------------------------- atomic files
+
 
 @contextmanager
 def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
@@ -67,14 +68,19 @@ def _fsync(path: Path) -> None:
 
 # ---------------------------------------------------------------- versions
 
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that change the numbers, recorded in stores and results."""
     out = {}
-    for label, dist in (("cacheclip", "cacheclip"), ("torch", "torch"), ("open_clip", "open_clip_torch"),
-                        ("numpy", "numpy")):
+    for label, dist in (
+        ("cacheclip", "cacheclip"),
+        ("torch", "torch"),
+        ("open_clip", "open_clip_torch"),
+        ("numpy", "numpy"),
+    ):
         try:
             out[label] = version(dist)
-        except PackageNotFoundError:   # e.g. a source tree that was not installed
+        except PackageNotFoundError:  # e.g. a source tree that was not installed
             out[label] = "unknown"
     out["python"] = platform.python_version()
     return out

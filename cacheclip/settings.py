@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cacheclip.errors import ConfigError
 
@@ -23,8 +24,8 @@ _META = "cacheclip.setting"
 @dataclasses.dataclass(frozen=True)
 class Setting:
     help: str
-    flag: str | None = None        # command-line option, e.g. "--tip-alpha"
-    none_word: str | None = None   # text that means None for an optional field, e.g. "coop"
+    flag: str | None = None  # command-line option, e.g. "--tip-alpha"
+    none_word: str | None = None  # text that means None for an optional field, e.g. "coop"
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, none_word: str | None = None) -> Any:
@@ -50,12 +51,13 @@ def describe_type(kind: Any) -> str:
 
 def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None = None) -> Any:
     """``value`` (from TOML or already typed) as ``kind``; ConfigError naming ``key`` and ``source``."""
+
     def fail() -> ConfigError:
         want = describe_type(kind) + (f" or '{none_word}'" if none_word else "")
         return ConfigError(f"{source}: '{key}' must be {want}, got {value!r}", f"fix '{key}' in {source}")
 
     origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if type(None) in args:                                   # Optional[X]
+    if type(None) in args:  # Optional[X]
         if value is None or (none_word and isinstance(value, str) and value.lower() == none_word):
             return None
         return convert(next(a for a in args if a is not type(None)), value, key, source, none_word)
@@ -89,10 +91,11 @@ def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None 
 
 def from_text(kind: Any, text: str, key: str, source: str, none_word: str | None = None) -> Any:
     """Command-line text (comma lists for tuples) as ``kind``."""
+
     def scalar(inner: Any, word: str) -> Any:
         if inner is bool:
             return {"true": True, "false": False}.get(word.lower(), word)
-        for cast in ((int,) if inner is int else (float,) if inner is float else ()):
+        for cast in (int,) if inner is int else (float,) if inner is float else ():
             try:
                 return cast(word)
             except ValueError:

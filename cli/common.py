@@ -9,15 +9,23 @@ import logging
 import os
 import shlex
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 out = Console(width=max(120, Console().width))
@@ -25,17 +33,26 @@ out = Console(width=max(120, Console().width))
 DEBUG_ENV = "CACHECLIP_DEBUG"
 
 # ---------------------------------------------------------------- option aliases (declared once)
-DatasetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--dataset", "-d", help="Dataset name(s): a CoOp name (eurosat, imagenet, ...), 'all', or imagefolder:PATH. "
-                            "Repeat or comma-separate.")]
-RootOpt = Annotated[Optional[Path], typer.Option(
-    "--root", help="Data root holding the dataset folders (default: $CACHECLIP_DATA).")]
-ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="open_clip model name, or path to a model-config JSON.")]
-PretrainedOpt = Annotated[str, typer.Option(
-    "--pretrained", "-p", help="open_clip weights tag, a local checkpoint file, or 'none' (random weights).")]
-CacheDirOpt = Annotated[Path, typer.Option(
-    "--cache-dir", help="Root of the feature stores.", envvar="CACHECLIP_CACHE")]
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Dataset name(s): a CoOp name (eurosat, imagenet, ...), 'all', or imagefolder:PATH. "
+        "Repeat or comma-separate.",
+    ),
+]
+RootOpt = Annotated[
+    Path | None, typer.Option("--root", help="Data root holding the dataset folders (default: $CACHECLIP_DATA).")
+]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="open_clip model name, or path to a model-config JSON.")]
+PretrainedOpt = Annotated[
+    str,
+    typer.Option(
+        "--pretrained", "-p", help="open_clip weights tag, a local checkpoint file, or 'none' (random weights)."
+    ),
+]
+CacheDirOpt = Annotated[Path, typer.Option("--cache-dir", help="Root of the feature stores.", envvar="CACHECLIP_CACHE")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda when available).")]
 ShotsOpt = Annotated[str, typer.Option("--shots", help="Shots per class, a comma list.")]
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Few-shot sampling seeds, a comma list.")]
@@ -65,11 +82,12 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     return _parse_list(text, option, float, "numbers")
 
 
-def split_names(values: Optional[list[str]]) -> list[str]:
+def split_names(values: list[str] | None) -> list[str]:
     return [v for value in values or [] for v in value.split(",") if v]
 
 
 # ---------------------------------------------------------------- error boundary
+
 
 def quiet_libraries() -> None:
     """open_clip and huggingface_hub log download retries and init notes at WARNING; we say
@@ -96,8 +114,9 @@ def report_error(exc: BaseException) -> int:
         if exc.hint:
             console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         return 1
-    console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
     console.print(f"[yellow]hint:[/] rerun with {DEBUG_ENV}=1 for the traceback, and report it", highlight=False)
     return 1
 
@@ -117,8 +136,9 @@ def _method_flags() -> dict[str, tuple[str, str, list[str]]]:
         for _, (f, spec, _) in settings_of(get_method(name).config).items():
             if spec.flag:
                 default = to_text(f.default, spec.none_word)
-                entry = flags.setdefault(spec.flag, ("m_" + spec.flag.lstrip("-").replace("-", "_"),
-                                                     f"{spec.help} [default: {default}]", []))
+                entry = flags.setdefault(
+                    spec.flag, ("m_" + spec.flag.lstrip("-").replace("-", "_"), f"{spec.help} [default: {default}]", [])
+                )
                 entry[2].append(name)
     return flags
 
@@ -135,20 +155,24 @@ def attach_method_options(command) -> None:
     for flag, (param, help_text, owners) in _method_flags().items():
         if param in known:
             continue
-        option = typer.Option(flag, help=f"{', '.join(owners)}: {help_text}", rich_help_panel=METHOD_PANEL,
-                              show_default=False)
-        params.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[str], option]))
+        option = typer.Option(
+            flag, help=f"{', '.join(owners)}: {help_text}", rich_help_panel=METHOD_PANEL, show_default=False
+        )
+        params.append(
+            inspect.Parameter(
+                param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, option]
+            )
+        )
     command.__signature__ = signature.replace(parameters=params)
 
 
-def given_method_options(method_options: dict[str, Optional[str]]) -> dict[str, str]:
+def given_method_options(method_options: dict[str, str | None]) -> dict[str, str]:
     """flag -> text of the method options given on the command line."""
     by_param = {param: flag for flag, (param, _, _) in _method_flags().items()}
     return {by_param[k]: v for k, v in method_options.items() if v is not None and k in by_param}
 
 
-def method_config(method: str, method_options: dict[str, Optional[str]]):
+def method_config(method: str, method_options: dict[str, str | None]):
     """``method``'s config from its defaults and the options given; an option of another
     method is a usage error (exit 2) naming the methods that have it."""
     from cacheclip.errors import ConfigError
@@ -156,13 +180,15 @@ def method_config(method: str, method_options: dict[str, Optional[str]]):
     from cacheclip.settings import build, describe_type, from_text, settings_of
 
     flags = _method_flags()
-    specs = {spec.flag: (key, kind, spec.none_word)
-             for key, (_, spec, kind) in settings_of(get_method(method).config).items() if spec.flag}
+    specs = {
+        spec.flag: (key, kind, spec.none_word)
+        for key, (_, spec, kind) in settings_of(get_method(method).config).items()
+        if spec.flag
+    }
     values = {}
     for flag, text in given_method_options(method_options).items():
         if flag not in specs:
-            raise typer.BadParameter(f"is a setting of {', '.join(flags[flag][2])}, not of {method}",
-                                     param_hint=flag)
+            raise typer.BadParameter(f"is a setting of {', '.join(flags[flag][2])}, not of {method}", param_hint=flag)
         key, kind, none_word = specs[flag]
         try:
             values[key] = from_text(kind, text, flag, "options", none_word)
@@ -190,6 +216,7 @@ def interrupted_message(argv: list[str]) -> str:
 
 # ---------------------------------------------------------------- progress
 
+
 class StageProgress:
     """Adapts the library's (stage, done, total) callbacks to one rich progress bar per stage."""
 
@@ -204,8 +231,16 @@ class StageProgress:
 
 @contextmanager
 def progress_bar(unit: str = "img", disable: bool = False) -> Iterator[StageProgress]:
-    columns = [TextColumn("[bold]{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
-               TaskProgressColumn(), _SpeedColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _SpeedColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     quiet = disable or (not console.is_terminal and bool(os.environ.get("CI")))
     with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
         yield StageProgress(progress, unit)
@@ -223,14 +258,15 @@ class _SpeedColumn(TextColumn):
         return Text(f"{speed:7.1f} {self.unit}/s" if speed else f"{'':>7} {self.unit}/s")
 
 
-
 def results_table(results: list[dict], seeds: tuple[int, ...]):
     """dataset, shots, zero-shot, test top-1 per seed, mean ± std over seeds."""
     import statistics
 
     from rich.table import Table
 
-    table = Table("dataset", "method", "shots", "zero-shot", *[f"seed {s}" for s in seeds], "mean ± std", "chosen on val")
+    table = Table(
+        "dataset", "method", "shots", "zero-shot", *[f"seed {s}" for s in seeds], "mean ± std", "chosen on val"
+    )
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["method"], r["shots"]), []).append(r)
@@ -239,7 +275,13 @@ def results_table(results: list[dict], seeds: tuple[int, ...]):
         accs = [r["metrics"]["test"]["top1"] for r in runs]
         spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
         chosen = sorted({", ".join(f"{k}={v:g}" for k, v in r["selection"]["chosen"].items()) for r in runs})
-        table.add_row(name, method, str(shots), f"{runs[0]['zero_shot']['test']['top1']:.2f}",
-                      *[f"{by_seed[s]['metrics']['test']['top1']:.2f}" if s in by_seed else "—" for s in seeds],
-                      spread, "; ".join(chosen))
+        table.add_row(
+            name,
+            method,
+            str(shots),
+            f"{runs[0]['zero_shot']['test']['top1']:.2f}",
+            *[f"{by_seed[s]['metrics']['test']['top1']:.2f}" if s in by_seed else "—" for s in seeds],
+            spread,
+            "; ".join(chosen),
+        )
     return table

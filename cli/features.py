@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -14,9 +14,10 @@ from cacheclip.cli.app import app
 
 
 def _load(model: str, pretrained: str, device: str | None):
-    from cacheclip.features.models import load_model
+    from cacheclip.features.models import load_model, settle_process
 
     loaded = load_model(model, pretrained, device=c.default_device(device))
+    settle_process(loaded.device)
     for warning in loaded.warnings:
         c.console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     return loaded
@@ -31,19 +32,38 @@ def extract(
     cache_dir: c.CacheDirOpt = Path("cache"),
     device: c.DeviceOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="DataLoader worker processes for decoding [default: the cores this process may use, at most 4].", show_default=False)] = None,
-    templates: Annotated[str, typer.Option(help="Template set (default, photo, imagenet7, imagenet80) or a file.")] = "default",
-    train: Annotated[str, typer.Option(help="fewshot: the train images the planned runs need; all: every one.")] = "fewshot",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="DataLoader worker processes for decoding [default: the cores this process may use, at most 4].",
+            show_default=False,
+        ),
+    ] = None,
+    templates: Annotated[
+        str, typer.Option(help="Template set (default, photo, imagenet7, imagenet80) or a file.")
+    ] = "default",
+    train: Annotated[
+        str, typer.Option(help="fewshot: the train images the planned runs need; all: every one.")
+    ] = "fewshot",
     shots: c.ShotsOpt = "1,2,4,8,16",
     seeds: c.SeedsOpt = "1,2,3",
-    holdout_val: Annotated[bool, typer.Option(help="Also encode a hold-out val for datasets without val (ImageNet).")] = False,
+    holdout_val: Annotated[
+        bool, typer.Option(help="Also encode a hold-out val for datasets without val (ImageNet).")
+    ] = False,
     aug_views: Annotated[int, typer.Option(min=0, help="Augmented views per train image (0: none).")] = 10,
-    aug_scale: Annotated[str, typer.Option(help="RandomResizedCrop scale range (CoOp: 0.08,1; Tip-Adapter: 0.5,1).")] = "0.08,1",
+    aug_scale: Annotated[
+        str, typer.Option(help="RandomResizedCrop scale range (CoOp: 0.08,1; Tip-Adapter: 0.5,1).")
+    ] = "0.08,1",
     aug_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
     dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = "float16",
-    precision: Annotated[str, typer.Option(
-        help="auto (amp on CUDA, fp32 on CPU), fp32, or amp (fp16 autocast on CUDA; bf16 on CPUs with AMX "
-             "or AVX512-BF16).")] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto (amp on CUDA, fp32 on CPU), fp32, or amp (fp16 autocast on CUDA; bf16 on CPUs with AMX "
+            "or AVX512-BF16)."
+        ),
+    ] = "auto",
 ) -> None:
     """Encode datasets' images and prompted class names into feature stores (resumable)."""
     from cacheclip.datasets.catalog import expand_names
@@ -56,17 +76,30 @@ def extract(
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise typer.BadParameter("expected two numbers 0 < lo <= hi <= 1", param_hint="--aug-scale")
     cfg = ExtractConfig(
-        cache_dir=str(cache_dir), templates=templates, dtype=dtype, train=train,
-        aug_views=aug_views, aug_scale=(scale[0], scale[1]), aug_seed=aug_seed,
-        shots=c.parse_ints(shots, "--shots"), seeds=c.parse_ints(seeds, "--seeds"), holdout_val=holdout_val,
-        batch_size=batch_size, workers=default_workers() if workers is None else workers, precision=precision)
+        cache_dir=str(cache_dir),
+        templates=templates,
+        dtype=dtype,
+        train=train,
+        aug_views=aug_views,
+        aug_scale=(scale[0], scale[1]),
+        aug_seed=aug_seed,
+        shots=c.parse_ints(shots, "--shots"),
+        seeds=c.parse_ints(seeds, "--seeds"),
+        holdout_val=holdout_val,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        precision=precision,
+    )
     cfg.validate()
     device = c.default_device(device)
-    dist = from_env(device)   # under torchrun: this process's rank; else a single process
+    dist = from_env(device)  # under torchrun: this process's rank; else a single process
     loaded = _load(model, pretrained, rank_device(device, dist))
     if precision == "auto" and device == "cpu" and dist.is_main and cpu_has_bf16():
-        c.console.print("note: this CPU computes bf16 natively; --precision amp encodes much faster (RN50: about 3x) "
-                        "(features within a cosine of 0.9999 of fp32's, recorded in the store)", style="dim")
+        c.console.print(
+            "note: this CPU computes bf16 natively; --precision amp encodes much faster (RN50: about 3x) "
+            "(features within a cosine of 0.9999 of fp32's, recorded in the store)",
+            style="dim",
+        )
     failures = []
     for name in names:
         try:
@@ -81,10 +114,13 @@ def extract(
         if not dist.is_main:
             continue
         new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
-        c.out.print(f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "
-                    f"({summary.images_per_second:.1f} img/s); store has "
-                    + ", ".join(f"{s} {n}" for s, n in summary.total.items())
-                    + (" (text re-encoded)" if summary.text_updated else ""), highlight=False)
+        c.out.print(
+            f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "
+            f"({summary.images_per_second:.1f} img/s); store has "
+            + ", ".join(f"{s} {n}" for s, n in summary.total.items())
+            + (" (text re-encoded)" if summary.text_updated else ""),
+            highlight=False,
+        )
         c.out.print(f"  store: {escape(str(summary.store))}", highlight=False)
     if failures:
         c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
@@ -111,11 +147,21 @@ def list_stores(cache_dir: c.CacheDirOpt = Path("cache")) -> None:
         except Exception as e:  # a damaged store is listed, not fatal
             table.add_row(path.stem, "?", "?", "", "", "", "", "", "", f"{path} (unreadable: {e})")
             continue
-        counts = [f"{d['splits'].get(s, {}).get('encoded', 0)}/{d['splits'].get(s, {}).get('items', 0)}"
-                  for s in ("train", "val", "test")]
+        counts = [
+            f"{d['splits'].get(s, {}).get('encoded', 0)}/{d['splits'].get(s, {}).get('items', 0)}"
+            for s in ("train", "val", "test")
+        ]
         pending = f" (+{d['pending_parts']} unfinished chunks)" if d["pending_parts"] else ""
-        table.add_row(d["dataset"], d["model"], path.parent.name, *counts, str(d["aug_views"]), d["dtype"],
-                      f"{d['bytes'] / 2**20:.1f} MiB", str(path) + pending)
+        table.add_row(
+            d["dataset"],
+            d["model"],
+            path.parent.name,
+            *counts,
+            str(d["aug_views"]),
+            d["dtype"],
+            f"{d['bytes'] / 2**20:.1f} MiB",
+            str(path) + pending,
+        )
     c.out.print(table)
 
 

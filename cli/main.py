@@ -20,7 +20,7 @@ _TAKES_METHOD_OPTIONS = {"fit": fit.fit, "batch": batch.batch}
 def main() -> None:
     c.quiet_libraries()
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command in _TAKES_METHOD_OPTIONS:   # only then: listing the methods imports torch
+    if command in _TAKES_METHOD_OPTIONS:  # only then: listing the methods imports torch
         c.attach_method_options(_TAKES_METHOD_OPTIONS[command])
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
@@ -29,10 +29,10 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt) as e:
         # click turns Ctrl-C into Abort before our code sees it; say what survives and how to resume
         interrupted = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
-        c.console.print(c.interrupted_message(sys.argv) if interrupted else "aborted", highlight=False,
-                        markup=False, soft_wrap=True)
+        c.console.print(
+            c.interrupted_message(sys.argv) if interrupted else "aborted", highlight=False, markup=False, soft_wrap=True
+        )
         code = 130
     except Exception as e:
-        code = c.report_error(e)   # click usage errors show themselves and give 2
+        code = c.report_error(e)  # click usage errors show themselves and give 2
     sys.exit(code if isinstance(code, int) else 0)
-

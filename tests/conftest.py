@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 # Without this a missing open_clip weight spends ~47 s in download retries before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cacheclip.datasets.catalog import COOP11  # noqa: E402
-from cacheclip.datasets.synthetic import make_dataset, make_imagefolder  # noqa: E402
+from cacheclip.datasets.catalog import COOP11
+from cacheclip.datasets.synthetic import make_dataset, make_imagefolder
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +60,14 @@ def image_folder_splits(tmp_path: Path) -> Path:
 _TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_CONFIGS = {
     "cacheclip-tiny-vit": {
-        "embed_dim": 32, "text_cfg": _TINY_TEXT,
+        "embed_dim": 32,
+        "text_cfg": _TINY_TEXT,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
     },
     "cacheclip-tiny-rn": {  # ModifiedResNet: the RN50 code path at toy size
-        "embed_dim": 32, "quick_gelu": True, "text_cfg": _TINY_TEXT,
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "text_cfg": _TINY_TEXT,
         "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
     },
 }
@@ -101,6 +104,7 @@ def tiny_loaded(tiny_clip):
 
 # --------------------------------------------------------------------------- the CLI
 
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """``cli(*args) -> (exit code, stdout, stderr)``, in-process through ``cacheclip.cli.main.main``
@@ -108,7 +112,7 @@ def cli(capsys, monkeypatch):
     from cacheclip.cli import common
     from cacheclip.cli.main import main
 
-    monkeypatch.setattr(common.out, "_width", 300)     # no truncated table cells
+    monkeypatch.setattr(common.out, "_width", 300)  # no truncated table cells
     monkeypatch.delenv("CACHECLIP_DEBUG", raising=False)
 
     def run(*args) -> tuple[int, str, str]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, ResidualAdapter, blend, logits, zero_shot_logits
 from cacheclip.errors import ConfigError
+from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, ResidualAdapter, blend, logits, zero_shot_logits
 
 
 def _data(n=7, k=5, d=64, seed=0):
@@ -90,8 +90,16 @@ def test_init_is_seeded_by_the_generator_not_global_rng():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"alpha": 1.5}, {"alpha": -0.1}, {"beta": 2.0}, {"alpha": float("nan")}, {"kind": "image"},
-     {"block": "linear"}, {"reduction": 0}, {"reduction": 2.5}],
+    [
+        {"alpha": 1.5},
+        {"alpha": -0.1},
+        {"beta": 2.0},
+        {"alpha": float("nan")},
+        {"kind": "image"},
+        {"block": "linear"},
+        {"reduction": 0},
+        {"reduction": 2.5},
+    ],
 )
 def test_bad_adapter_config_raises(kwargs):
     with pytest.raises(ConfigError):

@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.features import store as st
+from cacheclip.features.models import resolve_model
+from cacheclip.fit import stage
 from cacheclip.fit.adapters import zero_shot_logits
-from cacheclip.fit.stage import FitConfig, fit_dataset
-from cacheclip.fit.methods import base, get_method, list_methods
+from cacheclip.fit.methods import get_method, list_methods
 from cacheclip.fit.methods.linear_probe import fit_logistic_path, objective
 from cacheclip.fit.methods.tip_adapter import build_keys, cache_logits, finetune_keys, grid_top1, tip_logits
-from cacheclip.features.models import resolve_model
+from cacheclip.fit.stage import FitConfig, fit_dataset
 from cacheclip.results.runs import load_adapter
 
 BASELINES = ("linear-probe", "tip-adapter", "tip-adapter-f")
-REF = resolve_model("RN50", "none")     # what `--model RN50 --pretrained none` names: no weights needed
+REF = resolve_model("RN50", "none")  # what `--model RN50 --pretrained none` names: no weights needed
 K, D, V = 6, 32, 3
 
 
@@ -33,26 +34,55 @@ def write_store(cache: Path, dataset: str, text: np.ndarray, splits: dict, aug_s
         feats, labels, aug = splits.get(name, (None, np.zeros(0, np.int64), None))
         listings[name] = st.SplitListing([f"{name}/{i}.jpg" for i in range(len(labels))], list(map(int, labels)))
         if feats is not None and len(labels):
-            st.write_part(path, st.Chunk(name, np.arange(len(labels)), feats.astype(np.float32),
-                                         None if aug is None else aug.astype(np.float32)))
+            st.write_part(
+                path,
+                st.Chunk(
+                    name,
+                    np.arange(len(labels)),
+                    feats.astype(np.float32),
+                    None if aug is None else aug.astype(np.float32),
+                ),
+            )
     views = next(iter(a.shape[1] for _, _, a in splits.values() if a is not None), 0)
-    attrs = {"dataset": dataset, "model": "RN50", "pretrained": "none", "logit_scale": 100.0, "dtype": "float32",
-             "aug_views": views, "aug_scale": json.dumps(list(aug_scale)), "templates_spec": "default"}
+    attrs = {
+        "dataset": dataset,
+        "model": "RN50",
+        "pretrained": "none",
+        "logit_scale": 100.0,
+        "dtype": "float32",
+        "aug_views": views,
+        "aug_scale": json.dumps(list(aug_scale)),
+        "templates_spec": "default",
+    }
     classnames = [f"class {k}" for k in range(text.shape[0])]
-    st.commit(path, st.StoreContents(attrs, classnames, listings, ["a photo of a {}."], text[None].astype(np.float32),
-                                     text.astype(np.float32)), "float32")
+    st.commit(
+        path,
+        st.StoreContents(
+            attrs, classnames, listings, ["a photo of a {}."], text[None].astype(np.float32), text.astype(np.float32)
+        ),
+        "float32",
+    )
     return path
 
 
-def clustered(cache: Path, dataset: str = "eurosat", *, per_class=(10, 5, 20), with_val=True, views=V,
-              text_noise=3.0, seed=0, aug_scale=(0.08, 1.0)) -> Path:
+def clustered(
+    cache: Path,
+    dataset: str = "eurosat",
+    *,
+    per_class=(10, 5, 20),
+    with_val=True,
+    views=V,
+    text_noise=3.0,
+    seed=0,
+    aug_scale=(0.08, 1.0),
+) -> Path:
     """K Gaussian clusters on a shared direction (CLIP-like: all cosines high), raw norms 2-4;
     the text classifier is the cluster centres plus noise, so zero-shot is weak."""
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(D)
     centers = common + 0.8 * rng.standard_normal((K, D))
     splits = {}
-    for name, n in zip(("train", "val", "test"), per_class):
+    for name, n in zip(("train", "val", "test"), per_class, strict=False):
         if name == "val" and not with_val:
             continue
         labels = np.repeat(np.arange(K), n)
@@ -65,16 +95,24 @@ def clustered(cache: Path, dataset: str = "eurosat", *, per_class=(10, 5, 20), w
     return write_store(cache, dataset, text, splits, aug_scale)
 
 
-SMALL_GRIDS = {"linear-probe": {"cs": (0.1, 10.0, 1000.0)},
-               "tip-adapter": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0)},
-               "tip-adapter-f": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0), "epochs": 5}}
+SMALL_GRIDS = {
+    "linear-probe": {"cs": (0.1, 10.0, 1000.0)},
+    "tip-adapter": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0)},
+    "tip-adapter-f": {"alphas": (0.1, 1.0, 3.0, 10.0), "betas": (1.0, 5.0), "epochs": 5},
+}
 
 
 def cfg_for(tmp_path: Path, method: str, method_kw: dict | None = None, **kw) -> FitConfig:
     """A small grid; ``method_kw`` replaces the method's settings of ``SMALL_GRIDS``."""
     settings = {**SMALL_GRIDS.get(method, {}), **(method_kw or {})}
-    base_kw = dict(method=method, method_config=get_method(method).config(**settings), shots=(4,), seeds=(1,),
-                   cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    base_kw = {
+        "method": method,
+        "method_config": get_method(method).config(**settings),
+        "shots": (4,),
+        "seeds": (1,),
+        "cache_dir": str(tmp_path / "cache"),
+        "results_dir": str(tmp_path / "results"),
+    }
     base_kw.update(kw)
     return FitConfig(**base_kw)
 
@@ -87,6 +125,7 @@ def test_registered():
 
 # ---------------------------------------------------------------- through fit_dataset
 
+
 @pytest.mark.parametrize("method", BASELINES)
 def test_fit_beats_chance_and_zero_shot_and_artifact_loads(tmp_path, method):
     clustered(tmp_path / "cache")
@@ -98,8 +137,11 @@ def test_fit_beats_chance_and_zero_shot_and_artifact_loads(tmp_path, method):
     folder = next((tmp_path / "results").rglob("result.json")).parent
     tensors, class_weights, meta = load_adapter(folder / "adapter.safetensors")
     assert meta["method"] == method and class_weights.shape == (K, D)
-    expected = {"linear-probe": {"weight", "bias"}, "tip-adapter": {"keys", "values", "alpha", "beta"},
-                "tip-adapter-f": {"keys", "values", "alpha", "beta"}}[method]
+    expected = {
+        "linear-probe": {"weight", "bias"},
+        "tip-adapter": {"keys", "values", "alpha", "beta"},
+        "tip-adapter-f": {"keys", "values", "alpha", "beta"},
+    }[method]
     assert set(tensors) == expected
     # the file alone reproduces the run's test accuracy
     with st.open_store(st.store_path(tmp_path / "cache", REF.model_id, REF.weights_id, "eurosat")) as s:
@@ -129,7 +171,8 @@ def test_methods_never_read_test(tmp_path, monkeypatch, method):
             training[0] = False
 
     monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    monkeypatch.setitem(base._METHODS, method, dataclasses.replace(m, train=spy_train))
+    spy = dataclasses.replace(m, train=spy_train)
+    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == method else get_method(name))
     fit_dataset("eurosat", REF, cfg_for(tmp_path, method))
     assert {s for s, during in reads if during} == {"train", "val"}
     assert ("test", False) in reads
@@ -140,13 +183,18 @@ def test_selection_follows_val_not_test(tmp_path):
     alpha must be val's, and its test accuracy then falls below zero-shot."""
     rng = np.random.default_rng(1)
     centers = np.eye(K, D) * 5 + 1
-    perm = np.roll(np.arange(K), 1)                     # text of class k points at cluster perm[k]
+    perm = np.roll(np.arange(K), 1)  # text of class k points at cluster perm[k]
     text = centers[perm]
     labels = np.repeat(np.arange(K), 6)
-    noise = lambda n: 0.3 * rng.standard_normal((n, D))  # noqa: E731
-    splits = {"train": (centers[labels] + noise(len(labels)), labels, None),
-              "val": (centers[labels] + noise(len(labels)), labels, None),        # cache right, text wrong
-              "test": (centers[perm[labels]] + noise(len(labels)), labels, None)}  # text right, cache wrong
+
+    def noise(n: int) -> np.ndarray:
+        return 0.3 * rng.standard_normal((n, D))
+
+    splits = {
+        "train": (centers[labels] + noise(len(labels)), labels, None),
+        "val": (centers[labels] + noise(len(labels)), labels, None),  # cache right, text wrong
+        "test": (centers[perm[labels]] + noise(len(labels)), labels, None),
+    }  # text right, cache wrong
     write_store(tmp_path / "cache", "dtd", text, splits)
     cfg = cfg_for(tmp_path, "tip-adapter", {"alphas": (0.0, 0.5, 100.0), "betas": (5.0,)})
     [result] = fit_dataset("dtd", REF, cfg)
@@ -171,8 +219,9 @@ def test_tip_math_matches_its_definition():
     feats, cw = torch.randn(40, D, generator=gen), torch.randn(K, D, generator=gen)
     clean, aug = torch.randn(18, D, generator=gen), torch.randn(18, 4, D, generator=gen)
     keys = build_keys(clean, aug)
-    assert torch.allclose(keys, F.normalize(aug.mean(1), dim=-1)) and torch.allclose(build_keys(clean, None),
-                                                                                     F.normalize(clean, dim=-1))
+    assert torch.allclose(keys, F.normalize(aug.mean(1), dim=-1)) and torch.allclose(
+        build_keys(clean, None), F.normalize(clean, dim=-1)
+    )
     labels = torch.arange(18) % K
     values = F.one_hot(labels, K).float()
     affinity = F.normalize(feats, dim=-1) @ keys.t()
@@ -189,15 +238,16 @@ def test_tip_math_matches_its_definition():
 
 # ---------------------------------------------------------------- linear probe
 
+
 def test_linear_probe_reaches_the_optimum_and_the_span_shortcut_is_exact():
     gen = torch.Generator().manual_seed(2)
-    x = F.normalize(torch.randn(30, 40, generator=gen), dim=-1)          # N < D: solved in the span
+    x = F.normalize(torch.randn(30, 40, generator=gen), dim=-1)  # N < D: solved in the span
     y = torch.arange(30) % 5
     [fit] = fit_logistic_path(x, y, 5, [3.0], dtype=torch.float64)
     w = fit.weight.double().requires_grad_(True)
     b = fit.bias.double().requires_grad_(True)
     objective(w, b, x.double(), y, 3.0).backward()
-    assert torch.cat([w.grad.flatten(), b.grad]).abs().max() < 1e-5     # stationary (up to the float32 result)
+    assert torch.cat([w.grad.flatten(), b.grad]).abs().max() < 1e-5  # stationary (up to the float32 result)
     # every sample twice (2N > D: solved in full) with C halved is the same objective
     [again] = fit_logistic_path(torch.cat([x, x]), torch.cat([y, y]), 5, [1.5], dtype=torch.float64)
     assert torch.allclose(again.weight, fit.weight, atol=1e-4) and torch.allclose(again.bias, fit.bias, atol=1e-4)
@@ -213,11 +263,12 @@ def test_linear_probe_matches_sklearn():
         ref = sklearn.LogisticRegression(C=c, solver="lbfgs", max_iter=5000, tol=1e-10).fit(x, y)
         [fit] = fit_logistic_path(torch.from_numpy(x), torch.from_numpy(y), 4, [c], dtype=torch.float64)
         assert np.allclose(fit.weight.numpy(), ref.coef_, atol=2e-3)
-        centred = fit.bias.numpy() - fit.bias.numpy().mean()       # the bias is unique up to a constant
+        centred = fit.bias.numpy() - fit.bias.numpy().mean()  # the bias is unique up to a constant
         assert np.allclose(centred, ref.intercept_ - ref.intercept_.mean(), atol=2e-3)
 
 
 # ---------------------------------------------------------------- determinism, no-val policy, CLI
+
 
 @pytest.mark.parametrize("method", ["linear-probe", "tip-adapter-f"])
 def test_deterministic(tmp_path, method):
@@ -229,7 +280,7 @@ def test_deterministic(tmp_path, method):
     second = fit_dataset("eurosat", REF, dataclasses.replace(cfg, force=True))
     assert [r["metrics"] for r in first] == [r["metrics"] for r in second]
     assert [r["selection"] for r in first] == [r["selection"] for r in second]
-    for f, before in zip(files, tensors):
+    for f, before in zip(files, tensors, strict=False):
         after = load_adapter(f)[0]
         assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -239,25 +290,41 @@ def test_tipf_seeded_training_changes_the_keys():
     views, labels = torch.randn(24, 3, D, generator=gen), torch.arange(24) % K
     keys = build_keys(views[:, 0], views)
     cw = torch.randn(K, D, generator=gen)
-    kw = dict(epochs=3, lr=1e-3, batch_size=8, device="cpu")
+    kw = {"epochs": 3, "lr": 1e-3, "batch_size": 8, "device": "cpu"}
     a = finetune_keys(views, labels, keys, cw, 100.0, 1.0, 1.0, seed=1, **kw)
     b = finetune_keys(views, labels, keys, cw, 100.0, 1.0, 1.0, seed=1, **kw)
     c = finetune_keys(views, labels, keys, cw, 100.0, 1.0, 1.0, seed=2, **kw)
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, keys)
 
 
-@pytest.mark.parametrize("method,chosen", [("linear-probe", {"C": 10.0}), ("tip-adapter", {"alpha": 1.0, "beta": 1.0}),
-                                           ("tip-adapter-f", {"alpha": 1.0, "beta": 1.0})])
+@pytest.mark.parametrize(
+    "method,chosen",
+    [
+        ("linear-probe", {"C": 10.0}),
+        ("tip-adapter", {"alpha": 1.0, "beta": 1.0}),
+        ("tip-adapter-f", {"alpha": 1.0, "beta": 1.0}),
+    ],
+)
 def test_no_val_uses_fixed_defaults(tmp_path, method, chosen):
     clustered(tmp_path / "cache", "imagenet", with_val=False, per_class=(20, 0, 10))
-    [result] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, {
-        k: getattr(get_method(method).config(), k) for k in ("cs", "alphas") if k in SMALL_GRIDS[method]}))
+    [result] = fit_dataset(
+        "imagenet",
+        REF,
+        cfg_for(
+            tmp_path,
+            method,
+            {k: getattr(get_method(method).config(), k) for k in ("cs", "alphas") if k in SMALL_GRIDS[method]},
+        ),
+    )
     sel = result["selection"]
     assert sel["on"] == "none" and sel["chosen"] == chosen and "no val" in sel["reason"]
     assert result["metrics"]["val"] is None
     # a single value given is used as is; --no-val holdout searches the grid on held-out train images
-    single = {"linear-probe": {"cs": (0.5,)}, "tip-adapter": {"alphas": (2.0,), "betas": (3.0,)},
-              "tip-adapter-f": {"alphas": (2.0,), "betas": (3.0,)}}[method]
+    single = {
+        "linear-probe": {"cs": (0.5,)},
+        "tip-adapter": {"alphas": (2.0,), "betas": (3.0,)},
+        "tip-adapter-f": {"alphas": (2.0,), "betas": (3.0,)},
+    }[method]
     [fixed] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, single))
     assert list(fixed["selection"]["chosen"].values()) == [v[0] for v in single.values()]
     [held] = fit_dataset("imagenet", REF, cfg_for(tmp_path, method, no_val="holdout"))
@@ -274,16 +341,38 @@ def test_tip_differences_name_the_cache_augmentation(tmp_path):
     assert "mean of 3 cached augmented views" in coop["config"]["cache"]
 
 
-METHOD_ARGS = {"linear-probe": ["--lp-c", "1,100"], "tip-adapter": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4"],
-               "tip-adapter-f": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4", "--tip-epochs", "2"]}
+METHOD_ARGS = {
+    "linear-probe": ["--lp-c", "1,100"],
+    "tip-adapter": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4"],
+    "tip-adapter-f": ["--tip-alpha", "0.5,2", "--tip-beta", "1,4", "--tip-epochs", "2"],
+}
 
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_cli_fit(tmp_path, method, cli):
     clustered(tmp_path / "cache")
-    args = ["fit", "--dataset", "eurosat", "--method", method, "--model", "RN50", "--pretrained", "none",
-            "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"), "--shots", "2",
-            "--seeds", "1", "--device", "cpu", *METHOD_ARGS[method]]
+    args = [
+        "fit",
+        "--dataset",
+        "eurosat",
+        "--method",
+        method,
+        "--model",
+        "RN50",
+        "--pretrained",
+        "none",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--shots",
+        "2",
+        "--seeds",
+        "1",
+        "--device",
+        "cpu",
+        *METHOD_ARGS[method],
+    ]
     code, out, err = cli(*args)
     assert code == 0, out + err
     [path] = (tmp_path / "results").rglob("result.json")

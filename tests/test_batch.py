@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from cacheclip.batch.runner import BatchConfig, ModelSpec, extract_config, load_config, read_config_file, to_command
-from cacheclip.errors import ConfigError
 from cacheclip.datasets.synthetic import make_dataset
+from cacheclip.errors import ConfigError
 
 SMALL = {"n_classes": 3, "n_train": 4, "n_val": 2, "n_test": 3, "image_size": 32}
-GRID = ["--shots", "1,2", "--seeds", "1,2", "--epochs", "3", "--aug-views", "2", "--workers", "0",
-        "--device", "cpu"]
+GRID = ["--shots", "1,2", "--seeds", "1,2", "--epochs", "3", "--aug-views", "2", "--workers", "0", "--device", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +40,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     from cacheclip.cli import common
     from cacheclip.cli.main import main
 
-    common.out.width = common.console.width = 250   # no table wrapping in captured output
+    common.out.width = common.console.width = 250  # no table wrapping in captured output
     argv, sys.argv = sys.argv, ["cacheclip", *args]
     try:
         main()
@@ -77,8 +76,19 @@ def done_batch(tmp_path_factory, tiny_clip):
     base = tmp_path_factory.mktemp("batch")
     for name in ("eurosat", "dtd"):
         make_dataset(name, base / "data", **SMALL)
-    args = ["batch", "--root", str(base / "data"), "--datasets", "eurosat,dtd", *model_args(tiny_clip), *GRID,
-            "--cache-dir", str(base / "cache"), "--results-dir", str(base / "results")]
+    args = [
+        "batch",
+        "--root",
+        str(base / "data"),
+        "--datasets",
+        "eurosat,dtd",
+        *model_args(tiny_clip),
+        *GRID,
+        "--cache-dir",
+        str(base / "cache"),
+        "--results-dir",
+        str(base / "results"),
+    ]
     return base, args
 
 
@@ -88,18 +98,22 @@ def done_batch(tmp_path_factory, tiny_clip):
 def test_toml_config_flag_override_and_paths(tmp_path):
     toml = tmp_path / "conf" / "batch.toml"
     toml.parent.mkdir()
-    toml.write_text('datasets = ["eurosat", "dtd"]\nmodels = [{model = "RN50", pretrained = "openai"},'
-                    ' {model = "my.json", pretrained = "w.pt"}]\nshots = [1, 4]\nseeds = 7\nalphas = [0.2, 1]\n'
-                    'epochs = "coop"\nroot = "data"\nresults_dir = "/abs/results"\nfail_fast = true\n'
-                    'precision = "amp"\n')
+    toml.write_text(
+        'datasets = ["eurosat", "dtd"]\nmodels = [{model = "RN50", pretrained = "openai"},'
+        ' {model = "my.json", pretrained = "w.pt"}]\nshots = [1, 4]\nseeds = 7\nalphas = [0.2, 1]\n'
+        'epochs = "coop"\nroot = "data"\nresults_dir = "/abs/results"\nfail_fast = true\n'
+        'precision = "amp"\n'
+    )
     cfg = load_config(toml, {"shots": (2,), "epochs": 5})
     assert cfg.datasets == ("eurosat", "dtd") and cfg.shots == (2,) and cfg.seeds == (7,)
-    adapter = cfg.method_config("clip-adapter")   # legacy top-level keys: CLIP-Adapter's settings
+    adapter = cfg.method_config("clip-adapter")  # legacy top-level keys: CLIP-Adapter's settings
     assert adapter.epochs == 5 and adapter.alphas == (0.2, 1.0) and cfg.fail_fast is True
-    assert cfg.models == (ModelSpec("RN50", "openai"),
-                          ModelSpec(str(toml.parent / "my.json"), str(toml.parent / "w.pt")))
+    assert cfg.models == (
+        ModelSpec("RN50", "openai"),
+        ModelSpec(str(toml.parent / "my.json"), str(toml.parent / "w.pt")),
+    )
     assert cfg.root == str(toml.parent / "data") and cfg.results_dir == "/abs/results"
-    assert read_config_file(toml).method_config("clip-adapter").epochs is None   # "coop": CoOp's policy
+    assert read_config_file(toml).method_config("clip-adapter").epochs is None  # "coop": CoOp's policy
     command = to_command(cfg, datasets=["dtd"], models=cfg.models[:1])
     assert "--datasets dtd --model RN50 --pretrained openai --shots 2 --seeds 7" in command
     assert "--epochs 5" in command and "w.pt" not in command and "--precision amp" in command
@@ -125,12 +139,27 @@ def test_unknown_or_bad_keys_fail_loudly(tmp_path, capsys):
         load_config(None, {"precision": "bf16"})
     with pytest.raises(Exception, match="unknown dataset 'eurosatt'"):
         load_config(None, {"datasets": ["eurosatt"]})
-    assert BatchConfig().dataset_names()[:2] == ["imagenet", "caltech101"]   # coop11
+    assert BatchConfig().dataset_names()[:2] == ["imagenet", "caltech101"]  # coop11
 
 
 def test_model_pretrained_pairs(capsys, tmp_path):
-    code, _, err = cli(capsys, "batch", "--root", str(tmp_path), "--model", "RN50", "--model", "ViT-B-32",
-                       "--pretrained", "a", "--pretrained", "b", "--pretrained", "c", "--dry-run")
+    code, _, err = cli(
+        capsys,
+        "batch",
+        "--root",
+        str(tmp_path),
+        "--model",
+        "RN50",
+        "--model",
+        "ViT-B-32",
+        "--pretrained",
+        "a",
+        "--pretrained",
+        "b",
+        "--pretrained",
+        "c",
+        "--dry-run",
+    )
     assert code == 2 and "give one per model" in err
 
 
@@ -157,15 +186,22 @@ def test_batch_completes_then_rerun_skips_everything(done_batch, capsys):
     logs = list((base / "results").glob("batch-*.log"))
     assert len(logs) == 1
     text = logs[0].read_text()
-    for line in ("eurosat] extract start", "eurosat] extract done", "dtd] fit clip-adapter 2-shot: 2 trained",
-                 "summary: 2 ok, 0 failed"):
+    for line in (
+        "eurosat] extract start",
+        "eurosat] extract done",
+        "dtd] fit clip-adapter 2-shot: 2 trained",
+        "summary: 2 ok, 0 failed",
+    ):
         assert line in text
     stamps = {p: p.stat().st_mtime_ns for p in result_files(base / "results")}
 
     code, out, err = cli(capsys, *args)
     assert code == 0 and "(0 runs trained now, 8 were done)" in out
     assert {p: p.stat().st_mtime_ns for p in result_files(base / "results")} == stamps
-    assert "extract start" not in max((base / "results").glob("batch-*.log"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    assert (
+        "extract start"
+        not in max((base / "results").glob("batch-*.log"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    )
 
     code, out, _ = cli(capsys, *args, "--dry-run")
     assert code == 0 and "8 runs done, 0 to run" in out and out.count("up to date") == 2
@@ -177,8 +213,19 @@ def test_broken_datasets_fail_alone(tmp_path, tiny_clip, capsys):
     dtd = make_dataset("dtd", data, **SMALL)
     bad = sorted((dtd / "images").rglob("*.jpg"))[0]
     bad.write_bytes(b"not a jpeg at all")
-    args = ["batch", "--root", str(data), "--datasets", "dtd,oxford_pets,eurosat", *model_args(tiny_clip), *GRID,
-            "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results")]
+    args = [
+        "batch",
+        "--root",
+        str(data),
+        "--datasets",
+        "dtd,oxford_pets,eurosat",
+        *model_args(tiny_clip),
+        *GRID,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
     code, out, err = cli(capsys, *args)
     assert code == 1
     assert run_ids(tmp_path / "results") == expected_ids(["eurosat"])
@@ -190,7 +237,7 @@ def test_broken_datasets_fail_alone(tmp_path, tiny_clip, capsys):
 
     code, out, err = cli(capsys, *args, "--fail-fast")
     skipped = next(line for line in err.splitlines() if line.startswith("not run (--fail-fast):"))
-    assert code == 1 and "oxford_pets" in skipped and "eurosat" in skipped   # stopped after dtd
+    assert code == 1 and "oxford_pets" in skipped and "eurosat" in skipped  # stopped after dtd
     assert "cannot decode" in err and "dataset folder" not in err
 
 
@@ -200,9 +247,31 @@ def test_kill_mid_batch_then_resume(tmp_path, tiny_clip):
     for name in names:
         make_dataset(name, data, **SMALL)
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "cacheclip", "batch", "--root", str(data), "--datasets", ",".join(names),
-           *model_args(tiny_clip), "--shots", "1,2,4", "--seeds", "1,2", "--aug-views", "2", "--workers", "0",
-           "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cacheclip",
+        "batch",
+        "--root",
+        str(data),
+        "--datasets",
+        ",".join(names),
+        *model_args(tiny_clip),
+        "--shots",
+        "1,2,4",
+        "--seeds",
+        "1,2",
+        "--aug-views",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--results-dir",
+        str(results),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -245,8 +314,20 @@ def test_report_numbers_equal_the_jsons(done_batch, capsys, tmp_path):
         assert math.isclose(float(row["std"]), statistics.stdev(values), abs_tol=1e-4)
         assert int(row["n_seeds"]) == len(values)
 
-    code, out, _ = cli(capsys, "report", "--results", str(base / "results"), "--out", str(out_dir),
-                       "--datasets", "eurosat,oxford_pets", "--shots", "2", "--seeds", "1,2,3")
+    code, out, _ = cli(
+        capsys,
+        "report",
+        "--results",
+        str(base / "results"),
+        "--out",
+        str(out_dir),
+        "--datasets",
+        "eurosat,oxford_pets",
+        "--shots",
+        "2",
+        "--seeds",
+        "1,2,3",
+    )
     assert code == 0
     assert "dtd" not in out and "| oxford_pets | — | — |" in out
     assert "missing: eurosat 2-shot seeds 3" in out and "1-shot" not in out
@@ -264,8 +345,14 @@ def test_report_without_results_says_so(tmp_path, capsys):
 def test_demo_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cacheclip", "demo", "--out", str(tmp_path / "demo")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "cacheclip", "demo", "--out", str(tmp_path / "demo")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SYNTHETIC" in done.stderr and "synthetic (random model)" in done.stdout

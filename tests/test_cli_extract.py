@@ -18,8 +18,23 @@ def tiny_args(tiny_clip, tmp_path) -> list:
 
 
 def _extract(cli, root: Path, tiny_args: list, *extra, dataset: str = "eurosat"):
-    return cli("extract", "-d", dataset, "--root", root, *tiny_args, "--workers", 0, "--aug-views", 2,
-               "--shots", "1,2", "--seeds", "1", *extra)
+    return cli(
+        "extract",
+        "-d",
+        dataset,
+        "--root",
+        root,
+        *tiny_args,
+        "--workers",
+        0,
+        "--aug-views",
+        2,
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1",
+        *extra,
+    )
 
 
 def _user_error(code: int, err: str, *fragments: str) -> None:
@@ -33,6 +48,7 @@ def _user_error(code: int, err: str, *fragments: str) -> None:
 
 # ---------------------------------------------------------------- success paths
 
+
 def test_extract_ls_export(cli, coop_root, tiny_args, tmp_path):
     code, out, err = _extract(cli, coop_root, tiny_args)
     assert code == 0, err
@@ -43,7 +59,7 @@ def test_extract_ls_export(cli, coop_root, tiny_args, tmp_path):
     code, out, _ = cli("ls", "--cache-dir", tmp_path / "cache")
     assert code == 0
     row = next(line for line in out.splitlines() if "eurosat" in line)
-    assert "cacheclip-tiny-vit" in row and "float16" in row and "12/12" in row   # val 12/12, test 12/12
+    assert "cacheclip-tiny-vit" in row and "float16" in row and "12/12" in row  # val 12/12, test 12/12
 
     for split, n in (("train", None), ("test", 12)):
         npz = tmp_path / f"{split}.npz"
@@ -70,8 +86,9 @@ def test_extract_ls_export(cli, coop_root, tiny_args, tmp_path):
                 assert z["paths"].tolist() == [s.listing(split).paths[i] for i in s.encoded(split)]
 
 
-@pytest.mark.parametrize("bf16, precision, noted", [(True, "auto", True), (True, "fp32", False),
-                                                     (False, "auto", False)])
+@pytest.mark.parametrize(
+    "bf16, precision, noted", [(True, "auto", True), (True, "fp32", False), (False, "auto", False)]
+)
 def test_bf16_cpus_get_a_note_about_amp(cli, coop_root, tiny_args, monkeypatch, bf16, precision, noted):
     import cacheclip.features.models
 
@@ -87,6 +104,7 @@ def test_ls_with_no_stores(cli, tmp_path):
 
 
 # ---------------------------------------------------------------- user errors: exit 1, one line + hint
+
 
 def test_unknown_dataset_lists_the_names(cli, coop_root, tiny_args):
     code, _, err = _extract(cli, coop_root, tiny_args, dataset="eurosatt")
@@ -120,8 +138,20 @@ def test_corrupt_image_is_named(workers, cli, make_data, tiny_args):
     folder = make_data("eurosat")
     bad = sorted((folder / "2750").rglob("*.jpg"))[5]
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    code, _, err = cli("extract", "-d", "eurosat", "--root", folder.parent, *tiny_args, "--workers", workers,
-                       "--train", "all", "--aug-views", 0)
+    code, _, err = cli(
+        "extract",
+        "-d",
+        "eurosat",
+        "--root",
+        folder.parent,
+        *tiny_args,
+        "--workers",
+        workers,
+        "--train",
+        "all",
+        "--aug-views",
+        0,
+    )
     _user_error(code, err, f"cannot decode {bad}", "replace or delete the file")
 
 
@@ -131,11 +161,23 @@ def test_unknown_model_suggests_close_names(cli, coop_root, tmp_path):
 
 
 def test_pretrained_neither_tag_nor_file(cli, coop_root, tiny_clip, tmp_path):
-    code, _, err = cli("extract", "-d", "eurosat", "--root", coop_root, "-m", "RN50", "-p", "opneai",
-                       "--cache-dir", tmp_path)
+    code, _, err = cli(
+        "extract", "-d", "eurosat", "--root", coop_root, "-m", "RN50", "-p", "opneai", "--cache-dir", tmp_path
+    )
     _user_error(code, err, "neither a tag of RN50 nor an existing file", "openai")
-    code, _, err = cli("extract", "-d", "eurosat", "--root", coop_root, "-m", tiny_clip[0],
-                       "-p", tmp_path / "missing.pt", "--cache-dir", tmp_path)
+    code, _, err = cli(
+        "extract",
+        "-d",
+        "eurosat",
+        "--root",
+        coop_root,
+        "-m",
+        tiny_clip[0],
+        "-p",
+        tmp_path / "missing.pt",
+        "--cache-dir",
+        tmp_path,
+    )
     _user_error(code, err, "missing.pt", "neither a tag")
 
 
@@ -149,14 +191,17 @@ def test_store_locked_and_store_mismatch(cli, coop_root, tiny_args, tiny_loaded,
     _user_error(code, err, "was built from other inputs", "dtype: store has 'float16', asked 'float32'")
 
 
-@pytest.mark.parametrize("option, value, code, reason", [
-    ("--aug-scale", "0.5", 2, "expected two numbers"),
-    ("--aug-scale", "1,0.5", 2, "expected two numbers"),
-    ("--aug-scale", "a,b", 2, "expected comma-separated numbers"),
-    ("--aug-views", "-1", 2, "--aug-views"),
-    ("--dtype", "float64", 1, "--dtype float64 is not supported"),
-    ("--train", "most", 1, "--train most is not supported"),
-])
+@pytest.mark.parametrize(
+    "option, value, code, reason",
+    [
+        ("--aug-scale", "0.5", 2, "expected two numbers"),
+        ("--aug-scale", "1,0.5", 2, "expected two numbers"),
+        ("--aug-scale", "a,b", 2, "expected comma-separated numbers"),
+        ("--aug-views", "-1", 2, "--aug-views"),
+        ("--dtype", "float64", 1, "--dtype float64 is not supported"),
+        ("--train", "most", 1, "--train most is not supported"),
+    ],
+)
 def test_bad_option_values(option, value, code, reason, cli, coop_root, tiny_args):
     got, _, err = _extract(cli, coop_root, tiny_args, option, value)
     assert got == code, err
@@ -177,11 +222,11 @@ def test_offline_tag_with_nothing_cached_fails_fast(cli, coop_root, tmp_path, mo
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     start = time.monotonic()
-    code, _, err = cli("extract", "-d", "eurosat", "--root", coop_root, "-m", "RN50", "-p", "openai",
-                       "--cache-dir", tmp_path / "cache")
+    code, _, err = cli(
+        "extract", "-d", "eurosat", "--root", coop_root, "-m", "RN50", "-p", "openai", "--cache-dir", tmp_path / "cache"
+    )
     assert time.monotonic() - start < 30
-    _user_error(code, err, "cannot get the 'openai' weights of RN50-quickgelu", "offline",
-                "--pretrained /path/to/file")
+    _user_error(code, err, "cannot get the 'openai' weights of RN50-quickgelu", "offline", "--pretrained /path/to/file")
 
 
 def test_messages_are_printed_verbatim(cli, tiny_args, tmp_path):

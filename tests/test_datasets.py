@@ -11,15 +11,36 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cacheclip.datasets import catalog as datasets
-from cacheclip.datasets.layouts import load_imagefolder
-from cacheclip.datasets.catalog import COOP11, DatasetSpec, check_images, dataset_folder, expand_names, get_dataset_spec, list_datasets, register_dataset, resolve_data_root, resolve_name
-from cacheclip.datasets.layouts import load_dataset
-from cacheclip.errors import ConfigError, DatasetLayoutError, MissingImagesError, UnknownNameError
+from cacheclip.datasets.catalog import (
+    COOP11,
+    DatasetSpec,
+    check_images,
+    dataset_folder,
+    expand_names,
+    get_dataset_spec,
+    list_datasets,
+    register_dataset,
+    resolve_data_root,
+    resolve_name,
+    unregister_dataset,
+)
+from cacheclip.datasets.layouts import load_dataset, load_imagefolder
 from cacheclip.datasets.synthetic import make_dataset
+from cacheclip.errors import ConfigError, DatasetLayoutError, MissingImagesError, UnknownNameError
 
-COOP_ORDER = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-              "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+COOP_ORDER = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+]
 
 # --------------------------------------------------------------------------- names
 
@@ -29,14 +50,31 @@ def test_list_datasets_is_coop_order():
     assert list(COOP11) == COOP_ORDER
 
 
-@pytest.mark.parametrize("alias, canonical", [
-    ("EuroSAT", "eurosat"), ("euro_sat", "eurosat"), ("Flowers102", "oxford_flowers"),
-    ("oxford-flowers", "oxford_flowers"), ("OxfordPets", "oxford_pets"), ("pets", "oxford_pets"),
-    ("StanfordCars", "stanford_cars"), ("cars", "stanford_cars"), ("FGVCAircraft", "fgvc_aircraft"),
-    ("aircraft", "fgvc_aircraft"), ("Food101", "food101"), ("food-101", "food101"), ("SUN397", "sun397"),
-    ("Caltech101", "caltech101"), ("caltech-101", "caltech101"), ("DescribableTextures", "dtd"),
-    ("DTD", "dtd"), ("UCF101", "ucf101"), ("ImageNet", "imagenet"), ("IMAGENET", "imagenet"),
-])
+@pytest.mark.parametrize(
+    "alias, canonical",
+    [
+        ("EuroSAT", "eurosat"),
+        ("euro_sat", "eurosat"),
+        ("Flowers102", "oxford_flowers"),
+        ("oxford-flowers", "oxford_flowers"),
+        ("OxfordPets", "oxford_pets"),
+        ("pets", "oxford_pets"),
+        ("StanfordCars", "stanford_cars"),
+        ("cars", "stanford_cars"),
+        ("FGVCAircraft", "fgvc_aircraft"),
+        ("aircraft", "fgvc_aircraft"),
+        ("Food101", "food101"),
+        ("food-101", "food101"),
+        ("SUN397", "sun397"),
+        ("Caltech101", "caltech101"),
+        ("caltech-101", "caltech101"),
+        ("DescribableTextures", "dtd"),
+        ("DTD", "dtd"),
+        ("UCF101", "ucf101"),
+        ("ImageNet", "imagenet"),
+        ("IMAGENET", "imagenet"),
+    ],
+)
 def test_resolve_name_aliases(alias, canonical):
     assert resolve_name(alias) == canonical
 
@@ -63,21 +101,35 @@ def test_expand_names():
         expand_names(["dtd,nope"])
 
 
-def test_register_dataset(monkeypatch, coop_root):
-    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
-    monkeypatch.setattr(datasets, "_ALIASES", dict(datasets._ALIASES))
-    spec = DatasetSpec(name="eurosat_copy", folder="eurosat", image_root="2750",
-                       split_file="split_zhou_EuroSAT.json", template_key="eurosat", aliases=("ESC",))
+def test_register_dataset(coop_root):
+    spec = DatasetSpec(
+        name="eurosat_copy",
+        folder="eurosat",
+        image_root="2750",
+        split_file="split_zhou_EuroSAT.json",
+        template_key="eurosat",
+        aliases=("ESC",),
+    )
     with pytest.raises(ConfigError):  # the folder name 'eurosat' is taken
         register_dataset(spec)
-    spec = DatasetSpec(name="eurosat_copy", folder="eurosat_copy", image_root="2750",
-                       split_file="split_zhou_EuroSAT.json", aliases=("ESC",))
+    spec = DatasetSpec(
+        name="eurosat_copy",
+        folder="eurosat_copy",
+        image_root="2750",
+        split_file="split_zhou_EuroSAT.json",
+        aliases=("ESC",),
+    )
     register_dataset(spec)
-    assert resolve_name("esc") == "eurosat_copy" and get_dataset_spec("ESC") is spec
-    assert list_datasets()[-1] == "eurosat_copy" and "eurosat_copy" not in expand_names("coop11")
-    shutil.copytree(coop_root / "eurosat", coop_root.parent / "reg" / "eurosat_copy")
-    ds = load_dataset("ESC", coop_root.parent / "reg")
-    assert ds.name == "eurosat_copy" and len(ds.classnames) == 4
+    try:
+        assert resolve_name("esc") == "eurosat_copy" and get_dataset_spec("ESC") is spec
+        assert list_datasets()[-1] == "eurosat_copy" and "eurosat_copy" not in expand_names("coop11")
+        shutil.copytree(coop_root / "eurosat", coop_root.parent / "reg" / "eurosat_copy")
+        ds = load_dataset("ESC", coop_root.parent / "reg")
+        assert ds.name == "eurosat_copy" and len(ds.classnames) == 4
+    finally:
+        unregister_dataset("eurosat_copy")
+    with pytest.raises(UnknownNameError):
+        resolve_name("esc")
 
 
 # --------------------------------------------------------------------------- roots and folders
@@ -89,8 +141,8 @@ def test_resolve_data_root(monkeypatch, tmp_path):
     assert resolve_data_root(str(tmp_path)) == tmp_path
     (tmp_path / "sub").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "sub")
-    assert resolve_data_root(tmp_path / "sub" / "..") == tmp_path                 # messages show no ".."
-    assert resolve_data_root(tmp_path / "link") == tmp_path / "link"             # a symlink is kept as given
+    assert resolve_data_root(tmp_path / "sub" / "..") == tmp_path  # messages show no ".."
+    assert resolve_data_root(tmp_path / "link") == tmp_path / "link"  # a symlink is kept as given
     with pytest.raises(DatasetLayoutError) as err:
         resolve_data_root(None)
     assert "--root" in err.value.message and "CACHECLIP_DATA" in err.value.message
@@ -247,13 +299,15 @@ def test_split_file_malformed(make_data):
     assert "line" in err.value.message and "re-download" in err.value.hint
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda s: s.pop("val"), "missing list 'val'"),
-    (lambda s: s["train"].__setitem__(1, ["a.jpg", "0", "x"]), "train item 1"),
-    (lambda s: s["test"][0].__setitem__(2, "Not The Same"), "label 0 is called both"),
-    (lambda s: [s[k].__setitem__(slice(None), [r for r in s[k] if r[1] != 1]) for k in s],
-     "1 never appear"),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda s: s.pop("val"), "missing list 'val'"),
+        (lambda s: s["train"].__setitem__(1, ["a.jpg", "0", "x"]), "train item 1"),
+        (lambda s: s["test"][0].__setitem__(2, "Not The Same"), "label 0 is called both"),
+        (lambda s: [s[k].__setitem__(slice(None), [r for r in s[k] if r[1] != 1]) for k in s], "1 never appear"),
+    ],
+)
 def test_split_file_bad_content(make_data, mutate, words):
     folder = make_data("eurosat")
     path = folder / "split_zhou_EuroSAT.json"
@@ -415,8 +469,8 @@ def test_synthetic_more_classes_than_pool(tmp_path):
 
 
 def test_store_name_matches_the_loaded_name(image_folder):
-    from cacheclip.datasets.layouts import load_dataset
     from cacheclip.datasets.catalog import store_name
+    from cacheclip.datasets.layouts import load_dataset
 
     assert store_name("EuroSAT") == "eurosat"
     assert store_name(f"imagefolder:{image_folder}") == load_dataset(f"imagefolder:{image_folder}", None).name

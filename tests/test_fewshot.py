@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 
-from cacheclip.datasets.fewshot import FewShotSplit, holdout_val, needed_train_indices, sample_fewshot, sample_run, sample_run_with_holdout
+from cacheclip.datasets.fewshot import (
+    FewShotSplit,
+    holdout_val,
+    needed_train_indices,
+    sample_fewshot,
+    sample_run,
+    sample_run_with_holdout,
+)
 
 # Labels deliberately unsorted: first appearance is 2, 0, 1 (not 0, 1, 2).
 TRAIN = [2, 0, 2, 1, 0, 2, 2, 1, 0, 0, 2]
@@ -17,16 +24,16 @@ def test_sample_run_by_hand():
     val_groups = [[0, 3], [1, 4, 7], [2, 5, 6]]  # labels 1, 2, 0
     for seed in (1, 2, 3):
         rng = random.Random(seed)
-        want_train = rng.sample(train_groups[0], 2) + rng.sample(train_groups[1], 2) \
-            + rng.sample(train_groups[2], 2)
+        want_train = rng.sample(train_groups[0], 2) + rng.sample(train_groups[1], 2) + rng.sample(train_groups[2], 2)
         want_val = rng.sample(val_groups[0], 2) + rng.sample(val_groups[1], 2) + rng.sample(val_groups[2], 2)
         run = sample_run(TRAIN, VAL, 2, seed)
         assert run == FewShotSplit(shots=2, seed=seed, train=tuple(want_train), val=tuple(want_val))
 
     # The expectations above can tell the wrong rules apart (checked for seed 1):
     rng = random.Random(1)
-    sorted_order = rng.sample(train_groups[1], 2) + rng.sample(train_groups[2], 2) \
-        + rng.sample(train_groups[0], 2)  # labels 0, 1, 2
+    sorted_order = (
+        rng.sample(train_groups[1], 2) + rng.sample(train_groups[2], 2) + rng.sample(train_groups[0], 2)
+    )  # labels 0, 1, 2
     assert list(sample_run(TRAIN, VAL, 2, 1).train) != sorted_order
     fresh = random.Random(1)
     fresh_val = [x for g in val_groups for x in fresh.sample(g, 2)]  # val from a new generator

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cacheclip.features import store as st
-from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
-from cacheclip.fit.stage import FitConfig, fit_dataset
 from cacheclip.datasets.fewshot import needed_train_indices
+from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
+from cacheclip.features import store as st
 from cacheclip.features.models import ModelRef
-from cacheclip.results.runs import load_adapter
 from cacheclip.fit.methods.clip_adapter import ClipAdapterConfig
+from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.results.runs import load_adapter
 
 REF = ModelRef("synthetic", "none", None, None, None, False)
 K, D, V = 5, 16, 3
@@ -25,14 +25,21 @@ def _features(labels: np.ndarray, centers: np.ndarray, rng: np.random.Generator,
     return (centers[labels] + noise * rng.standard_normal((len(labels), D))).astype(np.float32)
 
 
-def make_store(cache: Path, dataset: str = "toy", *, per_class=(12, 6, 20), with_val: bool = True,
-               train_subset: list[int] | None = None, seed: int = 0) -> Path:
+def make_store(
+    cache: Path,
+    dataset: str = "toy",
+    *,
+    per_class=(12, 6, 20),
+    with_val: bool = True,
+    train_subset: list[int] | None = None,
+    seed: int = 0,
+) -> Path:
     """A separable K-class problem whose text classifier is only weakly aligned with it."""
     rng = np.random.default_rng(seed)
     centers = 4 * rng.standard_normal((K, D))
-    text = centers + 12 * rng.standard_normal((K, D))          # weak zero-shot
+    text = centers + 12 * rng.standard_normal((K, D))  # weak zero-shot
     listings, chunks = {}, []
-    for split, n in zip(("train", "val", "test"), per_class):
+    for split, n in zip(("train", "val", "test"), per_class, strict=False):
         if split == "val" and not with_val:
             listings[split] = st.SplitListing([], [])
             continue
@@ -48,17 +55,36 @@ def make_store(cache: Path, dataset: str = "toy", *, per_class=(12, 6, 20), with
     path = st.store_path(cache, REF.model_id, REF.weights_id, dataset)
     for chunk in chunks:
         st.write_part(path, chunk)
-    attrs = {"dataset": dataset, "model": "synthetic", "pretrained": "none", "logit_scale": 100.0,
-             "dtype": "float32", "aug_views": V, "aug_scale": "[0.08, 1.0]", "templates_spec": "default"}
-    st.commit(path, st.StoreContents(attrs, [f"class{k}" for k in range(K)], listings, ["a photo of a {}."],
-                                     text[None].astype(np.float32), text.astype(np.float32)), "float32")
+    attrs = {
+        "dataset": dataset,
+        "model": "synthetic",
+        "pretrained": "none",
+        "logit_scale": 100.0,
+        "dtype": "float32",
+        "aug_views": V,
+        "aug_scale": "[0.08, 1.0]",
+        "templates_spec": "default",
+    }
+    st.commit(
+        path,
+        st.StoreContents(
+            attrs,
+            [f"class{k}" for k in range(K)],
+            listings,
+            ["a photo of a {}."],
+            text[None].astype(np.float32),
+            text.astype(np.float32),
+        ),
+        "float32",
+    )
     return path
 
 
 def small_cfg(tmp_path: Path, **kw) -> FitConfig:
     """CLIP-Adapter, 20 epochs; keywords that name ClipAdapterConfig fields go to the method."""
     method_kw = {"epochs": 20, **{k: kw.pop(k) for k in list(kw) if k in ClipAdapterConfig.__dataclass_fields__}}
-    base = dict(shots=(2, 4), seeds=(1, 2), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"))
+    base = {"shots": (2, 4), "seeds": (1, 2), "cache_dir": str(tmp_path / "cache")}
+    base["results_dir"] = str(tmp_path / "results")
     base.update(kw)
     if base.get("method", "clip-adapter") == "clip-adapter":
         base["method_config"] = ClipAdapterConfig(**method_kw)
@@ -91,9 +117,9 @@ def test_identical_runs_are_skipped_and_deterministic(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in Path(tmp_path / "results").rglob("result.json")}
     again = fit_dataset("toy", REF, cfg)
     assert [r["run_key"] for r in again] == [r["run_key"] for r in first]
-    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes          # skipped, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # skipped, not rewritten
     forced = fit_dataset("toy", REF, FitConfig(**{**cfg.__dict__, "force": True}))
-    assert [r["metrics"] for r in forced] == [r["metrics"] for r in first]   # same numbers on CPU
+    assert [r["metrics"] for r in forced] == [r["metrics"] for r in first]  # same numbers on CPU
 
 
 def test_alpha_grid_is_chosen_on_val_only(tmp_path, monkeypatch):
@@ -106,6 +132,7 @@ def test_alpha_grid_is_chosen_on_val_only(tmp_path, monkeypatch):
         return real_read(self, split, indices, aug=aug)
 
     import cacheclip.fit.methods.clip_adapter as ca
+
     real_train = ca.train_runs
 
     def spy_train(*args, **kwargs):
@@ -159,8 +186,7 @@ def test_no_val_dataset_needs_one_alpha_or_holdout(tmp_path):
 def test_text_and_both_adapters_train(tmp_path):
     make_store(tmp_path / "cache")
     for kind in ("text", "both"):
-        results = fit_dataset("toy", REF, small_cfg(tmp_path, shots=(4,), seeds=(1,),
-                                                    adapter=kind, betas=(0.3, 0.6)))
+        results = fit_dataset("toy", REF, small_cfg(tmp_path, shots=(4,), seeds=(1,), adapter=kind, betas=(0.3, 0.6)))
         assert results[0]["config"]["adapter"]["kind"] == kind
         assert {c["beta"] for c in results[0]["selection"]["candidates"]} == {0.3, 0.6}
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from cacheclip.fit.adapters import AdapterConfig
 from cacheclip.features.extract import ExtractConfig, extract_dataset
 from cacheclip.features.models import load_model
+from cacheclip.fit.adapters import AdapterConfig
 from cacheclip.fit.train import RunSpec, TrainConfig, predict, train_runs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,13 +30,13 @@ def _features(path: Path) -> dict[str, np.ndarray]:
         return {s: f[f"splits/{s}/features"][()].astype(np.float32) for s in ("train", "val", "test")} | {
             "aug": f["splits/train/aug_features"][()].astype(np.float32),
             "text": f["text/ensemble"][()],
-            "encoded": f["splits/train/encoded"][()]}
+            "encoded": f["splits/train/encoded"][()],
+        }
 
 
 def _extract(root: Path, model: tuple[Path, Path], device: str, cache: Path, **kw) -> Path:
     loaded = load_model(str(model[0]), str(model[1]), device=device)
-    cfg = ExtractConfig(cache_dir=str(cache), aug_views=2, shots=(1, 2), seeds=(1,),
-                        dtype="float32", **kw)
+    cfg = ExtractConfig(cache_dir=str(cache), aug_views=2, shots=(1, 2), seeds=(1,), dtype="float32", **kw)
     return extract_dataset("eurosat", root, loaded, cfg).store
 
 
@@ -75,7 +75,7 @@ def test_train_runs_on_cuda_match_cpu():
     cfg = TrainConfig(lr=0.01)
     on_cpu = train_runs(runs, weights, 50.0, cfg, epochs=5, device="cpu")
     on_gpu = train_runs(runs, weights, 50.0, cfg, epochs=5, device="cuda")
-    for a, b in zip(on_cpu, on_gpu):
+    for a, b in zip(on_cpu, on_gpu, strict=False):
         for name in a:
             assert b[name].device.type == "cpu"
             torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
@@ -85,18 +85,47 @@ def test_train_runs_on_cuda_match_cpu():
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cacheclip", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cacheclip", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
 
 
 def test_cli_extract_and_fit_on_cuda(tiny_clip, make_data, tmp_path):
     make_data("eurosat", n_classes=3, n_train=6, n_val=2, n_test=3)
     model = ["--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--cache-dir", str(tmp_path / "c")]
-    out = _cli("extract", "--dataset", "eurosat", "--root", str(tmp_path / "data"), "--device", "cuda",
-               "--shots", "1,2", "--seeds", "1", "--aug-views", "2", *model)
+    out = _cli(
+        "extract",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(tmp_path / "data"),
+        "--device",
+        "cuda",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1",
+        "--aug-views",
+        "2",
+        *model,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    out = _cli("fit", "--dataset", "eurosat", "--device", "cuda", "--shots", "1,2", "--seeds", "1",
-               "--epochs", "3", "--results-dir", str(tmp_path / "results"), *model)
+    out = _cli(
+        "fit",
+        "--dataset",
+        "eurosat",
+        "--device",
+        "cuda",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "3",
+        "--results-dir",
+        str(tmp_path / "results"),
+        *model,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("result.json")]
     assert len(results) == 2 and all(r["config"]["device"].startswith("cuda") for r in results)
@@ -106,10 +135,34 @@ def test_torchrun_on_the_gpus(tiny_clip, make_data, tmp_path):
     """One rank per GPU, two at most (one GPU: torchrun's single-process path)."""
     make_data("eurosat", n_classes=3, n_train=6, n_val=2, n_test=3)
     ranks = min(2, torch.cuda.device_count())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-           "-m", "cacheclip", "extract", "--dataset", "eurosat", "--root", str(tmp_path / "data"),
-           "--model", str(tiny_clip[0]), "--pretrained", str(tiny_clip[1]), "--device", "cuda",
-           "--cache-dir", str(tmp_path / "c"), "--shots", "1", "--seeds", "1", "--aug-views", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ranks}",
+        "-m",
+        "cacheclip",
+        "extract",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(tmp_path / "data"),
+        "--model",
+        str(tiny_clip[0]),
+        "--pretrained",
+        str(tiny_clip[1]),
+        "--device",
+        "cuda",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--shots",
+        "1",
+        "--seeds",
+        "1",
+        "--aug-views",
+        "1",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("eurosat: encoded") == 1

@@ -53,9 +53,11 @@ def test_encode_images_is_the_model_forward(which, request):
 
 
 def test_encode_text_shapes_and_ensemble(tiny_loaded):
-    prompts = [[f"a photo of a {c}." for c in ("cat", "dog", "owl")],
-               [f"art of the {c}." for c in ("cat", "dog", "owl")]]
-    raw, ensemble = encode_text(tiny_loaded, prompts, batch_size=2)   # batching must not matter
+    prompts = [
+        [f"a photo of a {c}." for c in ("cat", "dog", "owl")],
+        [f"art of the {c}." for c in ("cat", "dog", "owl")],
+    ]
+    raw, ensemble = encode_text(tiny_loaded, prompts, batch_size=2)  # batching must not matter
     assert raw.shape == (2, 3, 32) and ensemble.shape == (3, 32)
     tok = open_clip.get_tokenizer(tiny_loaded.name)
     with torch.no_grad():

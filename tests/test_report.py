@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from cacheclip.errors import ConfigError
-from cacheclip.results.published import PAPER_DATASETS, PUBLISHED_SHOTS, published_available, published_curve, published_numbers
 from cacheclip.results.loading import load_results
+from cacheclip.results.published import (
+    PAPER_DATASETS,
+    PUBLISHED_SHOTS,
+    published_available,
+    published_curve,
+    published_numbers,
+)
 from cacheclip.results.report import Cell, average_row, build_reports, summarize, t_quantile_975, to_csv, to_markdown
 from cacheclip.results.write import write_report
 
@@ -37,14 +43,25 @@ def accuracy(dataset: str, shots: int, seed: int) -> float:
 def make_result(dataset, shots, seed, top1, method="clip-adapter", model=RN50, zs=None, differences=()):
     zs_top1 = ZS.get(dataset, 50.0) if zs is None else zs
     return {
-        "schema": "cacheclip.result/1", "run_key": f"{method}-{dataset}-{shots}-{seed}-{top1}",
-        "method": method, "dataset": dataset, "shots": shots, "seed": seed,
-        "model": model[0], "pretrained": model[1],
-        "config": {}, "selection": {}, "store": {}, "versions": {}, "fewshot": {},
+        "schema": "cacheclip.result/1",
+        "run_key": f"{method}-{dataset}-{shots}-{seed}-{top1}",
+        "method": method,
+        "dataset": dataset,
+        "shots": shots,
+        "seed": seed,
+        "model": model[0],
+        "pretrained": model[1],
+        "config": {},
+        "selection": {},
+        "store": {},
+        "versions": {},
+        "fewshot": {},
         "protocol": {"matches_paper": not differences, "differences": list(differences)},
         "zero_shot": {"val": None, "test": {"top1": zs_top1, "mean_per_class": zs_top1, "n": 100}},
-        "metrics": {"val": {"top1": top1, "mean_per_class": top1, "n": 10},
-                    "test": {"top1": top1, "mean_per_class": top1 - 0.5, "n": 100}},
+        "metrics": {
+            "val": {"top1": top1, "mean_per_class": top1, "n": 10},
+            "test": {"top1": top1, "mean_per_class": top1 - 0.5, "n": 100},
+        },
         "wall_time_s": 1.0,
     }
 
@@ -129,8 +146,9 @@ def test_published_column_for_rn50_only(tmp_path: Path):
 
 def test_partial_results_are_marked(tmp_path: Path):
     write_grid(tmp_path, skip={("eurosat", 4, 3), ("dtd", 4, 1), ("dtd", 4, 2), ("dtd", 4, 3)})
-    (report,) = build_reports(load_results([tmp_path]), expected_datasets=["eurosat", "dtd", "oxford_pets"],
-                              expected_shots=[1, 4, 16])
+    (report,) = build_reports(
+        load_results([tmp_path]), expected_datasets=["eurosat", "dtd", "oxford_pets"], expected_shots=[1, 4, 16]
+    )
     assert report.shots == [1, 4, 16] and report.datasets == ["oxford_pets", "dtd", "eurosat"]
     assert report.missing[("eurosat", 4)] == (3,) and report.missing[("dtd", 4)] == SEEDS
     markdown = to_markdown(report)
@@ -150,7 +168,7 @@ def test_average_row(tmp_path: Path):
     cells = [report.cells[(d, 1)] for d in DATASETS]
     one = row[1]
     assert one.mean == pytest.approx(statistics.fmean(c.mean for c in cells))
-    assert one.std == pytest.approx(math.sqrt(sum(c.std ** 2 for c in cells)) / 2)
+    assert one.std == pytest.approx(math.sqrt(sum(c.std**2 for c in cells)) / 2)
     assert one.datasets == ("dtd", "eurosat") and one.seeds == SEEDS
     assert one.partial  # 2 of the paper's 11 datasets
     assert row[4].datasets == ("eurosat",) and row[4].mean == pytest.approx(report.cells[("eurosat", 4)].mean)
@@ -227,11 +245,16 @@ def test_published_module():
     assert tuple(numbers) == PAPER_DATASETS
     assert published_available("RN50", "openai") and published_available("RN50-quickgelu", "openai")
     assert not published_available("RN50", "yfcc15m") and not published_available("ViT-B-32", "openai")
-    assert published_curve("eurosat", "clip-adapter") == dict(zip(PUBLISHED_SHOTS, [61.4, 63.9, 73.38, 77.93, 84.43]))
-    assert published_curve("dtd", "zero-shot") == {s: 42.2 for s in PUBLISHED_SHOTS}
+    assert published_curve("eurosat", "clip-adapter") == dict(
+        zip(PUBLISHED_SHOTS, [61.4, 63.9, 73.38, 77.93, 84.43], strict=True)
+    )
+    assert published_curve("dtd", "zero-shot") == dict.fromkeys(PUBLISHED_SHOTS, 42.2)
     assert published_curve("imagefolder-x", "clip-adapter") is None and published_curve("dtd", "linear-probe") is None
     # The paper's "mean" row (REFERENCE.md section 6) is the plain mean over the 11 datasets.
-    for key, mean_row in {"CLIP-A": [62.67, 65.55, 68.61, 71.40, 74.44], "Tip-F": [64.60, 66.65, 69.67, 72.45, 75.83]}.items():
+    for key, mean_row in {
+        "CLIP-A": [62.67, 65.55, 68.61, 71.40, 74.44],
+        "Tip-F": [64.60, 66.65, 69.67, 72.45, 75.83],
+    }.items():
         assert [round(statistics.fmean(numbers[d][key][i] for d in PAPER_DATASETS), 2) for i in range(5)] == mean_row
     numbers["dtd"]["zs"] = 0.0
     assert published_numbers()["dtd"]["zs"] == 42.2  # callers get a copy

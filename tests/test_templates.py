@@ -7,8 +7,8 @@ from importlib import resources
 import pytest
 
 from cacheclip.datasets.catalog import COOP11
-from cacheclip.errors import ConfigError, UnknownNameError
 from cacheclip.datasets.templates import DATASET_TEMPLATES, IMAGENET7, format_prompts, get_templates, list_template_sets
+from cacheclip.errors import ConfigError, UnknownNameError
 
 
 def test_sets_listed():

@@ -8,11 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cacheclip.errors import ConfigError
 from cacheclip.fit import train
 from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, zero_shot_logits
-from cacheclip.errors import ConfigError
 from cacheclip.fit.metrics import classification_metrics, mean_per_class_accuracy, top1
-from cacheclip.fit.train import RunSpec, TrainConfig, batch_plan, default_epochs, group_runs, lr_per_epoch, predict, train_runs
+from cacheclip.fit.train import (
+    RunSpec,
+    TrainConfig,
+    batch_plan,
+    default_epochs,
+    group_runs,
+    lr_per_epoch,
+    predict,
+    train_runs,
+)
 
 D, K = 64, 5
 
@@ -38,10 +47,12 @@ def _reference_train(run, class_weights, scale, cfg, epochs):
     for lr in lr_per_epoch(cfg, epochs):
         for group in opt.param_groups:
             group["lr"] = lr
-        draw = torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else torch.zeros(n, dtype=torch.long)
+        draw = (
+            torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else torch.zeros(n, dtype=torch.long)
+        )
         perm = torch.randperm(n, generator=gen)
         for i in range(steps):
-            idx = perm[i * batch:(i + 1) * batch]
+            idx = perm[i * batch : (i + 1) * batch]
             x = run.views[idx, draw[idx]]
             loss = F.cross_entropy(head(x, class_weights, scale), run.labels[idx])
             opt.zero_grad()
@@ -63,7 +74,7 @@ def test_manual_gradients_match_autograd(kind, block):
     F.cross_entropy(head(x, weights, 50.0), y).backward()
     # One step with lr 1, no momentum, no decay: w_old - w_new is exactly the gradient.
     cfg = TrainConfig(momentum=0.0, weight_decay=0.0)
-    trainer = train._StackedTrainer([run], [torch.Generator().manual_seed(0)], weights, 50.0, cfg, "cpu")
+    trainer = train.StackedTrainer([run], [torch.Generator().manual_seed(0)], weights, 50.0, cfg, "cpu")
     before = {k: w.clone() for k, w in trainer.params.items()}
     trainer.step(x[None], y[None], lr=1.0)
     for name, param in head.named_parameters():
@@ -126,7 +137,7 @@ def test_default_epochs():
 
 def _record_steps(monkeypatch):
     seen = []
-    monkeypatch.setattr(train._StackedTrainer, "step", lambda self, x, y, lr: seen.append((x.clone(), y.clone())))
+    monkeypatch.setattr(train.StackedTrainer, "step", lambda self, x, y, lr: seen.append((x.clone(), y.clone())))
     return seen
 
 
@@ -166,12 +177,15 @@ def test_view_draws(monkeypatch, mode):
 
 
 def test_batched_equals_one_by_one():
-    runs = [_run(seed, n=50, adapter=AdapterConfig(alpha=a), data_seed=seed * 10 + i)
-            for seed in (1, 2) for i, a in enumerate((0.2, 0.7))]
+    runs = [
+        _run(seed, n=50, adapter=AdapterConfig(alpha=a), data_seed=seed * 10 + i)
+        for seed in (1, 2)
+        for i, a in enumerate((0.2, 0.7))
+    ]
     weights, cfg = _class_weights(), TrainConfig(lr=0.05)
     together = train_runs(runs, weights, 100.0, cfg, epochs=6)
     test_feats = torch.randn(300, D, generator=torch.Generator().manual_seed(99)) * 2 + 1
-    for run, state in zip(runs, together):
+    for run, state in zip(runs, together, strict=False):
         alone = train_runs([run], weights, 100.0, cfg, epochs=6)[0]
         for name in alone:
             torch.testing.assert_close(state[name], alone[name], rtol=1e-5, atol=1e-6)
@@ -191,8 +205,12 @@ def test_same_seed_is_bitwise_deterministic_and_seeds_differ():
 
 
 def test_group_runs_splits_by_shape_and_adapter_structure():
-    runs = [_run(0, n=40), _run(1, n=40, adapter=AdapterConfig(alpha=0.9)), _run(2, n=30),
-            _run(3, n=40, adapter=AdapterConfig(kind="both"))]
+    runs = [
+        _run(0, n=40),
+        _run(1, n=40, adapter=AdapterConfig(alpha=0.9)),
+        _run(2, n=30),
+        _run(3, n=40, adapter=AdapterConfig(kind="both")),
+    ]
     assert group_runs(runs) == [[0, 1], [2], [3]]
 
 
@@ -232,8 +250,16 @@ def test_predict_with_zero_alpha_is_zero_shot_and_chunking_only_rounds():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"views": "random"}, {"lr": 0.0}, {"batch_size": 0}, {"momentum": 1.0}, {"epochs": 0},
-               {"warmup_epochs": -1}, {"weight_decay": -1.0}],
+    "kwargs",
+    [
+        {"views": "random"},
+        {"lr": 0.0},
+        {"batch_size": 0},
+        {"momentum": 1.0},
+        {"epochs": 0},
+        {"warmup_epochs": -1},
+        {"weight_decay": -1.0},
+    ],
 )
 def test_bad_train_config_raises(kwargs):
     with pytest.raises(ConfigError):
@@ -282,7 +308,8 @@ def test_metrics():
     assert mean_per_class_accuracy(preds, labels, 4) == pytest.approx(100 * (2 / 3 + 1 + 0) / 3)
     logits = F.one_hot(preds, 4).float()
     assert classification_metrics(logits, labels, 4) == pytest.approx(
-        {"top1": 60.0, "mean_per_class": 100 * (5 / 3) / 3, "n": 5})
+        {"top1": 60.0, "mean_per_class": 100 * (5 / 3) / 3, "n": 5}
+    )
     with pytest.raises(ValueError):
         top1(preds[:3], labels)
 
@@ -298,11 +325,14 @@ def test_all_zero_features_stay_finite(adapter):
 def test_runs_sharing_views_out_of_order_come_back_in_order():
     """Runs that share a views tensor train side by side internally; results keep the input order."""
     a, b = _run(1), _run(2)
-    runs = [a, RunSpec(2, AdapterConfig(alpha=0.5), b.views, b.labels),
-            RunSpec(3, AdapterConfig(alpha=0.7), a.views, a.labels)]
+    runs = [
+        a,
+        RunSpec(2, AdapterConfig(alpha=0.5), b.views, b.labels),
+        RunSpec(3, AdapterConfig(alpha=0.7), a.views, a.labels),
+    ]
     cfg = TrainConfig(lr=0.01)
     together = train_runs(runs, _class_weights(), 50.0, cfg, epochs=3)
-    for run, state in zip(runs, together):
+    for run, state in zip(runs, together, strict=False):
         alone = train_runs([run], _class_weights(), 50.0, cfg, epochs=3)[0]
         for name in alone:
             torch.testing.assert_close(state[name], alone[name], rtol=1e-5, atol=1e-6)

@@ -8,5 +8,15 @@ and ``demo``. May import every stage below it; never the CLI.
 from cacheclip.batch.config import BatchConfig, ModelSpec, load_config
 from cacheclip.batch.runner import BatchLog, BatchSummary, Outcome, PlanItem, open_log, plan_batch, run_batch
 
-__all__ = ["BatchConfig", "ModelSpec", "load_config", "BatchLog", "BatchSummary", "Outcome", "PlanItem",
-           "open_log", "plan_batch", "run_batch"]
+__all__ = [
+    "BatchConfig",
+    "ModelSpec",
+    "load_config",
+    "BatchLog",
+    "BatchSummary",
+    "Outcome",
+    "PlanItem",
+    "open_log",
+    "plan_batch",
+    "run_batch",
+]

@@ -22,9 +22,10 @@ import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cacheclip.common import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from cacheclip.errors import ConfigError
@@ -39,9 +40,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_EXTRACT_KEYS = ("templates", "aug_views", "workers", "batch_size", "precision")   # extract-only settings
-_FIT_KEYS = ("views", "no_val", "results_dir")                                       # fit-only settings
-_SHARED_KEYS = ("shots", "seeds", "cache_dir")                                       # both stages
+_EXTRACT_KEYS = ("templates", "aug_views", "workers", "batch_size", "precision")  # extract-only settings
+_FIT_KEYS = ("views", "no_val", "results_dir")  # fit-only settings
+_SHARED_KEYS = ("shots", "seeds", "cache_dir")  # both stages
 # Keys of batch files written before per-method tables: CLIP-Adapter's settings at the top level.
 _LEGACY_KEYS = {"adapter": "adapter", "alphas": "alphas", "betas": "betas", "epochs": "epochs", "lr": "lr"}
 
@@ -50,8 +51,8 @@ _LEGACY_KEYS = {"adapter": "adapter", "alphas": "alphas", "betas": "betas", "epo
 class ModelSpec:
     """One backbone of a batch, as the user names it (resolved later by ``models.resolve_model``)."""
 
-    model: str = DEFAULT_MODEL              # open_clip name or model-config JSON path
-    pretrained: str = DEFAULT_PRETRAINED    # weights tag, checkpoint file, or "none" (random)
+    model: str = DEFAULT_MODEL  # open_clip name or model-config JSON path
+    pretrained: str = DEFAULT_PRETRAINED  # weights tag, checkpoint file, or "none" (random)
 
     @property
     def label(self) -> str:
@@ -67,16 +68,16 @@ def _short(name: str) -> str:
 class BatchConfig:
     """A grid of datasets x models x methods x shots x seeds, composed of the stages' configs."""
 
-    datasets: tuple[str, ...] = setting(("coop11",), "names, 'coop11', 'all' or imagefolder:PATH",
-                                        flag="--datasets")
-    models: tuple[ModelSpec, ...] = (ModelSpec(),)   # backbones, each extracted and fitted
-    methods: tuple[str, ...] = setting(("clip-adapter",), "few-shot methods (see `cacheclip methods`)",
-                                       flag="--methods")
+    datasets: tuple[str, ...] = setting(("coop11",), "names, 'coop11', 'all' or imagefolder:PATH", flag="--datasets")
+    models: tuple[ModelSpec, ...] = (ModelSpec(),)  # backbones, each extracted and fitted
+    methods: tuple[str, ...] = setting(
+        ("clip-adapter",), "few-shot methods (see `cacheclip methods`)", flag="--methods"
+    )
     root: str | None = setting(None, "data root; unset: $CACHECLIP_DATA", flag="--root")
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N", flag="--device")
     fail_fast: bool = setting(False, "stop at the first failing dataset", flag="--fail-fast")
-    extract: ExtractConfig = ExtractConfig()          # what extraction does (its plan follows the fit grid)
-    fit: FitConfig = FitConfig()                      # the fit grid (method, device: set per run)
+    extract: ExtractConfig = ExtractConfig()  # what extraction does (its plan follows the fit grid)
+    fit: FitConfig = FitConfig()  # the fit grid (method, device: set per run)
     method_settings: tuple[tuple[str, Any], ...] = ()  # (method, its config) where not its defaults
 
     # convenience views of the composed configs
@@ -99,7 +100,7 @@ class BatchConfig:
         if not self.dataset_names():
             raise ConfigError("no datasets to run", "set datasets, e.g. --datasets coop11")
         if not self.models:
-            raise ConfigError("no models to run", 'e.g. --model RN50 --pretrained openai')
+            raise ConfigError("no models to run", "e.g. --model RN50 --pretrained openai")
         if not self.methods:
             raise ConfigError("no methods to run", "e.g. --methods clip-adapter")
         for method in self.methods:
@@ -108,6 +109,7 @@ class BatchConfig:
 
 
 # ---------------------------------------------------------------- reading values
+
 
 def _fail(key: str, want: str, value: Any, source: str) -> ConfigError:
     return ConfigError(f"{source}: '{key}' must be {want}, got {value!r}", f"fix '{key}' in {source}")
@@ -128,8 +130,10 @@ def _models(key: str, value: Any, source: str) -> tuple[ModelSpec, ...]:
             raise _fail(key, want, entry, source)
         unknown = sorted(set(entry) - {"model", "pretrained"})
         if unknown:
-            raise ConfigError(f"{source}: unknown key '{unknown[0]}' in a models entry",
-                              "valid keys of a models entry: model, pretrained")
+            raise ConfigError(
+                f"{source}: unknown key '{unknown[0]}' in a models entry",
+                "valid keys of a models entry: model, pretrained",
+            )
         model, pretrained = entry["model"], entry.get("pretrained", DEFAULT_PRETRAINED)
         if not isinstance(model, str) or not isinstance(pretrained, str):
             raise _fail(key, want, entry, source)
@@ -143,7 +147,7 @@ def _field_type(cls: type, key: str) -> tuple[Any, str | None]:
 
 
 def valid_keys() -> list[str]:
-    own = [k for k in settings_of(BatchConfig)] + ["models"]
+    own = list(settings_of(BatchConfig)) + ["models"]
     tables = [f"[{m}] ({', '.join(settings_of(get_method(m).config)) or 'no settings'})" for m in list_methods()]
     return own + list(_SHARED_KEYS + _EXTRACT_KEYS + _FIT_KEYS) + tables
 
@@ -155,9 +159,17 @@ def _apply(config: BatchConfig, values: Mapping[str, Any], source: str) -> Batch
         if key == "models":
             own[key] = _models(key, value, source)
             continue
-        target = (BatchConfig,) if key in settings_of(BatchConfig) else \
-            (ExtractConfig, FitConfig) if key in _SHARED_KEYS else \
-            (ExtractConfig,) if key in _EXTRACT_KEYS else (FitConfig,) if key in _FIT_KEYS else ()
+        target = (
+            (BatchConfig,)
+            if key in settings_of(BatchConfig)
+            else (ExtractConfig, FitConfig)
+            if key in _SHARED_KEYS
+            else (ExtractConfig,)
+            if key in _EXTRACT_KEYS
+            else (FitConfig,)
+            if key in _FIT_KEYS
+            else ()
+        )
         if not target:
             raise ConfigError(f"{source}: unknown key '{key}'", f"valid keys: {', '.join(valid_keys())}")
         converted = convert(*_field_type(target[0], key)[:1], value, key, source, _field_type(target[0], key)[1])
@@ -187,7 +199,7 @@ def apply_values(config: BatchConfig, raw: Mapping[str, Any], source: str) -> Ba
     if legacy:
         config = _with_method(config, "clip-adapter", legacy, source)
     for method, values in tables.items():
-        get_method(method)   # an unknown table names the valid methods
+        get_method(method)  # an unknown table names the valid methods
         config = _with_method(config, method, values, source)
     return config
 
@@ -204,11 +216,16 @@ def apply_method_options(config: BatchConfig, options: Mapping[str, str]) -> Bat
                     value = from_text(kind, text, flag, "options", spec.none_word)
                     config = _with_method(config, method, {key: value}, "options")
         if not owners:
-            having = [m for m in list_methods() if any(s.flag == flag for _, s, _ in
-                                                        settings_of(get_method(m).config).values())]
-            raise ConfigError(f"{flag} is a setting of {', '.join(having) or 'no method'}, which this batch "
-                              f"does not run ({', '.join(config.methods)})",
-                              f"add the method to --methods, or drop {flag}")
+            having = [
+                m
+                for m in list_methods()
+                if any(s.flag == flag for _, s, _ in settings_of(get_method(m).config).values())
+            ]
+            raise ConfigError(
+                f"{flag} is a setting of {', '.join(having) or 'no method'}, which this batch "
+                f"does not run ({', '.join(config.methods)})",
+                f"add the method to --methods, or drop {flag}",
+            )
     return config
 
 
@@ -218,6 +235,7 @@ def _looks_like_path(value: str, base: Path, suffixes: tuple[str, ...]) -> bool:
 
 def _rebase(values: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the file's relative paths relative to its folder."""
+
     def at(p: str) -> str:
         return p if Path(p).expanduser().is_absolute() else str(base / p)
 
@@ -225,10 +243,13 @@ def _rebase(values: dict[str, Any], base: Path) -> dict[str, Any]:
         if values.get(key) and isinstance(values[key], str):
             values[key] = at(values[key])
     if "models" in values:
-        values["models"] = tuple(ModelSpec(
-            at(m.model) if _looks_like_path(m.model, base, (".json",)) else m.model,
-            at(m.pretrained) if _looks_like_path(m.pretrained, base, _CHECKPOINT_SUFFIXES) else m.pretrained)
-            for m in values["models"])
+        values["models"] = tuple(
+            ModelSpec(
+                at(m.model) if _looks_like_path(m.model, base, (".json",)) else m.model,
+                at(m.pretrained) if _looks_like_path(m.pretrained, base, _CHECKPOINT_SUFFIXES) else m.pretrained,
+            )
+            for m in values["models"]
+        )
     return values
 
 
@@ -238,8 +259,9 @@ def read_config_file(path: Path) -> BatchConfig:
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
     except OSError as e:
-        raise ConfigError(f"cannot read batch config {path}: {e.strerror or e}",
-                          "pass an existing TOML file to --config") from None
+        raise ConfigError(
+            f"cannot read batch config {path}: {e.strerror or e}", "pass an existing TOML file to --config"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text", "save the TOML file as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
@@ -249,8 +271,11 @@ def read_config_file(path: Path) -> BatchConfig:
     return apply_values(BatchConfig(), _rebase(dict(raw), path.parent), str(path))
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
-                method_options: Mapping[str, str] | None = None) -> BatchConfig:
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, str] | None = None,
+) -> BatchConfig:
     """The file's values (if any), replaced by ``overrides`` (top-level keys, e.g. command-line
     options) and ``method_options`` (flag -> text); validated."""
     config = read_config_file(path) if path is not None else BatchConfig()
@@ -266,20 +291,28 @@ def write_resolved(config: BatchConfig, path: Path) -> Path:
     from cacheclip.common import write_json_atomic
 
     record = {k: getattr(config, k) for k in settings_of(BatchConfig)}
-    record.update(models=[dataclasses.asdict(m) for m in config.models], extract=dataclasses.asdict(config.extract),
-                  fit={k: v for k, v in dataclasses.asdict(config.fit).items() if k not in ("method", "method_config")},
-                  method_settings={m: dataclasses.asdict(config.method_config(m)) for m in config.methods},
-                  command=to_command(config))
+    record.update(
+        models=[dataclasses.asdict(m) for m in config.models],
+        extract=dataclasses.asdict(config.extract),
+        fit={k: v for k, v in dataclasses.asdict(config.fit).items() if k not in ("method", "method_config")},
+        method_settings={m: dataclasses.asdict(config.method_config(m)) for m in config.methods},
+        command=to_command(config),
+    )
     return write_json_atomic(path, record)
 
 
 # ---------------------------------------------------------------- back to a command
 
+
 def _flags(config: BatchConfig) -> list[tuple[str, str]]:
     """(flag, text) of every setting that differs from its default, methods' included."""
     out = []
-    for cls, obj, keys in ((BatchConfig, config, ("methods",)), (FitConfig, config.fit, _SHARED_KEYS + _FIT_KEYS),
-                           (BatchConfig, config, ("device",)), (ExtractConfig, config.extract, _EXTRACT_KEYS)):
+    for cls, obj, keys in (
+        (BatchConfig, config, ("methods",)),
+        (FitConfig, config.fit, _SHARED_KEYS + _FIT_KEYS),
+        (BatchConfig, config, ("device",)),
+        (ExtractConfig, config.extract, _EXTRACT_KEYS),
+    ):
         default = cls()
         for key in keys:
             value, spec = getattr(obj, key), settings_of(cls)[key][1]
@@ -296,8 +329,9 @@ def _flags(config: BatchConfig) -> list[tuple[str, str]]:
     return out
 
 
-def to_command(config: BatchConfig, *, datasets: list[str] | None = None,
-               models: tuple[ModelSpec, ...] | None = None) -> str:
+def to_command(
+    config: BatchConfig, *, datasets: list[str] | None = None, models: tuple[ModelSpec, ...] | None = None
+) -> str:
     """The ``cacheclip batch`` command line that runs ``config`` (optionally narrowed);
     options left at their defaults are omitted."""
     q = shlex.quote

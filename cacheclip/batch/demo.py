@@ -24,12 +24,12 @@ from pathlib import Path
 from cacheclip.batch.config import BatchConfig, load_config
 from cacheclip.common import write_atomic
 
-DEMO_DATASETS = {   # name -> make_dataset sizes (images per class)
+DEMO_DATASETS = {  # name -> make_dataset sizes (images per class)
     "eurosat": {"n_classes": 10, "n_train": 10, "n_val": 4, "n_test": 10},
     "dtd": {"n_classes": 16, "n_train": 10, "n_val": 4, "n_test": 10},
 }
 TINY_MODEL = "tiny-clip"
-TINY_CONFIG = {   # open_clip model-config format; a few MB of random weights
+TINY_CONFIG = {  # open_clip model-config format; a few MB of random weights
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
@@ -53,8 +53,10 @@ device = "cpu"
 alphas = [0.2, 0.5, 0.8]   # chosen on the few-shot val split
 lr = 0.05                  # CoOp uses 0.002; random features need bigger steps
 """
-REAL_COMMAND = ("cacheclip batch --root /data/coop --datasets coop11 --model RN50 --pretrained openai "
-                "--shots 1,2,4,8,16 --seeds 1,2,3")
+REAL_COMMAND = (
+    "cacheclip batch --root /data/coop --datasets coop11 --model RN50 --pretrained openai "
+    "--shots 1,2,4,8,16 --seeds 1,2,3"
+)
 
 
 def write_tiny_model(folder: Path) -> tuple[Path, Path]:

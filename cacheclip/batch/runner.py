@@ -14,21 +14,36 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from cacheclip.batch.config import BatchConfig, ModelSpec, load_config, read_config_file, to_command, write_resolved
 from cacheclip.errors import CacheClipError
 
-__all__ = ["BatchConfig", "ModelSpec", "load_config", "read_config_file", "to_command", "PlanItem",
-           "plan_batch", "Outcome", "BatchSummary", "run_batch", "BatchLog", "open_log",
-           "DATASETS", "RUNS", "error_message"]
+__all__ = [
+    "BatchConfig",
+    "ModelSpec",
+    "load_config",
+    "read_config_file",
+    "to_command",
+    "PlanItem",
+    "plan_batch",
+    "Outcome",
+    "BatchSummary",
+    "run_batch",
+    "BatchLog",
+    "open_log",
+    "DATASETS",
+    "RUNS",
+    "error_message",
+]
 
-Progress = Callable[[str, int, int], None]   # (stage, done, total)
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Log = Callable[[str], None]
-DATASETS = "datasets"   # progress stage: (model, dataset) units finished
-RUNS = "runs"           # progress stage: runs trained in this batch, of those left at the start
+DATASETS = "datasets"  # progress stage: (model, dataset) units finished
+RUNS = "runs"  # progress stage: runs trained in this batch, of those left at the start
 
 
 @dataclass
@@ -36,11 +51,11 @@ class PlanItem:
     """One (model, dataset) unit: what extraction still has to do and how many runs are done."""
 
     model: ModelSpec
-    dataset: str                      # canonical name as asked (coop name or imagefolder:PATH)
-    store_name: str = ""              # the store's dataset name (differs for image folders)
+    dataset: str  # canonical name as asked (coop name or imagefolder:PATH)
+    store_name: str = ""  # the store's dataset name (differs for image folders)
     store: Path | None = None
-    ref: Any = None                   # the resolved models.ModelRef
-    extract: str = ""                 # what extraction still has to do, in words; "" when nothing
+    ref: Any = None  # the resolved models.ModelRef
+    extract: str = ""  # what extraction still has to do, in words; "" when nothing
     runs_total: int = 0
     runs_done: int = 0
     error: BaseException | None = None
@@ -56,13 +71,13 @@ class Outcome:
 
     model: ModelSpec
     dataset: str
-    status: str = "not run"           # ok | failed | not run (after --fail-fast)
-    runs_new: int = 0                 # trained now
-    runs_skipped: int = 0             # already done before
-    encoded: int = 0                  # images encoded now
+    status: str = "not run"  # ok | failed | not run (after --fail-fast)
+    runs_new: int = 0  # trained now
+    runs_skipped: int = 0  # already done before
+    encoded: int = 0  # images encoded now
     error: str = ""
     hint: str = ""
-    retry: str = ""                   # the command that retries this unit alone
+    retry: str = ""  # the command that retries this unit alone
     seconds: float = 0.0
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -89,6 +104,7 @@ class BatchSummary:
 
 # ---------------------------------------------------------------- configs of the stages
 
+
 def extract_config(config: BatchConfig):
     """The batch's extract config; a hold-out val is encoded when the fit grid holds one out."""
     return replace(config.extract, holdout_val=config.fit.no_val == "holdout")
@@ -100,6 +116,7 @@ def fit_config(config: BatchConfig, method: str, device: str = "cpu"):
 
 
 # ---------------------------------------------------------------- planning (no model built)
+
 
 def plan_batch(config: BatchConfig) -> list[PlanItem]:
     """Every (model, dataset) unit with what is left to do; errors are recorded, not raised."""
@@ -143,9 +160,9 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     dtype, precision, augmentation) and the same templates, and holds every item the
     planned runs need. A differing identity is left to ``extract_dataset`` to report.
     """
+    from cacheclip.datasets.templates import get_templates
     from cacheclip.features.extract import planned_items, store_identity
     from cacheclip.features.store import open_store, parts_dir
-    from cacheclip.datasets.templates import get_templates
 
     cfg = extract_config(config)
     if not path.is_file():
@@ -167,9 +184,9 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
 
 def done_runs(store: Path, store_name: str, cfg) -> set[str]:
     """Run keys of ``cfg``'s runs on this store whose results exist."""
+    from cacheclip.features.store import open_store
     from cacheclip.fit.stage import load_fit_data, plan_runs
     from cacheclip.results.runs import read_result
-    from cacheclip.features.store import open_store
 
     with open_store(store) as s:
         data = load_fit_data(s, store_name)
@@ -177,6 +194,7 @@ def done_runs(store: Path, store_name: str, cfg) -> set[str]:
 
 
 # ---------------------------------------------------------------- running
+
 
 class _Models:
     """Loads each model at most once, when a store first needs it; remembers a failed load."""
@@ -186,13 +204,14 @@ class _Models:
         self.warnings: list[str] = []
 
     def get(self, spec: ModelSpec):
-        from cacheclip.features.models import load_model
+        from cacheclip.features.models import load_model, settle_process
 
         if spec != self.spec:
-            self.spec, self.value = spec, None   # drop the previous model before loading the next
+            self.spec, self.value = spec, None  # drop the previous model before loading the next
             start = time.perf_counter()
             try:
                 self.value = load_model(spec.model, spec.pretrained, device=self.device)
+                settle_process(self.device)
                 self.log(f"[{spec.label}] model loaded on {self.device} in {time.perf_counter() - start:.1f}s")
                 for w in self.value.warnings:
                     self.log(f"[{spec.label}] warning: {w}")
@@ -215,16 +234,22 @@ def run_batch(config: BatchConfig, progress: Progress | None = None, log: Log | 
         runner.say(f"resolved configuration: {write_resolved(config, log.path.with_suffix('.config.json'))}")
     plan = plan_batch(config)
     for item in plan:
-        runner.say(f"[{item.model.label} {item.dataset}] plan: " + (
-            f"error: {error_message(item.error)}" if item.error else
-            f"extract: {item.extract or 'up to date'}; runs done {item.runs_done}/{item.runs_total}"))
+        runner.say(
+            f"[{item.model.label} {item.dataset}] plan: "
+            + (
+                f"error: {error_message(item.error)}"
+                if item.error
+                else f"extract: {item.extract or 'up to date'}; runs done {item.runs_done}/{item.runs_total}"
+            )
+        )
     runner.runs_left = sum(i.runs_left for i in plan if i.error is None)
     runner.tick(DATASETS, 0, len(plan))
     runner.tick(RUNS, 0, runner.runs_left)
-    outcomes = [Outcome(i.model, i.dataset, retry=to_command(config, datasets=[i.dataset], models=(i.model,)))
-                for i in plan]
+    outcomes = [
+        Outcome(i.model, i.dataset, retry=to_command(config, datasets=[i.dataset], models=(i.model,))) for i in plan
+    ]
     try:
-        for n, (item, outcome) in enumerate(zip(plan, outcomes)):
+        for n, (item, outcome) in enumerate(zip(plan, outcomes, strict=False)):
             runner.unit(item, outcome)
             runner.tick(DATASETS, n + 1, len(plan))
             if outcome.status == "failed" and config.fail_fast:
@@ -263,8 +288,10 @@ class _Runner:
                 for method in self.config.methods:
                     self.fit(item, outcome, method, shots, tag)
             outcome.status = "ok"
-            self.say(f"{tag} done: {outcome.runs_new} runs trained, {outcome.runs_skipped} already done, "
-                     f"{time.perf_counter() - start:.1f}s")
+            self.say(
+                f"{tag} done: {outcome.runs_new} runs trained, {outcome.runs_skipped} already done, "
+                f"{time.perf_counter() - start:.1f}s"
+            )
         except Exception as e:
             outcome.status, outcome.error = "failed", error_message(e)
             outcome.hint = e.hint if isinstance(e, CacheClipError) else ""
@@ -277,7 +304,10 @@ class _Runner:
 
         self.say(f"{tag} extract start: {item.extract}")
         loaded = self.models.get(item.model)
-        stage = lambda s, d, t: self.tick(f"{item.dataset} extract {s} · {item.model.label}", d, t)  # noqa: E731
+
+        def stage(split: str, done: int, total: int) -> None:
+            self.tick(f"{item.dataset} extract {split} · {item.model.label}", done, total)
+
         root = Path(self.config.root) if self.config.root else None
         done = extract_dataset(item.dataset, root, loaded, extract_config(self.config), progress=stage)
         outcome.encoded = sum(done.encoded.values())
@@ -289,17 +319,28 @@ class _Runner:
         cfg = replace(fit_config(self.config, method, self.device), shots=(shots,))
         before = done_runs(item.store, item.store_name, cfg) if item.store and item.store.is_file() else set()
         start = time.perf_counter()
-        stage = lambda s, d, t: self.tick(f"{s} {method} · {item.model.label}", d, t)  # noqa: E731
-        results = fit_dataset(dataset=item.store_name, ref=item.ref, cfg=cfg, model_arg=item.model.model,
-                              pretrained_arg=item.model.pretrained, progress=stage)
+
+        def stage(what: str, done: int, total: int) -> None:
+            self.tick(f"{what} {method} · {item.model.label}", done, total)
+
+        results = fit_dataset(
+            dataset=item.store_name,
+            ref=item.ref,
+            cfg=cfg,
+            model_arg=item.model.model,
+            pretrained_arg=item.model.pretrained,
+            progress=stage,
+        )
         new = sum(r.get("run_key") not in before for r in results)
         outcome.runs_new += new
         outcome.runs_skipped += len(results) - new
         outcome.results += results
         self.runs_done += new
         self.tick(RUNS, min(self.runs_done, self.runs_left), self.runs_left)
-        self.say(f"{tag} fit {method} {shots}-shot: {new} trained, {len(results) - new} already done "
-                 f"({time.perf_counter() - start:.1f}s)")
+        self.say(
+            f"{tag} fit {method} {shots}-shot: {new} trained, {len(results) - new} already done "
+            f"({time.perf_counter() - start:.1f}s)"
+        )
 
 
 def error_message(e: BaseException | None) -> str:
@@ -310,14 +351,17 @@ def error_message(e: BaseException | None) -> str:
 
 def _log_summary(summary: BatchSummary, say: Log) -> None:
     ok = [o for o in summary.outcomes if o.status == "ok"]
-    say(f"summary: {len(ok)} ok, {len(summary.failed)} failed, "
-        f"{sum(o.status == 'not run' for o in summary.outcomes)} not run, in {summary.seconds:.1f}s")
+    say(
+        f"summary: {len(ok)} ok, {len(summary.failed)} failed, "
+        f"{sum(o.status == 'not run' for o in summary.outcomes)} not run, in {summary.seconds:.1f}s"
+    )
     for o in summary.failed:
         say(f"  failed {o.model.label} {o.dataset}: {o.error}")
         say(f"    retry: {o.retry}")
 
 
 # ---------------------------------------------------------------- the log file
+
 
 class BatchLog:
     """Plain-text log: one timestamped line per message, flushed at once (a kill loses nothing)."""
@@ -335,7 +379,7 @@ class BatchLog:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "BatchLog":
+    def __enter__(self) -> BatchLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cacheclip.errors import ConfigError, DatasetLayoutError, MissingImagesError, UnknownNameError
 
@@ -104,6 +104,14 @@ def register_dataset(spec: DatasetSpec, *, overwrite: bool = False) -> DatasetSp
     return spec
 
 
+def unregister_dataset(name: str) -> None:
+    """Remove a registered dataset and the names that point at it (e.g. to undo a plugin's entry)."""
+    canonical = resolve_name(name)
+    _REGISTRY.pop(canonical)
+    for key in [k for k, owner in _ALIASES.items() if owner == canonical]:
+        del _ALIASES[key]
+
+
 def _json_spec(name, folder, image_root, split_file, pattern, aliases) -> DatasetSpec:
     image_dir = f"{image_root}/" if image_root else ""
     return DatasetSpec(
@@ -125,16 +133,46 @@ for _spec in (
         layout=("images/{train,val}/<wnid>/<image>.JPEG", "classnames.txt"),
         aliases=("ImageNet", "ImageNet-1k", "ILSVRC2012"),
     ),
-    _json_spec("caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
-               "<class>/<image>.jpg", ("Caltech101", "Caltech-101", "caltech")),
-    _json_spec("oxford_pets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
-               "<image>.jpg", ("OxfordPets", "pets", "OxfordIIITPet")),
-    _json_spec("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json",
-               "cars_{train,test}/<image>.jpg", ("StanfordCars", "cars")),
-    _json_spec("oxford_flowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-               "<image>.jpg", ("OxfordFlowers", "Flowers102", "flowers")),
-    _json_spec("food101", "food-101", "images", "split_zhou_Food101.json",
-               "<class>/<image>.jpg", ("Food101", "Food-101", "food")),
+    _json_spec(
+        "caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        "split_zhou_Caltech101.json",
+        "<class>/<image>.jpg",
+        ("Caltech101", "Caltech-101", "caltech"),
+    ),
+    _json_spec(
+        "oxford_pets",
+        "oxford_pets",
+        "images",
+        "split_zhou_OxfordPets.json",
+        "<image>.jpg",
+        ("OxfordPets", "pets", "OxfordIIITPet"),
+    ),
+    _json_spec(
+        "stanford_cars",
+        "stanford_cars",
+        "",
+        "split_zhou_StanfordCars.json",
+        "cars_{train,test}/<image>.jpg",
+        ("StanfordCars", "cars"),
+    ),
+    _json_spec(
+        "oxford_flowers",
+        "oxford_flowers",
+        "jpg",
+        "split_zhou_OxfordFlowers.json",
+        "<image>.jpg",
+        ("OxfordFlowers", "Flowers102", "flowers"),
+    ),
+    _json_spec(
+        "food101",
+        "food-101",
+        "images",
+        "split_zhou_Food101.json",
+        "<class>/<image>.jpg",
+        ("Food101", "Food-101", "food"),
+    ),
     DatasetSpec(
         name="fgvc_aircraft",
         folder="fgvc_aircraft",
@@ -143,14 +181,26 @@ for _spec in (
         layout=("images/<id>.jpg", "variants.txt", "images_variant_{train,val,test}.txt"),
         aliases=("FGVCAircraft", "FGVC-Aircraft", "aircraft", "fgvc"),
     ),
-    _json_spec("sun397", "sun397", "SUN397", "split_zhou_SUN397.json",
-               "<letter>/<class>/<image>.jpg", ("SUN397", "sun")),
-    _json_spec("dtd", "dtd", "images", "split_zhou_DescribableTextures.json",
-               "<class>/<image>.jpg", ("DTD", "DescribableTextures", "textures")),
-    _json_spec("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json",
-               "<class>/<image>.jpg", ("EuroSAT", "euro_sat")),
-    _json_spec("ucf101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-               "<class>/<image>.jpg", ("UCF101", "UCF-101", "ucf")),
+    _json_spec(
+        "sun397", "sun397", "SUN397", "split_zhou_SUN397.json", "<letter>/<class>/<image>.jpg", ("SUN397", "sun")
+    ),
+    _json_spec(
+        "dtd",
+        "dtd",
+        "images",
+        "split_zhou_DescribableTextures.json",
+        "<class>/<image>.jpg",
+        ("DTD", "DescribableTextures", "textures"),
+    ),
+    _json_spec("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "<class>/<image>.jpg", ("EuroSAT", "euro_sat")),
+    _json_spec(
+        "ucf101",
+        "ucf101",
+        "UCF-101-midframes",
+        "split_zhou_UCF101.json",
+        "<class>/<image>.jpg",
+        ("UCF101", "UCF-101", "ucf"),
+    ),
 ):
     register_dataset(_spec)
 
@@ -165,7 +215,7 @@ def list_datasets() -> list[str]:
 def resolve_name(name: str) -> str:
     """Canonical name for ``name`` (any case or punctuation); 'imagefolder:<path>' passes through."""
     if name.startswith(IMAGEFOLDER_PREFIX):
-        if not name[len(IMAGEFOLDER_PREFIX):].strip():
+        if not name[len(IMAGEFOLDER_PREFIX) :].strip():
             raise UnknownNameError(
                 "'imagefolder:' needs a folder path",
                 "write imagefolder:<path to a folder with one sub-folder per class>",
@@ -238,7 +288,7 @@ def resolve_data_root(root: str | Path | None) -> Path:
 
 
 def imagefolder_path(name: str) -> Path:
-    return Path(os.path.abspath(Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()))
+    return Path(os.path.abspath(Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()))
 
 
 def store_name(name: str) -> str:
@@ -275,8 +325,7 @@ def check_images(ds: DatasetSplits, items: Sequence[Item]) -> None:
     shown = ", ".join(missing[:3])
     where = f"{ds.image_root}" + ("" if ds.image_root.is_dir() else " (which does not exist)")
     raise MissingImagesError(
-        f"{len(missing)} of {len(items)} images listed in {ds.split_source} are missing "
-        f"under {where}, e.g. {shown}",
+        f"{len(missing)} of {len(items)} images listed in {ds.split_source} are missing under {where}, e.g. {shown}",
         f"put the images of {ds.name} under {ds.image_root} in the layout of the split file "
         f"(see CoOp's DATASETS.md), or point --root at the right data root",
     )

@@ -10,8 +10,8 @@ result can be stored as data and checked against a feature store.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 VAL_SHOTS_CAP = 4  # CoOp's few-shot val has min(K, 4) shots per class
 
@@ -52,8 +52,7 @@ class FewShotSplit:
     val: tuple[int, ...]  # indices into the val split (min(K, 4) per class); empty without val
 
 
-def sample_run(train_labels: Sequence[int], val_labels: Sequence[int], shots: int,
-               seed: int) -> FewShotSplit:
+def sample_run(train_labels: Sequence[int], val_labels: Sequence[int], shots: int, seed: int) -> FewShotSplit:
     """The few-shot train and val subsets of one CoOp run (shots, seed).
 
     One ``random.Random(seed)`` draws train first, then val with min(shots, 4) shots.
@@ -65,9 +64,14 @@ def sample_run(train_labels: Sequence[int], val_labels: Sequence[int], shots: in
     return FewShotSplit(shots=shots, seed=seed, train=tuple(train), val=tuple(val))
 
 
-def needed_train_indices(train_labels: Sequence[int], val_labels: Sequence[int],
-                         shots: Sequence[int], seeds: Sequence[int], *,
-                         holdout: bool = False) -> list[int]:
+def needed_train_indices(
+    train_labels: Sequence[int],
+    val_labels: Sequence[int],
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    holdout: bool = False,
+) -> list[int]:
     """Sorted union of the train indices of every run (K, seed) in ``shots`` x ``seeds``.
 
     ``val_labels`` does not change the train draws (val is drawn after train).
@@ -86,8 +90,7 @@ def needed_train_indices(train_labels: Sequence[int], val_labels: Sequence[int],
     return sorted(needed)
 
 
-def holdout_val(train_labels: Sequence[int], exclude: Sequence[int], shots: int,
-                rng: random.Random) -> list[int]:
+def holdout_val(train_labels: Sequence[int], exclude: Sequence[int], shots: int, rng: random.Random) -> list[int]:
     """A val set for datasets without one (ImageNet): min(shots, 4) per class drawn from
     the train items not in ``exclude`` (usually the run's few-shot train indices).
 

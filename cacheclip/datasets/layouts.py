@@ -11,17 +11,25 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from cacheclip.datasets.catalog import (
-    COOP_DATASETS_MD, DATA_ENV, IMAGEFOLDER_PREFIX, SPLITS, DatasetSplits, DatasetSpec, Item, expected_layout,
-    get_dataset_spec, imagefolder_path, resolve_data_root, resolve_name,
-)
 from cacheclip.common import IMAGE_SUFFIXES
+from cacheclip.datasets.catalog import (
+    COOP_DATASETS_MD,
+    DATA_ENV,
+    IMAGEFOLDER_PREFIX,
+    SPLITS,
+    DatasetSpec,
+    DatasetSplits,
+    Item,
+    expected_layout,
+    get_dataset_spec,
+    imagefolder_path,
+    resolve_data_root,
+    resolve_name,
+)
 from cacheclip.errors import ConfigError, DatasetLayoutError, UnknownNameError
-
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -78,9 +86,7 @@ def _classnames(splits: dict[str, list[Item]], source: str) -> tuple[str, ...]:
 
 def _read_text(path: Path, spec: DatasetSpec, folder: Path, hint: str) -> bytes:
     if not path.is_file():
-        raise DatasetLayoutError(
-            f"{spec.name}: {path} not found; {expected_layout(spec, folder)}", hint
-        )
+        raise DatasetLayoutError(f"{spec.name}: {path} not found; {expected_layout(spec, folder)}", hint)
     return path.read_bytes()
 
 
@@ -132,8 +138,9 @@ def load_json_split(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     try:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        detail = f"{err.msg} at line {err.lineno}, column {err.colno}" if isinstance(
-            err, json.JSONDecodeError) else str(err)
+        detail = (
+            f"{err.msg} at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
+        )
         raise DatasetLayoutError(
             f"{spec.name}: split file {path} is not valid JSON ({detail})",
             f"re-download {spec.split_file}; the file may be truncated (CoOp's DATASETS.md)",
@@ -182,7 +189,9 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     """
     cls_path = folder / "classnames.txt"
     cls_bytes = _read_text(
-        cls_path, spec, folder,
+        cls_path,
+        spec,
+        folder,
         f"put classnames.txt (linked in CoOp's DATASETS.md, ImageNet section) into {folder}",
     )
     wnid_names = _read_wnid_names(cls_bytes, "classnames.txt")
@@ -193,8 +202,7 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
         if not split_dir.is_dir():
             raise DatasetLayoutError(
                 f"imagenet: {split_dir} not found; {expected_layout(spec, folder)}",
-                "extract the ImageNet train and val images into class folders named by wnid "
-                "(CoOp's DATASETS.md)",
+                "extract the ImageNet train and val images into class folders named by wnid (CoOp's DATASETS.md)",
             )
         wnids[split] = _subdirs(split_dir)
     if not wnids["train"] or wnids["train"] != wnids["val"]:
@@ -207,8 +215,7 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     unnamed = [w for w in wnids["train"] if w not in wnid_names]
     if unnamed:
         raise DatasetLayoutError(
-            f"imagenet: {len(unnamed)} wnid folders have no line in classnames.txt, "
-            f"e.g. {', '.join(unnamed[:3])}",
+            f"imagenet: {len(unnamed)} wnid folders have no line in classnames.txt, e.g. {', '.join(unnamed[:3])}",
             "use the classnames.txt linked in CoOp's DATASETS.md",
         )
     splits: dict[str, list[Item]] = {}
@@ -241,8 +248,7 @@ def load_fgvc(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     lines ``<image id> <variant name>`` (names may hold spaces and slashes: "F-16A/B"),
     images at ``images/<id>.jpg``; all these files sit in the dataset folder.
     """
-    hint = (f"extract fgvc-aircraft-2013b.tar.gz and move its data/ folder to {folder} "
-            "(CoOp's DATASETS.md)")
+    hint = f"extract fgvc-aircraft-2013b.tar.gz and move its data/ folder to {folder} (CoOp's DATASETS.md)"
     names = ["variants.txt"] + [f"images_variant_{s}.txt" for s in SPLITS]
     raw = {n: _read_text(folder / n, spec, folder, hint) for n in names}
     variants = [v.strip() for v in raw["variants.txt"].decode("utf-8").splitlines() if v.strip()]
@@ -280,8 +286,9 @@ def load_fgvc(spec: DatasetSpec, folder: Path) -> DatasetSplits:
 # --------------------------------------------------------------------------- image folders
 
 
-def _split_class(files: list[str], val_fraction: float, test_fraction: float,
-                 rng: random.Random) -> tuple[list[str], list[str], list[str]]:
+def _split_class(
+    files: list[str], val_fraction: float, test_fraction: float, rng: random.Random
+) -> tuple[list[str], list[str], list[str]]:
     """Shuffle one class's files and cut test, val, train (train keeps at least one)."""
     order = list(files)
     rng.shuffle(order)
@@ -293,12 +300,13 @@ def _split_class(files: list[str], val_fraction: float, test_fraction: float,
             n_val -= 1
         else:
             n_test -= 1
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return sorted(train), sorted(val), sorted(test)
 
 
-def load_imagefolder(path: Path, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                     seed: int = 0) -> DatasetSplits:
+def load_imagefolder(
+    path: Path, *, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
+) -> DatasetSplits:
     """Your own images: one sub-folder per class (the folder name is the class name).
 
     Either ``train/``, ``test/`` and optionally ``val/`` each hold the class folders,
@@ -368,17 +376,16 @@ def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], s
                 "every class folder in val/ and test/ must also exist in train/",
             )
         splits[split] = [
-            Item(f"{split}/{c}/{f}", label_of[c], c)
-            for c in found
-            for f in _files(split_dir / c, IMAGE_SUFFIXES)
+            Item(f"{split}/{c}/{f}", label_of[c], c) for c in found for f in _files(split_dir / c, IMAGE_SUFFIXES)
         ]
     if not splits["train"]:
         raise _no_images(path / "train")
     return classnames, splits, "train/val/test folders"
 
 
-def _read_class_folders(path: Path, val_fraction: float, test_fraction: float,
-                        seed: int) -> tuple[list[str], dict[str, list[Item]]]:
+def _read_class_folders(
+    path: Path, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[str], dict[str, list[Item]]]:
     per_class = {c: _files(path / c, IMAGE_SUFFIXES) for c in _subdirs(path)}
     classnames = [c for c, files in per_class.items() if files]
     if not classnames:
@@ -387,7 +394,7 @@ def _read_class_folders(path: Path, val_fraction: float, test_fraction: float,
     for label, c in enumerate(classnames):
         rng = random.Random(f"{seed}:{c}")
         parts = _split_class(per_class[c], val_fraction, test_fraction, rng)
-        for split, files in zip(SPLITS, parts):
+        for split, files in zip(SPLITS, parts, strict=False):
             splits[split].extend(Item(f"{c}/{f}", label, c) for f in files)
     return classnames, splits
 
@@ -400,6 +407,7 @@ LOADERS: dict[str, Callable[[DatasetSpec, Path], DatasetSplits]] = {
 
 
 # --------------------------------------------------------------------------- by name
+
 
 def load_dataset(name: str, data_root: Path | None) -> DatasetSplits:
     """Read the splits of dataset ``name`` under ``data_root`` (None: $CACHECLIP_DATA).

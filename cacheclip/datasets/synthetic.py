@@ -13,9 +13,9 @@ import json
 import math
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -25,8 +25,7 @@ from cacheclip.datasets.catalog import dataset_folder, get_dataset_spec, resolve
 # --------------------------------------------------------------------------- images
 
 
-def class_image(label: int, n_classes: int, size: tuple[int, int],
-                rng: np.random.Generator) -> Image.Image:
+def class_image(label: int, n_classes: int, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """An RGB image (width, height = ``size``) that looks like class ``label``."""
     w, h = size
     hue = label / max(n_classes, 1)
@@ -58,40 +57,116 @@ def _save(image: Image.Image, path: Path) -> None:
 
 # (folder or file stem, class name as the real split file spells it)
 _POOLS: dict[str, list[tuple[str, str]]] = {
-    "imagenet": [("n01440764", "tench"), ("n01443537", "goldfish"), ("n01484850", "great white shark"),
-                 ("n01491361", "tiger shark"), ("n01494475", "hammerhead shark"),
-                 ("n01496331", "electric ray"), ("n01498041", "stingray"), ("n01514668", "rooster")],
-    "caltech101": [("Faces", "face"), ("Leopards", "leopard"), ("Motorbikes", "motorbike"),
-                   ("accordion", "accordion"), ("airplanes", "airplane"), ("anchor", "anchor"),
-                   ("ant", "ant"), ("barrel", "barrel")],
-    "oxford_pets": [("Abyssinian", "abyssinian"), ("american_bulldog", "american_bulldog"),
-                    ("Bengal", "bengal"), ("beagle", "beagle"), ("Birman", "birman"),
-                    ("boxer", "boxer"), ("great_pyrenees", "great_pyrenees"),
-                    ("Russian_Blue", "russian_blue")],
-    "stanford_cars": [("", n) for n in (
-        "2012 Audi TTS Coupe", "2000 AM General Hummer SUV", "2012 BMW M3 Coupe",
-        "2007 Suzuki Aerio Sedan", "2012 Ferrari 458 Italia Convertible", "2012 Tesla Model S Sedan",
-        "1993 Volvo 240 Sedan", "2012 smart fortwo Convertible")],
-    "oxford_flowers": [("", n) for n in (
-        "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-        "passion flower", "sunflower", "blackberry lily", "english marigold")],
-    "food101": [(c, c) for c in ("apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio",
-                                 "bibimbap", "churros", "hot_dog", "ice_cream")],
-    "fgvc_aircraft": [("", n) for n in ("707-320", "A300B4", "Boeing 717", "F-16A/B", "F/A-18",
-                                        "Falcon 2000", "Cessna 172", "DHC-8-100")],
+    "imagenet": [
+        ("n01440764", "tench"),
+        ("n01443537", "goldfish"),
+        ("n01484850", "great white shark"),
+        ("n01491361", "tiger shark"),
+        ("n01494475", "hammerhead shark"),
+        ("n01496331", "electric ray"),
+        ("n01498041", "stingray"),
+        ("n01514668", "rooster"),
+    ],
+    "caltech101": [
+        ("Faces", "face"),
+        ("Leopards", "leopard"),
+        ("Motorbikes", "motorbike"),
+        ("accordion", "accordion"),
+        ("airplanes", "airplane"),
+        ("anchor", "anchor"),
+        ("ant", "ant"),
+        ("barrel", "barrel"),
+    ],
+    "oxford_pets": [
+        ("Abyssinian", "abyssinian"),
+        ("american_bulldog", "american_bulldog"),
+        ("Bengal", "bengal"),
+        ("beagle", "beagle"),
+        ("Birman", "birman"),
+        ("boxer", "boxer"),
+        ("great_pyrenees", "great_pyrenees"),
+        ("Russian_Blue", "russian_blue"),
+    ],
+    "stanford_cars": [
+        ("", n)
+        for n in (
+            "2012 Audi TTS Coupe",
+            "2000 AM General Hummer SUV",
+            "2012 BMW M3 Coupe",
+            "2007 Suzuki Aerio Sedan",
+            "2012 Ferrari 458 Italia Convertible",
+            "2012 Tesla Model S Sedan",
+            "1993 Volvo 240 Sedan",
+            "2012 smart fortwo Convertible",
+        )
+    ],
+    "oxford_flowers": [
+        ("", n)
+        for n in (
+            "pink primrose",
+            "hard-leaved pocket orchid",
+            "canterbury bells",
+            "sweet pea",
+            "passion flower",
+            "sunflower",
+            "blackberry lily",
+            "english marigold",
+        )
+    ],
+    "food101": [
+        (c, c)
+        for c in (
+            "apple_pie",
+            "baby_back_ribs",
+            "baklava",
+            "beef_carpaccio",
+            "bibimbap",
+            "churros",
+            "hot_dog",
+            "ice_cream",
+        )
+    ],
+    "fgvc_aircraft": [
+        ("", n)
+        for n in ("707-320", "A300B4", "Boeing 717", "F-16A/B", "F/A-18", "Falcon 2000", "Cessna 172", "DHC-8-100")
+    ],
     # SUN397 folders are <letter>/<name>[/<sub>]; CoOp's class name puts <sub> first.
-    "sun397": [("a/abbey", "abbey"), ("b/bakery/shop", "shop bakery"), ("a/apse/indoor", "indoor apse"),
-               ("b/beach", "beach"), ("c/campsite", "campsite"), ("k/kitchen", "kitchen"),
-               ("l/library/indoor", "indoor library"), ("s/skyscraper", "skyscraper")],
-    "dtd": [(c, c) for c in ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered",
-                             "cobwebbed", "cracked")],
-    "eurosat": [("AnnualCrop", "Annual Crop Land"), ("Forest", "Forest"),
-                ("HerbaceousVegetation", "Herbaceous Vegetation Land"), ("Highway", "Highway or Road"),
-                ("Industrial", "Industrial Buildings"), ("Pasture", "Pasture Land"),
-                ("PermanentCrop", "Permanent Crop Land"), ("Residential", "Residential Buildings"),
-                ("River", "River"), ("SeaLake", "Sea or Lake")],
-    "ucf101": [(c, c) for c in ("Apply_Eye_Makeup", "Archery", "Baby_Crawling", "Balance_Beam",
-                                "Band_Marching", "Basketball", "Biking", "Billiards")],
+    "sun397": [
+        ("a/abbey", "abbey"),
+        ("b/bakery/shop", "shop bakery"),
+        ("a/apse/indoor", "indoor apse"),
+        ("b/beach", "beach"),
+        ("c/campsite", "campsite"),
+        ("k/kitchen", "kitchen"),
+        ("l/library/indoor", "indoor library"),
+        ("s/skyscraper", "skyscraper"),
+    ],
+    "dtd": [(c, c) for c in ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked")],
+    "eurosat": [
+        ("AnnualCrop", "Annual Crop Land"),
+        ("Forest", "Forest"),
+        ("HerbaceousVegetation", "Herbaceous Vegetation Land"),
+        ("Highway", "Highway or Road"),
+        ("Industrial", "Industrial Buildings"),
+        ("Pasture", "Pasture Land"),
+        ("PermanentCrop", "Permanent Crop Land"),
+        ("Residential", "Residential Buildings"),
+        ("River", "River"),
+        ("SeaLake", "Sea or Lake"),
+    ],
+    "ucf101": [
+        (c, c)
+        for c in (
+            "Apply_Eye_Makeup",
+            "Archery",
+            "Baby_Crawling",
+            "Balance_Beam",
+            "Band_Marching",
+            "Basketball",
+            "Biking",
+            "Billiards",
+        )
+    ],
 }
 _SQUARE = {"eurosat", "dtd"}  # real images are square; the others vary in size
 _SHUFFLED_CLASS_ORDER = {"oxford_flowers", "stanford_cars"}  # real files list classes unsorted
@@ -99,8 +174,11 @@ _SHUFFLED_CLASS_ORDER = {"oxford_flowers", "stanford_cars"}  # real files list c
 
 def _classes(name: str, n: int) -> list[tuple[str, str]]:
     pool = _POOLS[name]
-    extra = [(f"{stem}{i}" if stem else "", f"{cname} {i}")
-             for i in range(len(pool), n) for stem, cname in [pool[i % len(pool)]]]
+    extra = [
+        (f"{stem}{i}" if stem else "", f"{cname} {i}")
+        for i in range(len(pool), n)
+        for stem, cname in [pool[i % len(pool)]]
+    ]
     return (pool + extra)[:n]
 
 
@@ -132,13 +210,11 @@ _PATHS: dict[str, PathFn] = {
     "sun397": _sun_name,
     "dtd": lambda d, r: f"{d.stem}/{d.stem}_{d.number:04d}.jpg",
     "eurosat": lambda d, r: f"{d.stem}/{d.stem}_{d.number}.jpg",
-    "ucf101": lambda d, r: (f"{d.stem}/v_{d.stem.replace('_', '')}"
-                            f"_g{d.number // 7 + 1:02d}_c{d.number % 7 + 1:02d}.jpg"),
+    "ucf101": lambda d, r: f"{d.stem}/v_{d.stem.replace('_', '')}_g{d.number // 7 + 1:02d}_c{d.number % 7 + 1:02d}.jpg",
 }
 
 
-def _draws(name: str, classes: list[tuple[str, str]], counts: dict[str, int],
-           rng: random.Random) -> list[_Draw]:
+def _draws(name: str, classes: list[tuple[str, str]], counts: dict[str, int], rng: random.Random) -> list[_Draw]:
     """Every image of the dataset, with unique random numbers, per split in list order."""
     total = len(classes) * sum(counts.values())
     numbers = rng.sample(range(1, 10 * total + 10), total)
@@ -156,14 +232,31 @@ def _draws(name: str, classes: list[tuple[str, str]], counts: dict[str, int],
     return draws
 
 
-def _write_images(draws: list[_Draw], paths: list[str], image_root: Path, n_classes: int,
-                  image_size: int, square: bool, rng: random.Random, np_rng: np.random.Generator) -> None:
-    for d, rel in zip(draws, paths):
+def _write_images(
+    draws: list[_Draw],
+    paths: list[str],
+    image_root: Path,
+    n_classes: int,
+    image_size: int,
+    square: bool,
+    rng: random.Random,
+    np_rng: np.random.Generator,
+) -> None:
+    for d, rel in zip(draws, paths, strict=False):
         _save(class_image(d.label, n_classes, _size(square, image_size, rng), np_rng), image_root / rel)
 
 
-def make_dataset(name: str, data_root: Path, *, n_classes: int = 4, n_train: int = 6, n_val: int = 3,
-                 n_test: int = 3, image_size: int = 40, seed: int = 0) -> Path:
+def make_dataset(
+    name: str,
+    data_root: Path,
+    *,
+    n_classes: int = 4,
+    n_train: int = 6,
+    n_val: int = 3,
+    n_test: int = 3,
+    image_size: int = 40,
+    seed: int = 0,
+) -> Path:
     """Write a fake ``name`` dataset under ``data_root`` in its real layout; return its folder.
 
     ``n_*`` are images per class. ImageNet has no val (its val/ folder is the test set),
@@ -180,8 +273,12 @@ def make_dataset(name: str, data_root: Path, *, n_classes: int = 4, n_train: int
     if name == "imagenet":
         classes.sort()  # labels follow sorted wnids
         draws = _draws(name, classes, {"train": n_train, "val": n_test}, rng)
-        paths = [f"{d.split}/{d.stem}/{d.stem}_{d.number}.JPEG" if d.split == "train"
-                 else f"val/{d.stem}/ILSVRC2012_val_{d.number:08d}.JPEG" for d in draws]
+        paths = [
+            f"{d.split}/{d.stem}/{d.stem}_{d.number}.JPEG"
+            if d.split == "train"
+            else f"val/{d.stem}/ILSVRC2012_val_{d.number:08d}.JPEG"
+            for d in draws
+        ]
         _write_images(draws, paths, image_root, n_classes, image_size, square, rng, np_rng)
         (folder / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in classes))
         return folder
@@ -191,17 +288,21 @@ def make_dataset(name: str, data_root: Path, *, n_classes: int = 4, n_train: int
         _write_images(draws, paths, image_root, n_classes, image_size, square, rng, np_rng)
         (folder / "variants.txt").write_text("".join(f"{c}\n" for _, c in classes))
         for split in ("train", "val", "test"):
-            lines = sorted(f"{p[:-4]} {d.classname}\n" for d, p in zip(draws, paths) if d.split == split)
+            lines = sorted(f"{p[:-4]} {d.classname}\n" for d, p in zip(draws, paths, strict=False) if d.split == split)
             (folder / f"images_variant_{split}.txt").write_text("".join(lines))
         return folder
     paths = [_PATHS[name](d, rng) for d in draws]
     _write_images(draws, paths, image_root, n_classes, image_size, square, rng, np_rng)
     if name == "caltech101":  # present in the real download, absent from the split
         for i in range(2):
-            _save(class_image(0, 1, (image_size, image_size), np_rng),
-                  image_root / "BACKGROUND_Google" / f"image_{i + 1:04d}.jpg")
-    split = {s: [[p, d.label, d.classname] for d, p in zip(draws, paths) if d.split == s]
-             for s in ("train", "val", "test")}
+            _save(
+                class_image(0, 1, (image_size, image_size), np_rng),
+                image_root / "BACKGROUND_Google" / f"image_{i + 1:04d}.jpg",
+            )
+    split = {
+        s: [[p, d.label, d.classname] for d, p in zip(draws, paths, strict=True) if d.split == s]
+        for s in ("train", "val", "test")
+    }
     (folder / spec.split_file).write_text(json.dumps(split, indent=4))
     return folder
 
@@ -211,8 +312,16 @@ def make_dataset(name: str, data_root: Path, *, n_classes: int = 4, n_train: int
 _FOLDER_CLASSES = ["red_fox", "blue_whale", "green_apple", "golden_retriever", "snow_owl", "sea_turtle"]
 
 
-def make_imagefolder(path: Path, *, n_classes: int = 3, n_per_class: int = 8, with_splits: bool = False,
-                     n_eval_per_class: int = 3, image_size: int = 40, seed: int = 0) -> Path:
+def make_imagefolder(
+    path: Path,
+    *,
+    n_classes: int = 3,
+    n_per_class: int = 8,
+    with_splits: bool = False,
+    n_eval_per_class: int = 3,
+    image_size: int = 40,
+    seed: int = 0,
+) -> Path:
     """Write class folders of images under ``path`` (for ``imagefolder:<path>``); return ``path``.
 
     Without splits: ``path/<class>/`` with ``n_per_class`` images each. With splits:
@@ -224,8 +333,9 @@ def make_imagefolder(path: Path, *, n_classes: int = 3, n_per_class: int = 8, wi
     rng = random.Random(f"{seed}:imagefolder")
     np_rng = np.random.default_rng([seed, 1])
     names = [_FOLDER_CLASSES[i] if i < len(_FOLDER_CLASSES) else f"class_{i}" for i in range(n_classes)]
-    parts = {"train": n_per_class, "val": n_eval_per_class, "test": n_eval_per_class} if with_splits \
-        else {"": n_per_class}
+    parts = (
+        {"train": n_per_class, "val": n_eval_per_class, "test": n_eval_per_class} if with_splits else {"": n_per_class}
+    )
     for part, n in parts.items():
         for label, cname in enumerate(names):
             class_dir = path / part / cname if part else path / cname

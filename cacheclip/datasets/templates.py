@@ -5,9 +5,9 @@ A template holds one ``{}`` that takes a class name with "_" replaced by " ".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from cacheclip.datasets.catalog import IMAGEFOLDER_PREFIX, get_dataset_spec
 from cacheclip.errors import ConfigError, UnknownNameError
@@ -76,7 +76,7 @@ def _parse_templates(text: str, source: str) -> tuple[str, ...]:
 
 
 def _dataset_template(dataset: str) -> str:
-    if dataset.startswith(IMAGEFOLDER_PREFIX) or dataset.startswith("imagefolder-"):
+    if dataset.startswith((IMAGEFOLDER_PREFIX, "imagefolder-")):
         return DATASET_TEMPLATES["imagefolder"]
     spec = get_dataset_spec(dataset)
     return DATASET_TEMPLATES.get(spec.template_key or spec.name, GENERIC_TEMPLATE)

@@ -18,21 +18,25 @@ from torchvision.transforms import functional as TF
 
 from cacheclip.common import COOP_CROP_SCALE
 
-COOP_SCALE = COOP_CROP_SCALE    # Dassl/CoOp random_resized_crop (the default)
-TIP_SCALE = (0.5, 1.0)      # Tip-Adapter's cache augmentation
+COOP_SCALE = COOP_CROP_SCALE  # Dassl/CoOp random_resized_crop (the default)
+TIP_SCALE = (0.5, 1.0)  # Tip-Adapter's cache augmentation
 RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    views: int = 10                           # augmented views per train image (0: clean view only)
-    scale: tuple[float, float] = COOP_SCALE   # RandomResizedCrop area range
-    ratio: tuple[float, float] = RATIO        # RandomResizedCrop aspect range
-    seed: int = 0                             # with the image path and view index, fixes every view
+    views: int = 10  # augmented views per train image (0: clean view only)
+    scale: tuple[float, float] = COOP_SCALE  # RandomResizedCrop area range
+    ratio: tuple[float, float] = RATIO  # RandomResizedCrop aspect range
+    seed: int = 0  # with the image path and view index, fixes every view
 
     def attrs(self) -> dict[str, Any]:
-        return {"aug_views": self.views, "aug_scale": list(self.scale),
-                "aug_ratio": [round(r, 6) for r in self.ratio], "aug_seed": self.seed}
+        return {
+            "aug_views": self.views,
+            "aug_scale": list(self.scale),
+            "aug_ratio": [round(r, 6) for r in self.ratio],
+            "aug_seed": self.seed,
+        }
 
 
 def view_generator(seed: int, path: str, view: int) -> torch.Generator:

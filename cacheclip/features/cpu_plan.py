@@ -43,7 +43,7 @@ class CpuPlan:
         self.initial = torch.get_num_threads()
         self.workers = workers
         self.active = device == "cpu" and workers > 0 and self.initial > 1
-        self.forward_seconds: float | None = None   # one image, one thread
+        self.forward_seconds: float | None = None  # one image, one thread
         self.in_workers = False
 
     def choose(self, loaded: LoadedModel, reader: ImageReader, batch_size: int, precision: str = "fp32") -> int:
@@ -51,12 +51,12 @@ class CpuPlan:
         self.in_workers = False
         if not self.active:
             return torch.get_num_threads()
-        decode, forwards_per_item = _decode_cost(reader)
+        decode, forwards_per_item = decode_cost(reader)
         if self.forward_seconds is None:
             torch.set_num_threads(1)
-            self.forward_seconds = _forward_seconds_per_image(loaded, batch_size, precision)
-        decode_rate = min(self.workers, self.initial) / max(decode, 1e-9)        # items/s
-        forward_rate = 1.0 / (self.forward_seconds * forwards_per_item)        # items/s on one thread
+            self.forward_seconds = forward_seconds_per_image(loaded, batch_size, precision)
+        decode_rate = min(self.workers, self.initial) / max(decode, 1e-9)  # items/s
+        forward_rate = 1.0 / (self.forward_seconds * forwards_per_item)  # items/s on one thread
         decode_binds = forward_rate >= decode_rate
         self.in_workers = decode_binds and self.workers >= self.initial and sys.platform.startswith("linux")
         threads = 1 if decode_binds else self.initial
@@ -69,7 +69,7 @@ class CpuPlan:
             torch.set_num_threads(self.initial)
 
 
-def _decode_cost(reader: ImageReader, per_split: int = 2) -> tuple[float, float]:
+def decode_cost(reader: ImageReader, per_split: int = 2) -> tuple[float, float]:
     """(decode + transform seconds, forwards) per item, as a worker does it: the first
     ``per_split`` items of each split timed, weighted by the split's share of the work."""
     counts = collections.Counter(split for split, _, _ in reader.work)
@@ -89,8 +89,9 @@ def _decode_cost(reader: ImageReader, per_split: int = 2) -> tuple[float, float]
     return seconds / total, forwards / total
 
 
-def _forward_seconds_per_image(loaded: LoadedModel, max_batch: int, precision: str = "fp32",
-                               enough: float = 0.02) -> float:
+def forward_seconds_per_image(
+    loaded: LoadedModel, max_batch: int, precision: str = "fp32", enough: float = 0.02
+) -> float:
     """Seconds per image of the forward on random input, at the current thread count: batches
     of 1, 4, 16... up to ``max_batch``, stopping at the first that takes ``enough`` seconds
     (a fast model's cost per image falls with the batch; a slow one is measured at once)."""

@@ -9,8 +9,9 @@ so the store is the one a single process would write.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -44,8 +45,8 @@ def from_env(device: str) -> Dist:
         return SINGLE
     import torch.distributed as td
 
-    if not td.is_initialized():   # gloo on GPUs too: the only collectives are a few CPU integers
-        td.init_process_group(backend="gloo")                   # (features travel through part files)
+    if not td.is_initialized():  # gloo on GPUs too: the only collectives are a few CPU integers
+        td.init_process_group(backend="gloo")  # (features travel through part files)
     return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -56,7 +57,7 @@ def rank_device(device: str, dist: Dist) -> str:
 
 def shard(items: Sequence[T], dist: Dist) -> list[T]:
     """This rank's share: every world-th item, starting at its rank."""
-    return list(items[dist.rank::dist.world])
+    return list(items[dist.rank :: dist.world])
 
 
 def on_main(dist: Dist, fn: Callable[[], T]) -> T | None:
@@ -88,5 +89,7 @@ def all_succeeded(error: BaseException | None, dist: Dist) -> None:
     if error is not None:
         raise error
     if failed:
-        raise CacheClipError(f"{failed} other extraction process(es) failed",
-                             "see their error above; fix it and rerun the same command to resume")
+        raise CacheClipError(
+            f"{failed} other extraction process(es) failed",
+            "see their error above; fix it and rerun the same command to resume",
+        )

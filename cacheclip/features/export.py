@@ -19,9 +19,13 @@ def export_split(store: Path, split: str, out: Path) -> dict[str, tuple[int, ...
         paths = np.array(s.listing(split).paths, dtype=object)[s.encoded(split)].astype(str)
         per_template, ensemble = s.text_features()
         arrays = {
-            "features": features, "labels": labels, "paths": paths,
-            "classnames": np.array(s.classnames, dtype=str), "templates": np.array(s.templates, dtype=str),
-            "text_features": per_template, "text_ensemble": ensemble,
+            "features": features,
+            "labels": labels,
+            "paths": paths,
+            "classnames": np.array(s.classnames, dtype=str),
+            "templates": np.array(s.templates, dtype=str),
+            "text_features": per_template,
+            "text_ensemble": ensemble,
             "logit_scale": np.float32(s.attrs["logit_scale"]),
         }
         if aug is not None:

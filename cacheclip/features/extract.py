@@ -8,33 +8,33 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from cacheclip.common import package_versions
+from cacheclip.datasets.catalog import SPLITS, DatasetSplits, check_images
+from cacheclip.datasets.fewshot import needed_train_indices
+from cacheclip.datasets.layouts import load_dataset
+from cacheclip.datasets.templates import format_prompts, get_templates
+from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError
 from cacheclip.features import pipeline
 from cacheclip.features import store as st
 from cacheclip.features.augment import COOP_SCALE, AugmentConfig
 from cacheclip.features.cpu_plan import CpuPlan
-from cacheclip.datasets.catalog import SPLITS, DatasetSplits, check_images
-from cacheclip.datasets.layouts import load_dataset
 from cacheclip.features.distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
-from cacheclip.common import package_versions
-from cacheclip.settings import setting
-from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError
-from cacheclip.datasets.fewshot import needed_train_indices
 from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text
-from cacheclip.datasets.templates import format_prompts, get_templates
+from cacheclip.settings import setting
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
-CHUNK_FORWARDS = 2048   # image forwards per committed chunk: bounds the work a kill can lose
+CHUNK_FORWARDS = 2048  # image forwards per committed chunk: bounds the work a kill can lose
 
-Progress = Callable[[str, int, int], None]   # (stage, done, total)
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def default_workers() -> int:
@@ -42,7 +42,7 @@ def default_workers() -> int:
     than cores only contend; torch warns about it)."""
     try:
         cores = len(os.sched_getaffinity(0))
-    except AttributeError:   # not on Linux
+    except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return min(4, cores)
 
@@ -52,18 +52,19 @@ class ExtractConfig:
     """What to encode and how; every field that changes the bytes is recorded in the store."""
 
     cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
-    templates: str = setting("default", "prompt template set (default, photo, imagenet7, imagenet80) or file",
-                             flag="--templates")
+    templates: str = setting(
+        "default", "prompt template set (default, photo, imagenet7, imagenet80) or file", flag="--templates"
+    )
     dtype: str = setting("float16", "stored feature dtype: float16 or float32", flag="--dtype")
     aug_views: int = setting(10, "augmented views cached per train image (0: none)", flag="--aug-views")
-    aug_scale: tuple[float, float] = setting(COOP_SCALE, "RandomResizedCrop scale range (CoOp: 0.08,1)",
-                                             flag="--aug-scale")
+    aug_scale: tuple[float, float] = setting(
+        COOP_SCALE, "RandomResizedCrop scale range (CoOp: 0.08,1)", flag="--aug-scale"
+    )
     aug_seed: int = setting(0, "seed of the augmented views", flag="--aug-seed")
-    train: str = setting("fewshot", "fewshot: the train images the planned runs need; all: every one",
-                         flag="--train")
+    train: str = setting("fewshot", "fewshot: the train images the planned runs need; all: every one", flag="--train")
     shots: tuple[int, ...] = setting(DEFAULT_SHOTS, "shots per class the planned runs use", flag="--shots")
     seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "few-shot sampling seeds the planned runs use", flag="--seeds")
-    holdout_val: bool = False                   # also encode the hold-out val of datasets without val
+    holdout_val: bool = False  # also encode the hold-out val of datasets without val
     batch_size: int = setting(64, "images per forward pass", flag="--batch-size")
     workers: int = setting(default_workers(), "image-decoding processes", flag="--workers")
     precision: str = setting("auto", "auto (amp on CUDA, fp32 on CPU), fp32 or amp", flag="--precision")
@@ -80,19 +81,23 @@ class ExtractConfig:
         if self.precision not in ("auto", "fp32", "amp"):
             raise ConfigError(f"--precision {self.precision} is not supported", "use auto, fp32 or amp")
         if self.aug_views < 0 or self.batch_size < 1 or self.workers < 0:
-            raise ConfigError("--aug-views, --batch-size and --workers must not be negative",
-                              "e.g. --aug-views 10 --batch-size 64 --workers 4")
+            raise ConfigError(
+                "--aug-views, --batch-size and --workers must not be negative",
+                "e.g. --aug-views 10 --batch-size 64 --workers 4",
+            )
         if not 0 < self.aug_scale[0] <= self.aug_scale[1] <= 1:
-            raise ConfigError(f"--aug-scale {self.aug_scale} is not a crop scale range",
-                              "two numbers 0 < lo <= hi <= 1, e.g. --aug-scale 0.08,1")
+            raise ConfigError(
+                f"--aug-scale {self.aug_scale} is not a crop scale range",
+                "two numbers 0 < lo <= hi <= 1, e.g. --aug-scale 0.08,1",
+            )
 
 
 @dataclass
 class ExtractSummary:
     dataset: str
     store: Path
-    encoded: dict[str, int] = field(default_factory=dict)    # newly encoded images per split
-    total: dict[str, int] = field(default_factory=dict)      # images with features per split
+    encoded: dict[str, int] = field(default_factory=dict)  # newly encoded images per split
+    total: dict[str, int] = field(default_factory=dict)  # images with features per split
     text_updated: bool = False
     seconds: float = 0.0
 
@@ -110,18 +115,23 @@ def resolve_precision(precision: str, device: str) -> str:
     if cuda:
         return "amp-fp16"
     if not cpu_has_bf16():
-        raise ConfigError("--precision amp on CPU needs bf16 hardware (AVX512-BF16 or AMX); this CPU has neither",
-                          "use --precision fp32, the default on CPU")
+        raise ConfigError(
+            "--precision amp on CPU needs bf16 hardware (AVX512-BF16 or AMX); this CPU has neither",
+            "use --precision fp32, the default on CPU",
+        )
     return "amp-bf16"
 
 
-def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig,
-                   precision: str) -> dict:
+def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: ExtractConfig, precision: str) -> dict:
     """The identity attributes of the store. From a ModelRef (no model built) it lacks only
     ``preprocess``, which the built model reports."""
     identity = {
-        "schema_version": st.SCHEMA_VERSION, "dataset": ds.name, **model.identity(),
-        "split_sha256": ds.split_sha256, "dtype": cfg.dtype, "precision": precision,
+        "schema_version": st.SCHEMA_VERSION,
+        "dataset": ds.name,
+        **model.identity(),
+        "split_sha256": ds.split_sha256,
+        "dtype": cfg.dtype,
+        "precision": precision,
         **cfg.augment.attrs(),
     }
     # lists are stored as JSON text in HDF5 attributes; compare them in that form
@@ -135,13 +145,21 @@ def planned_items(ds: DatasetSplits, cfg: ExtractConfig) -> dict[str, list[int]]
         plan["train"] = list(range(len(ds.train)))
     else:
         labels = [it.label for it in ds.train]
-        plan["train"] = needed_train_indices(labels, [it.label for it in ds.val], cfg.shots, cfg.seeds,
-                                             holdout=cfg.holdout_val)
+        plan["train"] = needed_train_indices(
+            labels, [it.label for it in ds.val], cfg.shots, cfg.seeds, holdout=cfg.holdout_val
+        )
     return {s: plan[s] for s in SPLITS}
 
 
-def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, cfg: ExtractConfig,
-                 path: Path, precision: str, progress: Progress | None) -> dict[str, int]:
+def _encode_todo(
+    ds: DatasetSplits,
+    todo: dict[str, list[int]],
+    loaded: LoadedModel,
+    cfg: ExtractConfig,
+    path: Path,
+    precision: str,
+    progress: Progress | None,
+) -> dict[str, int]:
     """Encode the planned items of every split, committing a part file per chunk of one split;
     returns the number of items encoded per split."""
     done = {s: 0 for s in SPLITS if todo.get(s)}
@@ -153,15 +171,17 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
     pending: Future | None = None
     try:
         plan.choose(loaded, reader, cfg.batch_size, precision)
-        loader = pipeline.image_loader(reader, loaded, cfg.batch_size, cfg.workers,
-                              encode=precision if plan.in_workers else None)
-        with ThreadPoolExecutor(max_workers=1) as writer:   # HDF5 writes overlap the next batches
+        loader = pipeline.image_loader(
+            reader, loaded, cfg.batch_size, cfg.workers, encode=precision if plan.in_workers else None
+        )
+        with ThreadPoolExecutor(max_workers=1) as writer:  # HDF5 writes overlap the next batches
             for split, idx, clean, aug, error in loader:
                 if error is not None:
                     raise CorruptImageError(
                         f"cannot decode {ds.image_root / ds.split(split)[error[0]].path}: {error[1]}",
-                        "replace or delete the file (and its line in the split file), then rerun")
-                if plan.in_workers:   # the batch already holds features
+                        "replace or delete the file (and its line in the split file), then rerun",
+                    )
+                if plan.in_workers:  # the batch already holds features
                     feats, aug_feats = clean, aug
                 else:
                     feats, aug_feats = pipeline.encode_batch(loaded, clean, aug, precision)
@@ -169,7 +189,7 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
                 done[split] += len(idx)
                 forwards = sum(len(b[0]) for b in buffer) * (1 + (0 if aug_feats is None else aug_feats.shape[1]))
                 if forwards >= CHUNK_FORWARDS or done[split] == len(todo[split]):
-                    if pending is not None:   # batches never mix splits, and a split's end flushes
+                    if pending is not None:  # batches never mix splits, and a split's end flushes
                         pending.result()
                     pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
                     buffer = []
@@ -184,8 +204,9 @@ def _encode_todo(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedMo
 
 def _to_chunk(split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
     aug = None if buffer[0][2] is None else np.concatenate([b[2] for b in buffer]).astype(dtype)
-    return st.Chunk(split, np.concatenate([b[0] for b in buffer]),
-                    np.concatenate([b[1] for b in buffer]).astype(dtype), aug)
+    return st.Chunk(
+        split, np.concatenate([b[0] for b in buffer]), np.concatenate([b[1] for b in buffer]).astype(dtype), aug
+    )
 
 
 def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
@@ -194,19 +215,28 @@ def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
     marker = st.parts_dir(path) / "identity.json"
     if marker.exists():
         import json
+
         recorded = json.loads(marker.read_text())
         try:
             st.check_identity(path, recorded, identity)
         except StoreMismatchError as e:
-            raise StoreMismatchError(e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
-                                     f"rerun with the same options, or delete {st.parts_dir(path)}") from None
+            raise StoreMismatchError(
+                e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
+                f"rerun with the same options, or delete {st.parts_dir(path)}",
+            ) from None
     elif will_write:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(st.json_attr(identity))
 
 
-def extract_dataset(dataset: str, data_root: Path | None, loaded: LoadedModel, cfg: ExtractConfig = ExtractConfig(),
-                    progress: Progress | None = None, dist: Dist = SINGLE) -> ExtractSummary:
+def extract_dataset(
+    dataset: str,
+    data_root: Path | None,
+    loaded: LoadedModel,
+    cfg: ExtractConfig = ExtractConfig(),
+    progress: Progress | None = None,
+    dist: Dist = SINGLE,
+) -> ExtractSummary:
     """Bring the store of ``dataset`` for ``loaded`` up to date with ``cfg``; return what was done.
 
     Under torchrun (``dist``), every rank encodes its shard of the work into part files and
@@ -262,8 +292,9 @@ def _store_state(path: Path, identity: dict, templates: list[str]):
         return have, (old.text_features() if old.templates == templates else None)
 
 
-def _encode_text(loaded: LoadedModel, templates: list[str], ds: DatasetSplits,
-                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+def _encode_text(
+    loaded: LoadedModel, templates: list[str], ds: DatasetSplits, progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray]:
     if progress:
         progress("text", 0, len(templates))
     per_template, ensemble = encode_text(loaded, format_prompts(templates, ds.classnames))
@@ -272,15 +303,26 @@ def _encode_text(loaded: LoadedModel, templates: list[str], ds: DatasetSplits,
     return per_template.numpy(), ensemble.numpy()
 
 
-def _contents(ds: DatasetSplits, loaded: LoadedModel, cfg: ExtractConfig, identity: dict,
-              templates: list[str], text: tuple[np.ndarray, np.ndarray]) -> st.StoreContents:
+def _contents(
+    ds: DatasetSplits,
+    loaded: LoadedModel,
+    cfg: ExtractConfig,
+    identity: dict,
+    templates: list[str],
+    text: tuple[np.ndarray, np.ndarray],
+) -> st.StoreContents:
     attrs = dict(identity)
-    attrs.update({
-        "split_source": ds.split_source, "image_root": str(ds.image_root), "templates_spec": cfg.templates,
-        "logit_scale": loaded.logit_scale, "embed_dim": loaded.embed_dim,
-        "checkpoint_path": loaded.checkpoint_path or "", "model_config_path": loaded.ref.config_path or "",
-        **{f"{k}_version": v for k, v in package_versions().items() if k in ("open_clip", "torch")},
-    })
-    listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)])
-                for s in SPLITS}
+    attrs.update(
+        {
+            "split_source": ds.split_source,
+            "image_root": str(ds.image_root),
+            "templates_spec": cfg.templates,
+            "logit_scale": loaded.logit_scale,
+            "embed_dim": loaded.embed_dim,
+            "checkpoint_path": loaded.checkpoint_path or "",
+            "model_config_path": loaded.ref.config_path or "",
+            **{f"{k}_version": v for k, v in package_versions().items() if k in ("open_clip", "torch")},
+        }
+    )
+    listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)]) for s in SPLITS}
     return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1])

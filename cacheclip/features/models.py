@@ -14,9 +14,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +33,11 @@ RANDOM_INIT_SEED = 0  # random-weight models are seeded so their features are re
 class ModelRef:
     """A resolved (model, weights) pair: enough to name its store without building it."""
 
-    name: str                     # resolved open_clip name, e.g. "RN50-quickgelu"
-    pretrained: str               # the tag, "none", or "file"
-    checkpoint_path: str | None   # local file the weights come from (--pretrained PATH)
-    weights_sha256: str | None    # of that file
-    config_sha256: str | None     # of the model-config JSON (--model PATH.json)
+    name: str  # resolved open_clip name, e.g. "RN50-quickgelu"
+    pretrained: str  # the tag, "none", or "file"
+    checkpoint_path: str | None  # local file the weights come from (--pretrained PATH)
+    weights_sha256: str | None  # of that file
+    config_sha256: str | None  # of the model-config JSON (--model PATH.json)
     quick_gelu: bool
     config_path: str | None = None  # that JSON file, so a run can rebuild the model later
 
@@ -58,8 +59,13 @@ class ModelRef:
 
     def identity(self) -> dict[str, Any]:
         """What the store records of the model, known without building it (no preprocessing)."""
-        return {"model": self.name, "model_config_sha256": self.config_sha256 or "", "pretrained": self.pretrained,
-                "weights_sha256": self.weights_sha256 or "", "quick_gelu": self.quick_gelu}
+        return {
+            "model": self.name,
+            "model_config_sha256": self.config_sha256 or "",
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256 or "",
+            "quick_gelu": self.quick_gelu,
+        }
 
 
 @dataclass
@@ -68,7 +74,7 @@ class LoadedModel:
 
     ref: ModelRef
     model: torch.nn.Module
-    preprocess: dict[str, Any]    # size, mean, std, interpolation, resize_mode
+    preprocess: dict[str, Any]  # size, mean, std, interpolation, resize_mode
     val_transform: Callable
     tokenizer: Callable
     logit_scale: float
@@ -91,8 +97,10 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}, but torch sees no CUDA device",
-                          "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        raise ConfigError(
+            f"--device {device}, but torch sees no CUDA device",
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"unknown --device {device}", "use cpu, cuda or cuda:N")
     return device
@@ -119,12 +127,12 @@ def _register_config_file(path: Path) -> tuple[str, str]:
     try:
         cfg = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"cannot read model config {path}: {e}",
-                             "pass a valid open_clip model-config JSON") from e
+        raise ModelLoadError(f"cannot read model config {path}: {e}", "pass a valid open_clip model-config JSON") from e
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
-        raise ModelLoadError(f"model config {path} lacks {', '.join(missing)}",
-                             "see open_clip's model_configs/*.json for the format")
+        raise ModelLoadError(
+            f"model config {path} lacks {', '.join(missing)}", "see open_clip's model_configs/*.json for the format"
+        )
     open_clip.add_model_config(path)
     return path.stem, sha256_file(path)
 
@@ -133,8 +141,10 @@ def _resolve_name(model: str) -> tuple[str, str | None, str | None]:
     if model.endswith(".json") or os.path.sep in model:
         path = Path(model).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"model config file not found: {path}",
-                                 "pass an open_clip model name (cacheclip models) or an existing JSON file")
+            raise ModelLoadError(
+                f"model config file not found: {path}",
+                "pass an open_clip model name (cacheclip models) or an existing JSON file",
+            )
         return (*_register_config_file(path), str(path.resolve()))
     names = list_models()
     if model not in names:
@@ -165,9 +175,11 @@ def _quickgelu_name(name: str, tag_cfg: dict) -> tuple[str, bool]:
 
 
 def _offline_hint(name: str, tag: str) -> str:
-    return (f"on a machine with network run `python -c \"import open_clip; "
-            f"open_clip.create_model('{name}', pretrained='{tag}')\"` and copy its Hugging Face cache "
-            f"(~/.cache/huggingface) here, or download the checkpoint file and pass --pretrained /path/to/file")
+    return (
+        f'on a machine with network run `python -c "import open_clip; '
+        f"open_clip.create_model('{name}', pretrained='{tag}')\"` and copy its Hugging Face cache "
+        f"(~/.cache/huggingface) here, or download the checkpoint file and pass --pretrained /path/to/file"
+    )
 
 
 def _create(name: str, pretrained: str | None, force_quick_gelu: bool, device: str, cache_dir: str | None):
@@ -177,10 +189,11 @@ def _create(name: str, pretrained: str | None, force_quick_gelu: bool, device: s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             return open_clip.create_model_and_transforms(
-                name, pretrained=None, force_quick_gelu=force_quick_gelu, device=device)
+                name, pretrained=None, force_quick_gelu=force_quick_gelu, device=device
+            )
     return open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, device=device,
-        cache_dir=cache_dir)
+        name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, device=device, cache_dir=cache_dir
+    )
 
 
 def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> ModelRef:
@@ -196,8 +209,9 @@ def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAIN
         return ModelRef(name, pretrained, None, None, config_sha, quick_gelu, config_path)
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return ModelRef(name, "file", str(path.resolve()), sha256_file(path), config_sha,
-                        _config_quick_gelu(name), config_path)
+        return ModelRef(
+            name, "file", str(path.resolve()), sha256_file(path), config_sha, _config_quick_gelu(name), config_path
+        )
     tags = open_clip.list_pretrained_tags_by_model(name)
     raise UnknownNameError(
         f"--pretrained '{pretrained}' is neither a tag of {name} nor an existing file",
@@ -205,16 +219,23 @@ def resolve_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAIN
     )
 
 
-def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, *,
-               device: str = "cpu", weights_dir: str | None = None) -> LoadedModel:
+def load_model(
+    model: str = DEFAULT_MODEL,
+    pretrained: str = DEFAULT_PRETRAINED,
+    *,
+    device: str = "cpu",
+    weights_dir: str | None = None,
+) -> LoadedModel:
     """Build a frozen open_clip model in eval mode from a name/config and a tag/file/none."""
     import open_clip
 
     ref = resolve_model(model, pretrained)
     warnings: list[str] = []
     if ref.pretrained == RANDOM_WEIGHTS:
-        warnings.append(f"--pretrained none: {ref.name} has RANDOM weights; its features and "
-                        "accuracies mean nothing (use it for tests and smoke runs only)")
+        warnings.append(
+            f"--pretrained none: {ref.name} has RANDOM weights; its features and "
+            "accuracies mean nothing (use it for tests and smoke runs only)"
+        )
     source = None if ref.pretrained == RANDOM_WEIGHTS else (ref.checkpoint_path or ref.pretrained)
     force = ref.quick_gelu and not _config_quick_gelu(ref.name)
     try:
@@ -222,18 +243,17 @@ def load_model(model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED,
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike
         raise _load_error(ref.name, ref.pretrained, ref.checkpoint_path, e) from e
     net.eval().requires_grad_(False)
-    if device.startswith("cuda"):   # fp32 means fp32: cuDNN would run convolutions in TF32 (10-bit
-        torch.backends.cudnn.allow_tf32 = False        # mantissa) on Ampere and later by default
-        torch.backends.cuda.matmul.allow_tf32 = False
     loaded = LoadedModel(
-        ref=ref, model=net, preprocess=_preprocess_cfg(net), val_transform=val_transform,
-        tokenizer=open_clip.get_tokenizer(ref.name), logit_scale=float(net.logit_scale.exp().item()),
-        embed_dim=_embed_dim(net), device=device, warnings=warnings,
+        ref=ref,
+        model=net,
+        preprocess=_preprocess_cfg(net),
+        val_transform=val_transform,
+        tokenizer=open_clip.get_tokenizer(ref.name),
+        logit_scale=float(net.logit_scale.exp().item()),
+        embed_dim=_embed_dim(net),
+        device=device,
+        warnings=warnings,
     )
-    # torch, open_clip and the model are now ~400k long-lived objects that every full cyclic
-    # collection rescans (0.17 s each here, triggered about every 5 parses of an 8000-item
-    # split file). Freezing them stops that; objects are still freed by reference counting.
-    gc.freeze()
     return loaded
 
 
@@ -241,10 +261,14 @@ def _load_error(name: str, pretrained: str, checkpoint: str | None, e: Exception
     cause = re.sub(r"\s+", " ", str(e))
     cause = cause if len(cause) <= 400 else cause[:400].rsplit(" ", 1)[0] + " ..."
     if checkpoint:
-        return ModelLoadError(f"cannot load checkpoint {checkpoint} into {name}: {cause}",
-                              "check that the file holds weights for this --model (a -quickgelu name for OpenAI weights)")
-    return ModelLoadError(f"cannot get the '{pretrained}' weights of {name} (offline, or not downloaded yet): {cause}",
-                          _offline_hint(name, pretrained))
+        return ModelLoadError(
+            f"cannot load checkpoint {checkpoint} into {name}: {cause}",
+            "check that the file holds weights for this --model (a -quickgelu name for OpenAI weights)",
+        )
+    return ModelLoadError(
+        f"cannot get the '{pretrained}' weights of {name} (offline, or not downloaded yet): {cause}",
+        _offline_hint(name, pretrained),
+    )
 
 
 def _preprocess_cfg(net: torch.nn.Module) -> dict[str, Any]:
@@ -255,8 +279,11 @@ def _preprocess_cfg(net: torch.nn.Module) -> dict[str, Any]:
 
 
 def _embed_dim(net: torch.nn.Module) -> int:
-    return int(net.text_projection.shape[1]) if getattr(net, "text_projection", None) is not None \
+    return (
+        int(net.text_projection.shape[1])
+        if getattr(net, "text_projection", None) is not None
         else int(net.visual.output_dim)
+    )
 
 
 @torch.no_grad()
@@ -294,8 +321,9 @@ def cpu_has_bf16() -> bool:
 
 
 @torch.no_grad()
-def encode_text(loaded: LoadedModel, prompts: Sequence[Sequence[str]],
-                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_text(
+    loaded: LoadedModel, prompts: Sequence[Sequence[str]], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """prompts[t][k] -> (per-template raw embeddings (T, K, D), ensemble (K, D)).
 
     Ensemble = normalise each template's embedding, average over templates,
@@ -305,10 +333,10 @@ def encode_text(loaded: LoadedModel, prompts: Sequence[Sequence[str]],
     for template_prompts in prompts:
         chunks = []
         for start in range(0, len(template_prompts), batch_size):
-            tokens = loaded.tokenizer(list(template_prompts[start:start + batch_size])).to(loaded.device)
+            tokens = loaded.tokenizer(list(template_prompts[start : start + batch_size])).to(loaded.device)
             chunks.append(loaded.model.encode_text(tokens).float().cpu())
         per_template.append(torch.cat(chunks))
-    raw = torch.stack(per_template)                                 # (T, K, D)
+    raw = torch.stack(per_template)  # (T, K, D)
     ensemble = F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1)  # (K, D)
     return raw, ensemble
 
@@ -328,5 +356,21 @@ def write_random_model(folder: Path, name: str, config: dict[str, Any], seed: in
         torch.manual_seed(seed)
         model = open_clip.create_model(name, pretrained=None)
     with atomic_path(checkpoint) as tmp, open(tmp, "wb") as handle:
-        torch.save(model.state_dict(), handle)   # a file object: the bytes do not depend on the temp name
+        torch.save(model.state_dict(), handle)  # a file object: the bytes do not depend on the temp name
     return config_path, checkpoint
+
+
+def settle_process(device: str) -> None:
+    """Process-wide settings for a run that encodes with a loaded model; called once by whoever
+    sets the process up (the CLI's commands, a batch), after loading, never by ``load_model``.
+
+    * On CUDA, fp32 means fp32: cuDNN would run convolutions in TF32 (10-bit mantissa) on
+      Ampere and later by default (``--precision amp`` autocasts explicitly instead).
+    * ``gc.freeze()``: the ~400k objects of torch and open_clip that exist by now would be
+      rescanned by every full garbage collection (0.17 s each here, about every 5 parses of an
+      8000-item split file); frozen, they are still freed by reference counting.
+    """
+    if device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    gc.freeze()

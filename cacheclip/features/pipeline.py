@@ -14,7 +14,7 @@ from cacheclip.datasets.catalog import SPLITS, DatasetSplits, Item
 from cacheclip.features.augment import AugmentConfig, AugmentedViews
 from cacheclip.features.models import LoadedModel, encode_images
 
-Work = list[tuple[str, int, Item]]   # (split, index in the split, item), in SPLITS order
+Work = list[tuple[str, int, Item]]  # (split, index in the split, item), in SPLITS order
 
 
 class ImageReader(torch.utils.data.Dataset):
@@ -44,9 +44,9 @@ def _collate(batch):
     """(split, indices, clean, aug or None, error or None) of a batch from one split. Indices
     travel as a numpy array (pickled): a tensor would cost a shared-memory file and a socket
     round trip to the worker per batch."""
-    splits, indices, clean, aug, errors = zip(*batch)
+    splits, indices, clean, aug, errors = zip(*batch, strict=False)
     indices = np.asarray(indices, dtype=np.int64)
-    for (index, err) in zip(indices, errors):
+    for index, err in zip(indices, errors, strict=False):
         if err:
             return splits[0], indices, None, None, (int(index), err)
     aug_t = torch.stack(aug) if aug[0].numel() else None
@@ -58,12 +58,13 @@ def split_batches(work: Work, batch_size: int) -> list[list[int]]:
     batches: list[list[int]] = []
     for _, group in itertools.groupby(range(len(work)), key=lambda i: work[i][0]):
         positions = list(group)
-        batches += [positions[j:j + batch_size] for j in range(0, len(positions), batch_size)]
+        batches += [positions[j : j + batch_size] for j in range(0, len(positions), batch_size)]
     return batches
 
 
-def image_reader(ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel,
-                 augment: AugmentConfig) -> ImageReader:
+def image_reader(
+    ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, augment: AugmentConfig
+) -> ImageReader:
     """The planned items of every split, in SPLITS order, decoded the model's way."""
     work = [(s, i, ds.split(s)[i]) for s in SPLITS for i in todo.get(s, [])]
     views = AugmentedViews(augment, loaded.preprocess) if augment.views and todo.get("train") else None
@@ -83,8 +84,9 @@ class _EncodingCollate:
         return (split, indices, *encode_batch(self.loaded, clean, aug, self.precision), None)
 
 
-def image_loader(reader: ImageReader, loaded: LoadedModel, batch_size: int, workers: int,
-                 encode: str | None = None) -> torch.utils.data.DataLoader:
+def image_loader(
+    reader: ImageReader, loaded: LoadedModel, batch_size: int, workers: int, encode: str | None = None
+) -> torch.utils.data.DataLoader:
     """One DataLoader over all of ``reader``'s items: its workers start once and stay busy
     across split boundaries; batches never mix splits. Batches are (split, indices, clean
     images, augmented views or None, error or None). With ``encode`` (a precision) the workers
@@ -92,9 +94,14 @@ def image_loader(reader: ImageReader, loaded: LoadedModel, batch_size: int, work
     shares this process's model instead of unpickling a copy."""
     collate = _collate if encode is None else _EncodingCollate(loaded, encode)
     return torch.utils.data.DataLoader(
-        reader, batch_sampler=split_batches(reader.work, batch_size), num_workers=workers,
-        collate_fn=collate, pin_memory=loaded.device.startswith("cuda"), persistent_workers=False,
-        multiprocessing_context="fork" if encode is not None and workers else None)
+        reader,
+        batch_sampler=split_batches(reader.work, batch_size),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=loaded.device.startswith("cuda"),
+        persistent_workers=False,
+        multiprocessing_context="fork" if encode is not None and workers else None,
+    )
 
 
 def encode_batch(loaded: LoadedModel, clean: torch.Tensor, aug: torch.Tensor | None, precision: str):

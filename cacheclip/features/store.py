@@ -28,10 +28,11 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -43,15 +44,32 @@ SCHEMA_VERSION = 1
 STR = h5py.string_dtype("utf-8")
 # Attributes that define what the features are; a mismatch on any is an error.
 IDENTITY_KEYS = (
-    "schema_version", "dataset", "model", "model_config_sha256", "pretrained", "weights_sha256",
-    "quick_gelu", "preprocess", "split_sha256", "dtype", "precision", "aug_views", "aug_scale", "aug_ratio", "aug_seed",
+    "schema_version",
+    "dataset",
+    "model",
+    "model_config_sha256",
+    "pretrained",
+    "weights_sha256",
+    "quick_gelu",
+    "preprocess",
+    "split_sha256",
+    "dtype",
+    "precision",
+    "aug_views",
+    "aug_scale",
+    "aug_ratio",
+    "aug_seed",
 )
 
 
 def store_path(cache_dir: str | Path, model_id: str, weights_id: str, dataset: str) -> Path:
     """Where the store for this model, weights and dataset lives."""
-    safe = lambda s: s.replace("/", "_").replace(os.sep, "_")  # noqa: E731
-    return Path(cache_dir) / safe(model_id) / safe(weights_id) / f"{safe(dataset)}.h5"
+    return Path(cache_dir) / _safe_name(model_id) / _safe_name(weights_id) / f"{_safe_name(dataset)}.h5"
+
+
+def _safe_name(name: str) -> str:
+    """One path component: separators replaced."""
+    return name.replace("/", "_").replace(os.sep, "_")
 
 
 def parts_dir(path: Path) -> Path:
@@ -69,12 +87,13 @@ class Chunk:
     """Features of some items of one split, as produced by one encoding step."""
 
     split: str
-    indices: np.ndarray               # (M,) item indices into the split listing
-    features: np.ndarray              # (M, D)
-    aug_features: np.ndarray | None   # (M, V, D) or None
+    indices: np.ndarray  # (M,) item indices into the split listing
+    features: np.ndarray  # (M, D)
+    aug_features: np.ndarray | None  # (M, V, D) or None
 
 
 # ---------------------------------------------------------------- locking
+
 
 @contextmanager
 def writer_lock(path: Path) -> Iterator[None]:
@@ -100,20 +119,21 @@ def writer_lock(path: Path) -> Iterator[None]:
 
 # ---------------------------------------------------------------- reading
 
+
 class FeatureStore:
     """Read access to a committed store. Open with ``open_store``."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = h5py.File(path, "r")
-        self._whole: dict[str, np.ndarray] = {}   # small datasets read once, then indexed in memory
+        self._whole: dict[str, np.ndarray] = {}  # small datasets read once, then indexed in memory
         self.attrs: dict[str, Any] = {k: _plain(v) for k, v in self._file.attrs.items()}
 
     def close(self) -> None:
         self._whole.clear()
         self._file.close()
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,12 +165,17 @@ class FeatureStore:
             return np.zeros(0, np.int64)
         return self._split(split)["encoded"][()]
 
+    def feature_dtype(self, split: str) -> np.dtype:
+        """The dtype the split's image features are stored in (float16 or float32)."""
+        return self._split(split)["features"].dtype
+
     def num_aug_views(self) -> int:
         g = self._file.get("splits/train")
         return int(g["aug_features"].shape[1]) if g is not None and "aug_features" in g else 0
 
-    def read(self, split: str, indices: Sequence[int] | None = None, *, aug: bool = False
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def read(
+        self, split: str, indices: Sequence[int] | None = None, *, aug: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Features of the given items (all encoded items when None), in the order asked.
 
         Returns (features (M, D) float32, labels (M,) int64, aug (M, V, D) float32 or None).
@@ -160,8 +185,11 @@ class FeatureStore:
         encoded = self.encoded(split)
         wanted = encoded if indices is None else np.asarray(indices, dtype=np.int64)
         rows = np.searchsorted(encoded, wanted)
-        ok = (rows < len(encoded)) & (encoded[np.minimum(rows, len(encoded) - 1)] == wanted) \
-            if len(encoded) else np.zeros(len(wanted), bool)
+        ok = (
+            (rows < len(encoded)) & (encoded[np.minimum(rows, len(encoded) - 1)] == wanted)
+            if len(encoded)
+            else np.zeros(len(wanted), bool)
+        )
         if not ok.all():
             raise KeyError(wanted[~ok].tolist())
         labels = g["labels"][()][wanted].astype(np.int64)
@@ -201,8 +229,9 @@ def open_store(path: Path) -> FeatureStore:
     try:
         return FeatureStore(path)
     except OSError as e:
-        raise StoreError(f"cannot read store {path}: {e}",
-                         "delete it and rerun `cacheclip extract` (it is only a cache)") from e
+        raise StoreError(
+            f"cannot read store {path}: {e}", "delete it and rerun `cacheclip extract` (it is only a cache)"
+        ) from e
 
 
 def _plain(value: Any) -> Any:
@@ -217,8 +246,11 @@ def _plain(value: Any) -> Any:
 
 def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
     """StoreMismatchError naming every identity attribute that differs."""
-    diffs = [f"{k}: store has {recorded.get(k)!r}, asked {wanted[k]!r}"
-             for k in IDENTITY_KEYS if k in wanted and _plain(recorded.get(k)) != wanted[k]]
+    diffs = [
+        f"{k}: store has {recorded.get(k)!r}, asked {wanted[k]!r}"
+        for k in IDENTITY_KEYS
+        if k in wanted and _plain(recorded.get(k)) != wanted[k]
+    ]
     if diffs:
         raise StoreMismatchError(
             f"{path} was built from other inputs ({'; '.join(diffs)})",
@@ -227,6 +259,7 @@ def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any])
 
 
 # ---------------------------------------------------------------- writing
+
 
 def write_part(path: Path, chunk: Chunk) -> Path:
     """Write one finished chunk next to the store; atomic (temp file + rename)."""
@@ -252,8 +285,9 @@ def _read_part(part: Path, with_features: bool) -> Chunk | None:
             if "features" not in f or len(rows) != 1:
                 return None
             if not with_features:  # cheap: arrays of the right shape holding no data (one zero each)
-                shape_only = {k: np.broadcast_to(np.float32(0), f[k].shape) for k in ("features", "aug_features")
-                              if k in f}
+                shape_only = {
+                    k: np.broadcast_to(np.float32(0), f[k].shape) for k in ("features", "aug_features") if k in f
+                }
                 return Chunk(split, indices, shape_only["features"], shape_only.get("aug_features"))
             aug = f["aug_features"][()] if "aug_features" in f else None
             return Chunk(split, indices, f["features"][()], aug)
@@ -290,8 +324,8 @@ class StoreContents:
     classnames: Sequence[str]
     listings: dict[str, SplitListing]
     templates: Sequence[str]
-    text_per_template: np.ndarray   # (T, K, D)
-    text_ensemble: np.ndarray       # (K, D)
+    text_per_template: np.ndarray  # (T, K, D)
+    text_ensemble: np.ndarray  # (K, D)
 
 
 def commit(path: Path, contents: StoreContents, dtype: str) -> None:
@@ -333,27 +367,29 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array(list(values), dtype=object) if len(values) else np.zeros(0, dtype=object)
 
 
-COMMIT_BLOCK_BYTES = 128 << 20   # merged rows held in memory at once while committing
+COMMIT_BLOCK_BYTES = 128 << 20  # merged rows held in memory at once while committing
 
 
 @dataclass
 class _Source:
     """Rows for a merge: the committed store's split group, or one part file."""
 
-    indices: np.ndarray            # item index of each row, in row order
-    dim: int                       # feature width
-    views: int                     # augmented views per row (0: none)
+    indices: np.ndarray  # item index of each row, in row order
+    dim: int  # feature width
+    views: int  # augmented views per row (0: none)
     origin: h5py.Group | Path
 
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(features, aug or None) of the given rows, in that order."""
-        if isinstance(self.origin, Path):   # a part: small (one chunk), read whole
+        if isinstance(self.origin, Path):  # a part: small (one chunk), read whole
             chunk = _read_part(self.origin, True)
             if chunk is None:
-                raise StoreError(f"part {self.origin} became unreadable while committing",
-                                 "rerun the same extract command: that chunk is encoded again")
+                raise StoreError(
+                    f"part {self.origin} became unreadable while committing",
+                    "rerun the same extract command: that chunk is encoded again",
+                )
             return chunk.features[rows], None if chunk.aug_features is None else chunk.aug_features[rows]
-        lo, hi = int(rows.min()), int(rows.max()) + 1   # a contiguous run of the store (see below)
+        lo, hi = int(rows.min()), int(rows.max()) + 1  # a contiguous run of the store (see below)
         aug = self.origin["aug_features"][lo:hi][rows - lo] if self.views else None
         return self.origin["features"][lo:hi][rows - lo], aug
 
@@ -406,6 +442,7 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
 
 # ---------------------------------------------------------------- listing
 
+
 def find_stores(cache_dir: str | Path) -> list[Path]:
     root = Path(cache_dir)
     return sorted(p for p in root.glob("*/*/*.h5") if p.is_file()) if root.is_dir() else []
@@ -414,11 +451,16 @@ def find_stores(cache_dir: str | Path) -> list[Path]:
 def describe(path: Path) -> dict[str, Any]:
     """Summary for `cacheclip ls`: identity, per-split counts, size on disk, pending parts."""
     with open_store(path) as s:
-        splits = {name: {"items": len(s._split(name)["labels"]), "encoded": int(len(s.encoded(name)))}
-                  for name in s.splits}
+        splits = {
+            name: {"items": len(s._split(name)["labels"]), "encoded": int(len(s.encoded(name)))} for name in s.splits
+        }
         info = {k: s.attrs.get(k) for k in ("dataset", "model", "pretrained", "dtype", "aug_views")}
-    info.update(path=str(path), splits=splits, bytes=path.stat().st_size,
-                pending_parts=len(list(parts_dir(path).glob("*.h5"))) if parts_dir(path).exists() else 0)
+    info.update(
+        path=str(path),
+        splits=splits,
+        bytes=path.stat().st_size,
+        pending_parts=len(list(parts_dir(path).glob("*.h5"))) if parts_dir(path).exists() else 0,
+    )
     return info
 
 

@@ -74,9 +74,7 @@ class AdapterConfig:
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}", f"pick {name} between 0 and 1")
         if isinstance(self.reduction, bool) or not isinstance(self.reduction, int) or self.reduction < 1:
-            raise ConfigError(
-                f"reduction must be a positive integer, got {self.reduction!r}", "the paper uses 4"
-            )
+            raise ConfigError(f"reduction must be a positive integer, got {self.reduction!r}", "the paper uses 4")
 
     def hidden_dim(self, dim: int) -> int:
         """D / reduction; ConfigError when the reduction does not divide D."""

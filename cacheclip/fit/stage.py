@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from cacheclip.results import runs as rr
 from cacheclip.common import COOP_CROP_SCALE, package_versions
-from cacheclip.errors import ConfigError, MissingFeaturesError, StoreError
-from cacheclip.fit.metrics import classification_metrics
 from cacheclip.datasets.fewshot import FewShotSplit, sample_run, sample_run_with_holdout
-from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
-from cacheclip.fit.methods.base import Progress, zero_shot_predictor
+from cacheclip.errors import ConfigError, MissingFeaturesError, StoreError
 from cacheclip.features.models import ModelRef
 from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
+from cacheclip.fit.methods.base import Progress, zero_shot_predictor
+from cacheclip.fit.metrics import classification_metrics
+from cacheclip.results import runs as rr
 from cacheclip.settings import setting
 
 NO_VAL_POLICIES = ("none", "holdout")
@@ -38,16 +38,17 @@ class FitConfig:
     written into each result. The method's own settings live in its config dataclass."""
 
     method: str = "clip-adapter"
-    method_config: Any = None     # the method's config (``get_method(method).config``); None: its defaults
+    method_config: Any = None  # the method's config (``get_method(method).config``); None: its defaults
     shots: tuple[int, ...] = setting((1, 2, 4, 8, 16), "shots per class", flag="--shots")
     seeds: tuple[int, ...] = setting((1, 2, 3), "few-shot sampling seeds", flag="--seeds")
-    views: str = setting("aug", "aug: a cached augmented view per image per epoch; clean: no augmentation",
-                         flag="--views")
+    views: str = setting(
+        "aug", "aug: a cached augmented view per image per epoch; clean: no augmentation", flag="--views"
+    )
     no_val: str = setting("none", "datasets without val (ImageNet): none (no selection) or holdout", flag="--no-val")
     cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
     results_dir: str = setting("results", "result JSONs, adapters and batch logs", flag="--results-dir")
     device: str = setting("cpu", "cpu, cuda or cuda:N (batch: auto, CUDA when available)", flag="--device")
-    force: bool = False           # redo runs whose result already exists
+    force: bool = False  # redo runs whose result already exists
 
     @property
     def settings(self) -> Any:
@@ -61,31 +62,42 @@ class FitConfig:
         if self.views not in VIEW_MODES:
             raise ConfigError(f"--views {self.views} is not supported", "use aug or clean")
         if not self.shots or min(self.shots) < 1 or not self.seeds:
-            raise ConfigError("--shots must be positive integers and --seeds non-empty",
-                              "e.g. --shots 1,2,4,8,16 --seeds 1,2,3")
+            raise ConfigError(
+                "--shots must be positive integers and --seeds non-empty", "e.g. --shots 1,2,4,8,16 --seeds 1,2,3"
+            )
 
 
 # ---------------------------------------------------------------- store -> FitData
+
 
 def load_fit_data(store: FeatureStore, dataset: str) -> FitData:
     per_template, ensemble = store.text_features()
     single = per_template.shape[0] == 1
     train, val = store.listing("train"), store.listing("val")
     return FitData(
-        dataset=dataset, store=store.path, attrs=dict(store.attrs), classnames=store.classnames,
+        dataset=dataset,
+        store=store.path,
+        attrs=dict(store.attrs),
+        classnames=store.classnames,
         class_weights=torch.from_numpy(per_template[0] if single else ensemble).float(),
         classifier="single template (raw embedding)" if single else f"ensemble of {per_template.shape[0]} templates",
-        logit_scale=float(store.attrs["logit_scale"]), train_labels=list(train.labels),
-        val_labels=list(val.labels), train_paths=list(train.paths), val_paths=list(val.paths),
+        logit_scale=float(store.attrs["logit_scale"]),
+        train_labels=list(train.labels),
+        val_labels=list(val.labels),
+        train_paths=list(train.paths),
+        val_paths=list(val.paths),
         aug_views=store.num_aug_views(),
     )
 
 
 def extract_command(dataset: str, model_arg: str, pretrained_arg: str, cfg: FitConfig, attrs: dict) -> str:
     """The exact `cacheclip extract` call that adds what this fit needs to the store."""
-    parts = [f"cacheclip extract --dataset {dataset} --model {model_arg} --pretrained {pretrained_arg}",
-             f"--cache-dir {cfg.cache_dir}", f"--shots {','.join(map(str, cfg.shots))}",
-             f"--seeds {','.join(map(str, cfg.seeds))}"]
+    parts = [
+        f"cacheclip extract --dataset {dataset} --model {model_arg} --pretrained {pretrained_arg}",
+        f"--cache-dir {cfg.cache_dir}",
+        f"--shots {','.join(map(str, cfg.shots))}",
+        f"--seeds {','.join(map(str, cfg.seeds))}",
+    ]
     if attrs:
         parts.append(f"--aug-views {attrs.get('aug_views', 10)} --dtype {attrs.get('dtype', 'float16')}")
         scale = json.loads(attrs.get("aug_scale", "[]"))
@@ -100,6 +112,7 @@ def extract_command(dataset: str, model_arg: str, pretrained_arg: str, cfg: FitC
 
 # ---------------------------------------------------------------- planning
 
+
 def selection_source(data: FitData, cfg: FitConfig) -> str:
     if data.val_labels:
         return "val"
@@ -112,21 +125,42 @@ def sample_splits(data: FitData, shots: int, cfg: FitConfig) -> dict[int, FewSho
     return {s: sample_run(data.train_labels, data.val_labels, shots, s) for s in cfg.seeds}
 
 
-def fit_context(store: FeatureStore | None, data: FitData, shots: int, cfg: FitConfig, *, extract_hint: str = "",
-                progress: Progress | None = None) -> FitContext:
+def fit_context(
+    store: FeatureStore | None,
+    data: FitData,
+    shots: int,
+    cfg: FitConfig,
+    *,
+    extract_hint: str = "",
+    progress: Progress | None = None,
+) -> FitContext:
     """What the method sees for one shot count (``store`` None: planning only, nothing read)."""
-    return FitContext(store, data, cfg.settings, shots, views=cfg.views, selection=selection_source(data, cfg),
-                      device=cfg.device, extract_hint=extract_hint, progress=progress)
+    return FitContext(
+        store,
+        data,
+        cfg.settings,
+        shots,
+        views=cfg.views,
+        selection=selection_source(data, cfg),
+        device=cfg.device,
+        extract_hint=extract_hint,
+        progress=progress,
+    )
 
 
 def run_payload(ctx: FitContext, seed: int, cfg: FitConfig) -> dict[str, Any]:
     """Everything that changes a run's numbers; hashed into its key."""
     data = ctx.data
     return {
-        "method": cfg.method, "dataset": data.dataset, "shots": ctx.shots, "seed": seed,
+        "method": cfg.method,
+        "dataset": data.dataset,
+        "shots": ctx.shots,
+        "seed": seed,
         "settings": get_method(cfg.method).payload(ctx),
-        "selection": ctx.selection_source, "classifier": data.classifier,
-        "templates": data.attrs.get("templates_spec"), "store": {k: data.attrs.get(k) for k in IDENTITY_KEYS},
+        "selection": ctx.selection_source,
+        "classifier": data.classifier,
+        "templates": data.attrs.get("templates_spec"),
+        "store": {k: data.attrs.get(k) for k in IDENTITY_KEYS},
     }
 
 
@@ -136,8 +170,16 @@ def plan_runs(data: FitData, shots: int, cfg: FitConfig) -> tuple[list[RunPlan],
     ctx = fit_context(None, data, shots, cfg)
     for seed, split in sample_splits(data, shots, cfg).items():
         key = rr.run_key(run_payload(ctx, seed, cfg))
-        folder = rr.run_dir(Path(cfg.results_dir), data.store.parent.parent.name, data.store.parent.name,
-                            data.dataset, cfg.method, shots, seed, key)
+        folder = rr.run_dir(
+            Path(cfg.results_dir),
+            data.store.parent.parent.name,
+            data.store.parent.name,
+            data.dataset,
+            cfg.method,
+            shots,
+            seed,
+            key,
+        )
         if cfg.force or not rr.is_done(folder, key):
             todo.append(RunPlan(seed, split, key, folder))
         else:
@@ -147,16 +189,25 @@ def plan_runs(data: FitData, shots: int, cfg: FitConfig) -> tuple[list[RunPlan],
 
 # ---------------------------------------------------------------- the stage
 
-def fit_dataset(dataset: str, ref: ModelRef, cfg: FitConfig, *, model_arg: str = "RN50",
-                pretrained_arg: str = "openai", progress: Progress | None = None) -> list[dict[str, Any]]:
+
+def fit_dataset(
+    dataset: str,
+    ref: ModelRef,
+    cfg: FitConfig,
+    *,
+    model_arg: str = "RN50",
+    pretrained_arg: str = "openai",
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """All runs of ``cfg`` on one dataset's store; returns their results (skipped runs read back)."""
     cfg.validate()
     method = get_method(cfg.method)
     path = store_path(cfg.cache_dir, ref.model_id, ref.weights_id, dataset)
     if parts_dir(path).exists() or not path.is_file():
         what = "has an unfinished extraction" if path.is_file() else "does not exist"
-        raise MissingFeaturesError(f"the feature store {path} {what}",
-                                   f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}")
+        raise MissingFeaturesError(
+            f"the feature store {path} {what}", f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}"
+        )
     results = []
     with open_store(path) as store:
         data = load_fit_data(store, dataset)
@@ -171,8 +222,9 @@ def fit_dataset(dataset: str, ref: ModelRef, cfg: FitConfig, *, model_arg: str =
     return results
 
 
-def evaluate_on_test(store: FeatureStore, ctx: FitContext, trained: list[Trained],
-                     cfg: FitConfig) -> list[dict[str, Any]]:
+def evaluate_on_test(
+    store: FeatureStore, ctx: FitContext, trained: list[Trained], cfg: FitConfig
+) -> list[dict[str, Any]]:
     """The final evaluation: read test once, score each selected run and zero-shot, write results."""
     data, shots = ctx.data, ctx.shots
     start = time.perf_counter()
@@ -187,9 +239,20 @@ def evaluate_on_test(store: FeatureStore, ctx: FitContext, trained: list[Trained
         test_metrics = classification_metrics(t.predict(feats), labels, k)
         if t.artifact is not None:
             tensors, meta = t.artifact
-            rr.save_adapter(t.plan.folder / "adapter.safetensors", tensors, data.class_weights, {
-                **meta, "method": cfg.method, "model": model_identity(data), "dataset": data.dataset,
-                "shots": shots, "seed": t.plan.seed, "classifier": data.classifier})
+            rr.save_adapter(
+                t.plan.folder / "adapter.safetensors",
+                tensors,
+                data.class_weights,
+                {
+                    **meta,
+                    "method": cfg.method,
+                    "model": model_identity(data),
+                    "dataset": data.dataset,
+                    "shots": shots,
+                    "seed": t.plan.seed,
+                    "classifier": data.classifier,
+                },
+            )
         result = build_result(ctx, t, cfg, zs_val, zs_test, test_metrics)
         result["wall_time_s"] = round(t.seconds + (time.perf_counter() - start) / len(trained), 3)
         rr.write_result(t.plan.folder, result)
@@ -199,9 +262,18 @@ def evaluate_on_test(store: FeatureStore, ctx: FitContext, trained: list[Trained
 
 # ---------------------------------------------------------------- results
 
+
 def model_identity(data: FitData) -> dict[str, Any]:
-    keys = ("model", "model_config_sha256", "model_config_path", "pretrained", "weights_sha256", "quick_gelu",
-            "preprocess", "checkpoint_path")
+    keys = (
+        "model",
+        "model_config_sha256",
+        "model_config_path",
+        "pretrained",
+        "weights_sha256",
+        "quick_gelu",
+        "preprocess",
+        "checkpoint_path",
+    )
     return {k: data.attrs.get(k) for k in keys}
 
 
@@ -225,22 +297,30 @@ def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
     return diffs
 
 
-def build_result(ctx: FitContext, t: Trained, cfg: FitConfig, zs_val: dict | None,
-                 zs_test: dict, test_metrics: dict) -> dict[str, Any]:
+def build_result(
+    ctx: FitContext, t: Trained, cfg: FitConfig, zs_val: dict | None, zs_test: dict, test_metrics: dict
+) -> dict[str, Any]:
     data, shots = ctx.data, ctx.shots
     diffs = protocol_differences(ctx, cfg)
     val_paths = data.val_paths if data.val_labels else data.train_paths
     return {
-        "schema": rr.RESULT_SCHEMA, "run_key": t.plan.key, "method": cfg.method, "dataset": data.dataset,
-        "shots": shots, "seed": t.plan.seed, "model": data.attrs.get("model"),
+        "schema": rr.RESULT_SCHEMA,
+        "run_key": t.plan.key,
+        "method": cfg.method,
+        "dataset": data.dataset,
+        "shots": shots,
+        "seed": t.plan.seed,
+        "model": data.attrs.get("model"),
         "pretrained": pretrained_label(data.attrs),
         "config": {**t.config, "no_val": cfg.no_val, "device": cfg.device},
         "selection": t.selection,
         "store": {"path": str(data.store), "attrs": data.attrs},
         "versions": package_versions(),
-        "fewshot": {"train_paths": [data.train_paths[i] for i in t.plan.split.train],
-                    "val_paths": [val_paths[i] for i in t.plan.split.val],
-                    "val_source": ctx.selection_source},
+        "fewshot": {
+            "train_paths": [data.train_paths[i] for i in t.plan.split.train],
+            "val_paths": [val_paths[i] for i in t.plan.split.val],
+            "val_source": ctx.selection_source,
+        },
         "protocol": {"matches_paper": not diffs, "differences": diffs},
         "zero_shot": {"val": zs_val, "test": zs_test},
         "metrics": {"val": t.val_metrics, "test": test_metrics},

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
 from cacheclip.errors import ConfigError
+from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
 
 VIEW_MODES = ("aug", "clean")
 _EPS = 1e-12  # F.normalize's floor on the norm, so an all-zero f* gives zero logits, not NaN
@@ -74,8 +74,11 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}", "CoOp uses 32")
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}", "CoOp uses 1")
-        checks = [("lr", self.lr, 0.0, False), ("warmup_lr", self.warmup_lr, 0.0, True),
-                  ("weight_decay", self.weight_decay, 0.0, True)]
+        checks = [
+            ("lr", self.lr, 0.0, False),
+            ("warmup_lr", self.warmup_lr, 0.0, True),
+            ("weight_decay", self.weight_decay, 0.0, True),
+        ]
         for name, value, low, inclusive in checks:
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
                 raise ConfigError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value!r}", "")
@@ -120,8 +123,9 @@ def lr_per_epoch(cfg: TrainConfig, epochs: int) -> list[float]:
     zero. E.g. T = 5, W = 1: [1e-5, 2e-3, 1.809e-3, 1.309e-3, 6.91e-4].
     """
     w = cfg.warmup_epochs
-    return [cfg.warmup_lr if e < w else cfg.lr * (1.0 + math.cos(math.pi * (e - w) / epochs)) / 2.0
-            for e in range(epochs)]
+    return [
+        cfg.warmup_lr if e < w else cfg.lr * (1.0 + math.cos(math.pi * (e - w) / epochs)) / 2.0 for e in range(epochs)
+    ]
 
 
 def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
@@ -172,7 +176,7 @@ def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> None:
             raise ConfigError(f"labels must lie in [0, {k})", "check the class weights match the dataset")
 
 
-class _StackedTrainer:
+class StackedTrainer:
     """R runs' weights as (R, ., .) tensors, with a hand-written SGD step."""
 
     def __init__(self, runs, gens, class_weights, logit_scale, cfg, device):
@@ -181,7 +185,7 @@ class _StackedTrainer:
         self.official = config.block == "official"
         self.cfg = cfg
         self.params: dict[str, torch.Tensor] = {}
-        states = [ClipAdapterHead(r.adapter, d, g).state_dict() for r, g in zip(runs, gens)]
+        states = [ClipAdapterHead(r.adapter, d, g).state_dict() for r, g in zip(runs, gens, strict=False)]
         for name in states[0]:
             self.params[name] = torch.stack([s[name] for s in states]).to(device)  # (R, in, out)
         self.bufs = {name: torch.zeros_like(p) for name, p in self.params.items()}  # momentum
@@ -190,9 +194,8 @@ class _StackedTrainer:
         self._coef_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.visual, self.text = config.visual, config.text
         r = len(runs)
-        as_col = lambda xs: torch.tensor(xs, dtype=torch.float32, device=device).view(r, 1, 1)  # noqa: E731
-        self.alpha = as_col([run.adapter.alpha for run in runs])
-        self.beta = as_col([run.adapter.beta for run in runs])
+        self.alpha = torch.tensor([run.adapter.alpha for run in runs], device=device).view(r, 1, 1)  # (R, 1, 1)
+        self.beta = torch.tensor([run.adapter.beta for run in runs], device=device).view(r, 1, 1)
         self.scale = float(logit_scale)
         self.cw = class_weights.to(device=device, dtype=torch.float32)  # (K, D) raw
         self.cw_t = self.cw.t().expand(r, -1, -1)  # (R, D, K) for text.w1's gradient
@@ -245,8 +248,10 @@ class _StackedTrainer:
             if self.official:
                 da = _threshold_backward(da, a, 0)
             dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
-            grads += [torch.bmm(x.transpose(1, 2), dh, out=self.grads["visual.w1"]),
-                      torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"])]
+            grads += [
+                torch.bmm(x.transpose(1, 2), dh, out=self.grads["visual.w1"]),
+                torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"]),
+            ]
         if self.text:
             dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
             dwt = torch.addcmul(dv, wt, (g * z).sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
@@ -254,8 +259,10 @@ class _StackedTrainer:
             if self.official:
                 dat = _threshold_backward(dat, at, 0)
             dht = _threshold_backward(torch.bmm(dat, p["text.w2"].transpose(1, 2)), ht, 0)  # (R, K, H)
-            grads += [torch.bmm(self.cw_t, dht, out=self.grads["text.w1"]),
-                      torch.bmm(ht.transpose(1, 2), dat, out=self.grads["text.w2"])]
+            grads += [
+                torch.bmm(self.cw_t, dht, out=self.grads["text.w1"]),
+                torch.bmm(ht.transpose(1, 2), dat, out=self.grads["text.w2"]),
+            ]
         self._sgd(grads, lr)
 
     def _sgd(self, grads: list[torch.Tensor], lr: float) -> None:
@@ -263,9 +270,18 @@ class _StackedTrainer:
         params, bufs = list(self.params.values()), list(self.bufs.values())
         cfg = self.cfg
         if _fused_sgd is not None:
-            _fused_sgd(params, grads, bufs if cfg.momentum else [], weight_decay=cfg.weight_decay,
-                       momentum=cfg.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
-                       is_first_step=False)  # buffers start at zero, so m * 0 + g is the first step
+            _fused_sgd(
+                params,
+                grads,
+                bufs if cfg.momentum else [],
+                weight_decay=cfg.weight_decay,
+                momentum=cfg.momentum,
+                lr=lr,
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+                is_first_step=False,
+            )  # buffers start at zero, so m * 0 + g is the first step
             return
         if cfg.weight_decay:
             torch._foreach_add_(grads, params, alpha=cfg.weight_decay)
@@ -328,10 +344,13 @@ def train_runs(
     for g, members in enumerate(groups):
         tick = None
         if progress is not None:
+
             def tick(epoch: int, _: int, offset: int = g * epochs) -> None:
                 progress(offset + epoch, len(groups) * epochs)
+
         group = [runs[i] for i in members]
-        for i, state in zip(members, _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick)):
+        trained = _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick)
+        for i, state in zip(members, trained, strict=True):
             states[i] = state
     return states
 
@@ -354,7 +373,7 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
         sources.append((runs[members[0]].views.to(device).reshape(n * v, d), start, start + len(members)))
     runs = [runs[i] for i in order]
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
-    trainer = _StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
+    trainer = StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)
     labels = [run.labels.to(dtype=torch.int64) for run in runs]
     rows = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)  # (S, R, B)
@@ -370,7 +389,7 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
         if progress is not None:
             progress(epoch + 1, epochs)
     states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
-    for state, i in zip(trainer.states(), order):   # back to the caller's order
+    for state, i in zip(trainer.states(), order, strict=False):  # back to the caller's order
         states[i] = state
     return states
 
@@ -397,8 +416,10 @@ def predict(
     try:
         head.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"adapter state does not fit {adapter}: {exc}".splitlines()[0],
-                          "predict with the AdapterConfig the state was trained with") from exc
+        raise ConfigError(
+            f"adapter state does not fit {adapter}: {exc}".splitlines()[0],
+            "predict with the AdapterConfig the state was trained with",
+        ) from exc
     head.to(device).eval()
     with torch.no_grad():
         weights = head.class_embeddings(class_weights.to(device=device, dtype=torch.float32))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cacheclip.errors import ConfigError
 from cacheclip.results.runs import RESULT_SCHEMA
@@ -35,8 +35,9 @@ def load_results(paths: Sequence[Path]) -> ResultSet:
         elif path.is_file():
             files, explicit = [path], True
         else:
-            raise ConfigError(f"results path not found: {path}",
-                              hint="pass result JSON files, or folders that hold them")
+            raise ConfigError(
+                f"results path not found: {path}", hint="pass result JSON files, or folders that hold them"
+            )
         for file in files:
             if file.resolve() in seen:
                 continue

@@ -20,17 +20,26 @@ from cacheclip.results.published import PUBLISHED_SHOTS, published_curve, publis
 from cacheclip.results.report import Report, average_row, dataset_order, mean_over
 
 DISPLAY_NAMES = {
-    "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars", "oxford_flowers": "Flowers102", "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DTD", "eurosat": "EuroSAT",
+    "imagenet": "ImageNet",
+    "caltech101": "Caltech101",
+    "oxford_pets": "OxfordPets",
+    "stanford_cars": "StanfordCars",
+    "oxford_flowers": "Flowers102",
+    "food101": "Food101",
+    "fgvc_aircraft": "FGVCAircraft",
+    "sun397": "SUN397",
+    "dtd": "DTD",
+    "eurosat": "EuroSAT",
     "ucf101": "UCF101",
 }
 METHOD_COLORS = {
-    "clip-adapter": "#d62728", "tip-adapter-f": "#ff7f0e", "tip-adapter": "#2ca02c",
-    "linear-probe": "#1f77b4", "zero-shot": "#7f7f7f",
+    "clip-adapter": "#d62728",
+    "tip-adapter-f": "#ff7f0e",
+    "tip-adapter": "#2ca02c",
+    "linear-probe": "#1f77b4",
+    "zero-shot": "#7f7f7f",
 }
-PALETTE = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-           "#bcbd22", "#7f7f7f")
+PALETTE = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 MARKERS = ("o", "s", "^", "D", "v")
 ZS_GREYS = ("0.45", "0.7", "0.25", "0.55")
 AVERAGE = "__average__"
@@ -104,15 +113,31 @@ def _draw_panel(ax, panel: str, reports: list[Report], styles: dict) -> set[int]
             paper_curve = _paper_curve(report, panel, datasets)
             if paper_curve:
                 xs = sorted(paper_curve)
-                ax.plot(xs, [paper_curve[s] for s in xs], color=color, ls="--", lw=1.2, alpha=0.85,
-                        label=f"{report.label} (paper)")
+                ax.plot(
+                    xs,
+                    [paper_curve[s] for s in xs],
+                    color=color,
+                    ls="--",
+                    lw=1.2,
+                    alpha=0.85,
+                    label=f"{report.label} (paper)",
+                )
                 shown.update(xs)
         points = _points(report, panel)
         if points:
-            xs, means, stds, partial = zip(*points)
-            ax.errorbar(xs, means, yerr=stds, color=color, marker=marker, ms=4, lw=1.6, capsize=2.5,
-                        label=f"{report.label} (ours{suffix})")
-            for x, y, p in zip(xs, means, partial):
+            xs, means, stds, partial = zip(*points, strict=False)
+            ax.errorbar(
+                xs,
+                means,
+                yerr=stds,
+                color=color,
+                marker=marker,
+                ms=4,
+                lw=1.6,
+                capsize=2.5,
+                label=f"{report.label} (ours{suffix})",
+            )
+            for x, y, p in zip(xs, means, partial, strict=False):
                 if p:  # hollow marker: an average over fewer datasets than expected
                     ax.plot([x], [y], marker=marker, ms=5, mec=color, mfc="white", ls="none", zorder=5)
             shown.update(xs)
@@ -174,7 +199,7 @@ def plot_report(reports: list[Report], out_png: Path) -> Path:
 
     styles = _styles(reports)
     handles: dict[str, object] = {}
-    for i, (ax, panel) in enumerate(zip(axes, panels)):
+    for i, (ax, panel) in enumerate(zip(axes, panels, strict=False)):
         shown = _draw_panel(ax, panel, reports, styles)
         ticks = sorted(shown) or list(PUBLISHED_SHOTS)
         if panel == AVERAGE:
@@ -188,9 +213,9 @@ def plot_report(reports: list[Report], out_png: Path) -> Path:
             ax.set_ylabel("Top-1 accuracy (%)", fontsize=9)
         if i >= len(panels) - ncols:
             ax.set_xlabel("Shots per class", fontsize=9)
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=False):
             handles.setdefault(label, handle)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_axis_off()
 
     labels, ncol = _legend_layout(list(handles))

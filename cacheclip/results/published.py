@@ -16,8 +16,17 @@ PUBLISHED_SHOTS = (1, 2, 4, 8, 16)
 
 # The paper's 11 datasets, in the order of its tables (CoOp order).
 PAPER_DATASETS = (
-    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers",
-    "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
 )
 
 # cacheclip method name -> key of its curve in the JSON.
@@ -64,7 +73,7 @@ def published_curve(dataset: str, method: str) -> dict[int, float] | None:
     key = METHOD_KEYS.get(method)
     if key is None:
         return None
-    return {s: float(v) for s, v in zip(PUBLISHED_SHOTS, entry[key])}
+    return {s: float(v) for s, v in zip(PUBLISHED_SHOTS, entry[key], strict=False)}
 
 
 def published_zero_shot(dataset: str) -> float | None:

@@ -13,25 +13,70 @@ import csv
 import io
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
+from cacheclip.results.loading import result_problem, result_source, test_top1
 from cacheclip.results.published import PAPER_DATASETS, published_available, published_curve, published_zero_shot
-from cacheclip.results.loading import ResultSet, load_results, result_problem, result_source, test_top1  # noqa: F401
 
 METHOD_ORDER = ("zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f")
 METHOD_LABELS = {
-    "zero-shot": "Zero-shot CLIP", "linear-probe": "Linear probe", "clip-adapter": "CLIP-Adapter",
-    "tip-adapter": "Tip-Adapter", "tip-adapter-f": "Tip-Adapter-F",
+    "zero-shot": "Zero-shot CLIP",
+    "linear-probe": "Linear probe",
+    "clip-adapter": "CLIP-Adapter",
+    "tip-adapter": "Tip-Adapter",
+    "tip-adapter-f": "Tip-Adapter-F",
 }
-CSV_COLUMNS = ("model", "pretrained", "method", "dataset", "shots", "n_seeds", "seeds",
-               "mean", "std", "ci95", "zero_shot", "published", "diff")
+CSV_COLUMNS = (
+    "model",
+    "pretrained",
+    "method",
+    "dataset",
+    "shots",
+    "n_seeds",
+    "seeds",
+    "mean",
+    "std",
+    "ci95",
+    "zero_shot",
+    "published",
+    "diff",
+)
 MISSING = "—"
 
 # Two-sided 95% Student t quantiles (0.975) for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile_975(dof: int) -> float:
@@ -86,7 +131,7 @@ class Report:
     published_zero_shot: dict[str, float] = field(default_factory=dict)
     expected_seeds: tuple[int, ...] = ()
     missing: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
-    n_expected_datasets: int = 0          # denominator of "Average (k/N)"
+    n_expected_datasets: int = 0  # denominator of "Average (k/N)"
     protocol_differences: dict[str, int] = field(default_factory=dict)  # text -> number of runs
     n_runs: int = 0
 
@@ -101,6 +146,7 @@ class Report:
 
 
 # ----------------------------------------------------------------------------- grouping
+
 
 def dataset_order(names: Sequence[str]) -> list[str]:
     """The paper's 11 datasets in its order, then any others sorted."""
@@ -151,8 +197,10 @@ def build_reports(
 def _duplicate_warning(new: dict, old: dict, new_wins: bool) -> str:
     kept, dropped = (new, old) if new_wins else (old, new)
     same = "same run_key" if new.get("run_key") == old.get("run_key") else "different run_key"
-    return (f"duplicate run {new['method']} {new['dataset']} {new['shots']}-shot seed {new['seed']} "
-            f"({same}): kept {result_source(kept)}, ignored {result_source(dropped)}")
+    return (
+        f"duplicate run {new['method']} {new['dataset']} {new['shots']}-shot seed {new['seed']} "
+        f"({same}): kept {result_source(kept)}, ignored {result_source(dropped)}"
+    )
 
 
 def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared) -> Report:
@@ -175,9 +223,22 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
         n_expected = len(datasets)
     else:
         n_expected = len(PAPER_DATASETS) if set(datasets) <= set(PAPER_DATASETS) else len(datasets)
-    report = Report(model, pretrained, method, datasets, shots, cells, _zero_shot(runs), {}, list(shared),
-                    expected_seeds=seeds, missing=missing, n_expected_datasets=n_expected,
-                    protocol_differences=_protocol_differences(runs), n_runs=len(runs))
+    report = Report(
+        model,
+        pretrained,
+        method,
+        datasets,
+        shots,
+        cells,
+        _zero_shot(runs),
+        {},
+        list(shared),
+        expected_seeds=seeds,
+        missing=missing,
+        n_expected_datasets=n_expected,
+        protocol_differences=_protocol_differences(runs),
+        n_runs=len(runs),
+    )
     if published_available(model, pretrained):
         _attach_published(report)
     return report
@@ -215,6 +276,7 @@ def _attach_published(report: Report) -> None:
 
 # ----------------------------------------------------------------------------- averages
 
+
 def average_row(report: Report) -> dict[int, Cell | None]:
     """Per shot count, the mean over datasets of the per-dataset means.
 
@@ -235,8 +297,8 @@ def average_row(report: Report) -> dict[int, Cell | None]:
         row[s] = Cell(
             n=min(c.n for c in cells),
             mean=math.fsum(c.mean for c in cells) / k,
-            std=math.sqrt(math.fsum(c.std ** 2 for c in cells)) / k,
-            ci95=math.sqrt(math.fsum(c.ci95 ** 2 for c in cells)) / k,
+            std=math.sqrt(math.fsum(c.std**2 for c in cells)) / k,
+            ci95=math.sqrt(math.fsum(c.ci95**2 for c in cells)) / k,
             seeds=tuple(sorted(common)),
             datasets=tuple(d for d, _ in parts),
             partial=k < report.n_expected_datasets,
@@ -251,6 +313,7 @@ def mean_over(values: dict, keys: Sequence) -> float | None:
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _with_paper(text: str, ours: float, paper: float | None) -> str:
     return text if paper is None else f"{text} (paper {paper:.2f}, {ours - paper:+.2f})"
@@ -310,11 +373,11 @@ def _section(report: Report, level: int = 2) -> list[str]:
     lines = [f"{'#' * level} {report.label} — {report.model} / {report.pretrained}", ""]
     lines.append(f"Test top-1 accuracy (%), mean ± std over seeds (n - 1); runs: {report.n_runs}.")
     if report.published or report.published_zero_shot:
-        lines.append("In brackets: the published RN50 number and ours minus it "
-                     "(paper averages: over the same datasets as ours).")
+        lines.append(
+            "In brackets: the published RN50 number and ours minus it (paper averages: over the same datasets as ours)."
+        )
     lines.append("")
-    rows = [[d, _zs_text(report, d)] + [_cell_text(report, d, s) for s in report.shots]
-            for d in report.datasets]
+    rows = [[d, _zs_text(report, d)] + [_cell_text(report, d, s) for s in report.shots] for d in report.datasets]
     zs_avg, avg_cells = _average_texts(report, row)
     rows.append([avg_label, zs_avg] + avg_cells)
     lines += _table(["Dataset", "Zero-shot"] + shot_cols, rows)
@@ -327,8 +390,9 @@ def _section(report: Report, level: int = 2) -> list[str]:
     if report.missing:
         seeds = ", ".join(map(str, report.expected_seeds))
         lines += ["", f"Missing runs (expected seeds {seeds}):", ""]
-        lines += [f"- missing: {d} {s}-shot seeds {', '.join(map(str, absent))}"
-                  for (d, s), absent in report.missing.items()]
+        lines += [
+            f"- missing: {d} {s}-shot seeds {', '.join(map(str, absent))}" for (d, s), absent in report.missing.items()
+        ]
     if report.protocol_differences:
         lines += ["", "Departures from the paper's protocol:", ""]
         lines += [f"- {text} (runs: {n})" for text, n in report.protocol_differences.items()]
@@ -376,10 +440,21 @@ def to_csv(report: Report, header: bool = True) -> str:
             cell = report.cells.get((d, s))
             paper = report.published.get((d, s))
             diff = None if cell is None or paper is None else cell.mean - paper
-            writer.writerow([
-                report.model, report.pretrained, report.method, d, s,
-                0 if cell is None else cell.n, "" if cell is None else " ".join(map(str, cell.seeds)),
-                _num(cell and cell.mean), _num(cell and cell.std), _num(cell and cell.ci95),
-                _num(report.zero_shot.get(d)), _num(paper), _num(diff),
-            ])
+            writer.writerow(
+                [
+                    report.model,
+                    report.pretrained,
+                    report.method,
+                    d,
+                    s,
+                    0 if cell is None else cell.n,
+                    "" if cell is None else " ".join(map(str, cell.seeds)),
+                    _num(cell and cell.mean),
+                    _num(cell and cell.std),
+                    _num(cell and cell.ci95),
+                    _num(report.zero_shot.get(d)),
+                    _num(paper),
+                    _num(diff),
+                ]
+            )
     return buffer.getvalue()

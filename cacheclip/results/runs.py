@@ -27,8 +27,9 @@ def run_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_dir(results_dir: Path, model_id: str, weights_id: str, dataset: str, method: str,
-            shots: int, seed: int, key: str) -> Path:
+def run_dir(
+    results_dir: Path, model_id: str, weights_id: str, dataset: str, method: str, shots: int, seed: int, key: str
+) -> Path:
     return Path(results_dir) / model_id / weights_id / dataset / method / f"{shots}shot-seed{seed}-{key[:10]}"
 
 
@@ -48,8 +49,9 @@ def read_result(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "result.json").read_text())
 
 
-def save_adapter(path: Path, state: dict[str, torch.Tensor], class_weights: torch.Tensor,
-                 metadata: dict[str, Any]) -> None:
+def save_adapter(
+    path: Path, state: dict[str, torch.Tensor], class_weights: torch.Tensor, metadata: dict[str, Any]
+) -> None:
     """safetensors file: the adapter tensors (names as in ClipAdapterHead.state_dict), plus
     ``class_weights`` (K, D) so the file alone can classify; metadata holds the adapter config,
     class names, logit scale and the model identity it expects (JSON strings)."""
@@ -71,5 +73,3 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, dic
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     class_weights = tensors.pop("class_weights")
     return tensors, class_weights, {k: (json.loads(v) if k != "format" else v) for k, v in meta.items()}
-
-

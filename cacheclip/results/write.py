@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from cacheclip.common import write_atomic
 from cacheclip.errors import ConfigError
@@ -32,8 +32,10 @@ def write_report(
     reports = build_reports(results, expected_datasets, expected_shots, expected_seeds)
     if not reports:
         skipped = f"; {len(results.warnings)} file(s) skipped" if results.warnings else ""
-        raise ConfigError(f"no cacheclip results found in {', '.join(map(str, result_paths))}{skipped}",
-                          hint="run `cacheclip fit` first, or point at the folder holding its result JSONs")
+        raise ConfigError(
+            f"no cacheclip results found in {', '.join(map(str, result_paths))}{skipped}",
+            hint="run `cacheclip fit` first, or point at the folder holding its result JSONs",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_text = "".join(to_csv(r, header=(i == 0)) for i, r in enumerate(reports))

@@ -10,7 +10,14 @@ import importlib
 import pkgutil
 
 from cacheclip.fit.methods.base import (
-    FitContext, FitData, Method, RunPlan, Trained, get_method, list_methods, register_method,
+    FitContext,
+    FitData,
+    Method,
+    RunPlan,
+    Trained,
+    get_method,
+    list_methods,
+    register_method,
 )
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):

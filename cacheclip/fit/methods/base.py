@@ -7,17 +7,18 @@ after every run of the shot count has been trained and selected.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from cacheclip.fit.adapters import zero_shot_logits
-from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
-from cacheclip.fit.metrics import classification_metrics
 from cacheclip.datasets.fewshot import FewShotSplit
+from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
+from cacheclip.fit.adapters import zero_shot_logits
+from cacheclip.fit.metrics import classification_metrics
 
 if TYPE_CHECKING:
     from cacheclip.features.store import FeatureStore
@@ -33,14 +34,14 @@ class FitData:
     store: Path
     attrs: dict[str, Any]
     classnames: list[str]
-    class_weights: torch.Tensor       # (K, D): the single template's raw embedding, or the ensemble
-    classifier: str                   # which of the two, in words
+    class_weights: torch.Tensor  # (K, D): the single template's raw embedding, or the ensemble
+    classifier: str  # which of the two, in words
     logit_scale: float
     train_labels: list[int]
     val_labels: list[int]
     train_paths: list[str]
     val_paths: list[str]
-    aug_views: int                    # cached augmented views per train image (0: none)
+    aug_views: int  # cached augmented views per train image (0: none)
 
     @property
     def num_classes(self) -> int:
@@ -62,11 +63,11 @@ class Trained:
     """A run after training and selection on val, before its test evaluation."""
 
     plan: RunPlan
-    predict: Callable[[torch.Tensor], torch.Tensor]   # features (M, D) -> logits (M, K)
-    selection: dict[str, Any]                         # {"on", "candidates", "chosen"}
+    predict: Callable[[torch.Tensor], torch.Tensor]  # features (M, D) -> logits (M, K)
+    selection: dict[str, Any]  # {"on", "candidates", "chosen"}
     val_metrics: dict | None
-    config: dict[str, Any]                            # the method's resolved settings
-    artifact: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None   # saved as adapter.safetensors
+    config: dict[str, Any]  # the method's resolved settings
+    artifact: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # saved as adapter.safetensors
     seconds: float = 0.0
 
 
@@ -74,13 +75,23 @@ class FitContext:
     """What a method sees for one dataset and shot count: its own config, the per-run facts,
     and read access to the few-shot train and val features (never test)."""
 
-    def __init__(self, store: "FeatureStore", data: FitData, config: Any, shots: int, *, views: str = "aug",
-                 selection: str = "val", device: str = "cpu", extract_hint: str = "",
-                 progress: Progress | None = None):
+    def __init__(
+        self,
+        store: FeatureStore,
+        data: FitData,
+        config: Any,
+        shots: int,
+        *,
+        views: str = "aug",
+        selection: str = "val",
+        device: str = "cpu",
+        extract_hint: str = "",
+        progress: Progress | None = None,
+    ):
         self._store, self.data, self.config, self.shots = store, data, config, shots
-        self.views_requested = views                                           # aug | clean, as asked
-        self.views = "aug" if views == "aug" and data.aug_views > 0 else "clean"   # what the store allows
-        self.selection_source = selection                                      # val | holdout | none
+        self.views_requested = views  # aug | clean, as asked
+        self.views = "aug" if views == "aug" and data.aug_views > 0 else "clean"  # what the store allows
+        self.selection_source = selection  # val | holdout | none
         self.device, self.extract_hint, self.progress = device, extract_hint, progress
 
     @property
@@ -103,7 +114,7 @@ class FitContext:
         """Few-shot val features (M, D) and labels; None when the dataset has no val and no hold-out."""
         if not split.val:
             return None
-        source = "val" if self.data.val_labels else "train"   # a hold-out val lives in the train split
+        source = "val" if self.data.val_labels else "train"  # a hold-out val lives in the train split
         feats, labels, _ = self._read(source, split.val, False)
         return torch.from_numpy(feats), torch.from_numpy(labels)
 
@@ -112,7 +123,7 @@ class FitContext:
             self.progress(f"{self.data.dataset} {self.shots}-shot", done, total)
 
     def _read(self, split: str, indices: Sequence[int], aug: bool):
-        if split == "test":   # a real check, not an assert: it must hold under python -O too
+        if split == "test":  # a real check, not an assert: it must hold under python -O too
             raise RuntimeError("methods never read the test split")
         try:
             return self._store.read(split, indices, aug=aug)
@@ -120,24 +131,35 @@ class FitContext:
             missing = e.args[0]
             raise MissingFeaturesError(
                 f"{self._store.path.name}: {len(missing)} {split} images needed by this fit have no "
-                f"features (e.g. item {missing[0]})", f"run: {self.extract_hint}") from None
+                f"features (e.g. item {missing[0]})",
+                f"run: {self.extract_hint}",
+            ) from None
 
 
-def select_on_val(candidates: Sequence[dict[str, Any]], predictors: Sequence[Callable],
-                  val: tuple[torch.Tensor, torch.Tensor] | None, data: FitData, source: str
-                  ) -> tuple[int, dict[str, Any], dict | None]:
+def select_on_val(
+    candidates: Sequence[dict[str, Any]],
+    predictors: Sequence[Callable],
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    data: FitData,
+    source: str,
+) -> tuple[int, dict[str, Any], dict | None]:
     """Best candidate by val top-1 (ties: the first in grid order). Without val there must be
     exactly one candidate. Returns (index, selection record, val metrics of the chosen)."""
     if val is None:
         if len(candidates) != 1:
-            raise ConfigError(f"{len(candidates)} candidate settings but no val split to choose between them",
-                              "give a single value, or --no-val holdout to hold out val from train")
+            raise ConfigError(
+                f"{len(candidates)} candidate settings but no val split to choose between them",
+                "give a single value, or --no-val holdout to hold out val from train",
+            )
         return 0, {"on": "none", "candidates": [dict(candidates[0])], "chosen": dict(candidates[0])}, None
     feats, labels = val
     scores = [classification_metrics(p(feats), labels, data.num_classes) for p in predictors]
     best = max(range(len(scores)), key=lambda i: (scores[i]["top1"], -i))
-    record = {"on": source, "candidates": [{**c, "val_top1": s["top1"]} for c, s in zip(candidates, scores)],
-              "chosen": dict(candidates[best])}
+    record = {
+        "on": source,
+        "candidates": [{**c, "val_top1": s["top1"]} for c, s in zip(candidates, scores, strict=False)],
+        "chosen": dict(candidates[best]),
+    }
     return best, record, scores[best]
 
 
@@ -150,9 +172,9 @@ class Method:
     """A few-shot method: its settings, how its runs are keyed, trained and compared with its paper."""
 
     name: str
-    summary: str                                               # one line, with its source paper
-    config: type                                               # frozen dataclass of its settings
-    payload: Callable[[FitContext], dict[str, Any]]            # resolved settings that change its numbers
+    summary: str  # one line, with its source paper
+    config: type  # frozen dataclass of its settings
+    payload: Callable[[FitContext], dict[str, Any]]  # resolved settings that change its numbers
     train: Callable[[FitContext, list[RunPlan]], list[Trained]]
     differences: Callable[[FitContext], list[str]] = lambda ctx: []
     # rebuild a predictor from a saved artifact: (tensors, metadata, class_weights, logit_scale, device)
@@ -161,8 +183,10 @@ class Method:
     def validate(self, config: Any) -> None:
         """ConfigError unless ``config`` is this method's config with workable values."""
         if not isinstance(config, self.config):
-            raise ConfigError(f"{self.name} takes a {self.config.__name__}, got {type(config).__name__}",
-                              "build it with get_method(name).config(...)")
+            raise ConfigError(
+                f"{self.name} takes a {self.config.__name__}, got {type(config).__name__}",
+                "build it with get_method(name).config(...)",
+            )
         check = getattr(config, "validate", None)
         if check is not None:
             check()
@@ -184,6 +208,7 @@ def list_methods() -> list[str]:
 
 def get_method(name: str) -> Method:
     if name not in _METHODS:
-        raise UnknownNameError(f"unknown method '{name}'. Available: {', '.join(_METHODS)}",
-                               "pass one of those to --method")
+        raise UnknownNameError(
+            f"unknown method '{name}'. Available: {', '.join(_METHODS)}", "pass one of those to --method"
+        )
     return _METHODS[name]

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from cacheclip.fit.adapters import AdapterConfig
-from cacheclip.fit.train import RunSpec, TrainConfig, predict, resolve_epochs, train_runs
 from cacheclip.errors import ConfigError
+from cacheclip.fit.adapters import AdapterConfig
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.fit.train import RunSpec, TrainConfig, predict, resolve_epochs, train_runs
 from cacheclip.settings import setting
 
-PAPER_ALPHA = 0.2   # the official code's fixed ratio, behind the published numbers
+PAPER_ALPHA = 0.2  # the official code's fixed ratio, behind the published numbers
 _COOP = TrainConfig()
 
 
@@ -25,14 +25,18 @@ class ClipAdapterConfig:
     """CLIP-Adapter's settings; the defaults are the paper's (CoOp's RN50 schedule)."""
 
     adapter: str = setting("visual", "which adapters: visual (the paper's), text or both", flag="--adapter")
-    alphas: tuple[float, ...] = setting((PAPER_ALPHA,), "visual residual ratio(s); several are chosen on val",
-                                        flag="--alpha")
+    alphas: tuple[float, ...] = setting(
+        (PAPER_ALPHA,), "visual residual ratio(s); several are chosen on val", flag="--alpha"
+    )
     betas: tuple[float, ...] = setting((0.2,), "text residual ratio(s); several are chosen on val", flag="--beta")
     reduction: int = setting(4, "bottleneck reduction D -> D/r", flag="--reduction")
-    block: str = setting("official", "official (ReLU after each layer, as the released code) or paper",
-                         flag="--block")
-    epochs: int | None = setting(None, "epochs; coop: CoOp's by shots (1: 50, 2-4: 100, 8-16: 200; ImageNet 50)",
-                                 flag="--epochs", none_word="coop")
+    block: str = setting("official", "official (ReLU after each layer, as the released code) or paper", flag="--block")
+    epochs: int | None = setting(
+        None,
+        "epochs; coop: CoOp's by shots (1: 50, 2-4: 100, 8-16: 200; ImageNet 50)",
+        flag="--epochs",
+        none_word="coop",
+    )
     lr: float = setting(_COOP.lr, "SGD learning rate", flag="--lr")
     batch_size: int = setting(_COOP.batch_size, "training batch size", flag="--batch-size")
     weight_decay: float = setting(_COOP.weight_decay, "SGD weight decay", flag="--weight-decay")
@@ -41,9 +45,16 @@ class ClipAdapterConfig:
     warmup_lr: float = setting(_COOP.warmup_lr, "warm-up learning rate", flag="--warmup-lr")
 
     def train_config(self, views: str = "aug") -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           weight_decay=self.weight_decay, momentum=self.momentum,
-                           warmup_epochs=self.warmup_epochs, warmup_lr=self.warmup_lr, views=views)
+        return TrainConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            views=views,
+        )
 
     @property
     def kind(self) -> AdapterConfig:
@@ -67,9 +78,12 @@ def payload(ctx: FitContext) -> dict[str, Any]:
     cfg = ctx.config
     return {
         "adapter": {k: v for k, v in asdict(cfg.kind).items() if k not in ("alpha", "beta")},
-        "alphas": list(cfg.alphas), "betas": list(cfg.betas),
-        "train": {**asdict(cfg.train_config(ctx.views_requested)),
-                  "epochs": resolve_epochs(cfg.train_config(), ctx.shots, ctx.data.dataset)},
+        "alphas": list(cfg.alphas),
+        "betas": list(cfg.betas),
+        "train": {
+            **asdict(cfg.train_config(ctx.views_requested)),
+            "epochs": resolve_epochs(cfg.train_config(), ctx.shots, ctx.data.dataset),
+        },
         "views_used": ctx.views,
     }
 
@@ -77,33 +91,42 @@ def payload(ctx: FitContext) -> dict[str, Any]:
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     cfg, data, mode = ctx.config, ctx.data, ctx.views
     if not ctx.has_val and len(cfg.candidates()) > 1:
-        raise ConfigError(f"{data.dataset} has no few-shot val split, so {len(cfg.candidates())} alpha/beta "
-                          "values cannot be chosen without the test set",
-                          "pass a single --alpha (and --beta), or --no-val holdout to hold out val from train")
+        raise ConfigError(
+            f"{data.dataset} has no few-shot val split, so {len(cfg.candidates())} alpha/beta "
+            "values cannot be chosen without the test set",
+            "pass a single --alpha (and --beta), or --no-val holdout to hold out val from train",
+        )
     start = time.perf_counter()
     candidates = cfg.candidates()
     specs, vals = [], []
     for plan in plans:
-        _, views, labels = ctx.train_views(plan.split)                       # views (N, V, D)
+        _, views, labels = ctx.train_views(plan.split)  # views (N, V, D)
         vals.append(ctx.val_features(plan.split))
         specs += [RunSpec(plan.seed, c, views, labels) for c in candidates]
     epochs = resolve_epochs(cfg.train_config(), ctx.shots, data.dataset)
-    states = train_runs(specs, data.class_weights, data.logit_scale, cfg.train_config(mode),
-                        epochs, ctx.device, ctx.tick)
+    states = train_runs(
+        specs, data.class_weights, data.logit_scale, cfg.train_config(mode), epochs, ctx.device, ctx.tick
+    )
     seconds = (time.perf_counter() - start) / len(plans)
     out, n = [], len(candidates)
     for i, plan in enumerate(plans):
-        run_specs, run_states = specs[i * n:(i + 1) * n], states[i * n:(i + 1) * n]
-        predictors = [_predictor(s, st, data, ctx.device) for s, st in zip(run_specs, run_states)]
+        run_specs, run_states = specs[i * n : (i + 1) * n], states[i * n : (i + 1) * n]
+        predictors = [_predictor(s, st, data, ctx.device) for s, st in zip(run_specs, run_states, strict=False)]
         ratios = [_ratios(s.adapter) for s in run_specs]
         best, selection, val_metrics = select_on_val(ratios, predictors, vals[i], data, ctx.selection_source)
         chosen = run_specs[best].adapter
-        config = {**payload(ctx), "chosen": asdict(chosen), "classifier": data.classifier,
-                  "train_views": (f"one of {data.aug_views} cached augmented views per image per epoch"
-                                  if mode == "aug" else "the clean (val-transform) view every epoch")}
+        config = {
+            **payload(ctx),
+            "chosen": asdict(chosen),
+            "classifier": data.classifier,
+            "train_views": (
+                f"one of {data.aug_views} cached augmented views per image per epoch"
+                if mode == "aug"
+                else "the clean (val-transform) view every epoch"
+            ),
+        }
         meta = {"adapter": asdict(chosen), "classnames": data.classnames, "logit_scale": data.logit_scale}
-        out.append(Trained(plan, predictors[best], selection, val_metrics, config,
-                           (run_states[best], meta), seconds))
+        out.append(Trained(plan, predictors[best], selection, val_metrics, config, (run_states[best], meta), seconds))
     return out
 
 
@@ -134,8 +157,10 @@ def differences(ctx: FitContext) -> list[str]:
     if resolve_epochs(cfg.train_config(), shots, data.dataset) != protocol_epochs:
         diffs.append(f"epochs {cfg.epochs} (CoOp: {protocol_epochs})")
     if ctx.views == "aug":
-        diffs.append(f"augmentation from {data.aug_views} cached views, one per image per epoch "
-                     "(CoOp: a fresh random crop every epoch)")
+        diffs.append(
+            f"augmentation from {data.aug_views} cached views, one per image per epoch "
+            "(CoOp: a fresh random crop every epoch)"
+        )
     else:
         diffs.append("no augmentation: the clean view every epoch (CoOp: random crop + flip)")
     return diffs
@@ -146,8 +171,14 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
     return lambda feats: predict(tensors, adapter, feats, class_weights, logit_scale, device)
 
 
-register_method(Method(
-    name="clip-adapter",
-    summary="residual bottleneck adapters on frozen CLIP features (Gao et al. 2021, arXiv 2110.04544)",
-    config=ClipAdapterConfig, payload=payload, train=train, differences=differences, from_artifact=from_artifact,
-))
+register_method(
+    Method(
+        name="clip-adapter",
+        summary="residual bottleneck adapters on frozen CLIP features (Gao et al. 2021, arXiv 2110.04544)",
+        config=ClipAdapterConfig,
+        payload=payload,
+        train=train,
+        differences=differences,
+        from_artifact=from_artifact,
+    )
+)

@@ -23,8 +23,9 @@ the cost. C values are solved in increasing order, each warm-started from the pr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +34,20 @@ from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, select_on_val
 from cacheclip.settings import setting
 
-MAX_ITER = 1000          # L-BFGS iterations per C at most (CLIP and CoOp: sklearn max_iter=1000)
-GRAD_TOL = 1e-5          # stop when max|grad J| <= GRAD_TOL * max|grad J at W = 0, b = 0|
-CHANGE_TOL = 1e-9        # ... or when the objective or parameters change less than this
-HISTORY = 20             # L-BFGS memory
-LP_CS = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-4, 9))   # 1e-2 .. 1e4, half-decades (13)
+MAX_ITER = 1000  # L-BFGS iterations per C at most (CLIP and CoOp: sklearn max_iter=1000)
+GRAD_TOL = 1e-5  # stop when max|grad J| <= GRAD_TOL * max|grad J at W = 0, b = 0|
+CHANGE_TOL = 1e-9  # ... or when the objective or parameters change less than this
+HISTORY = 20  # L-BFGS memory
+LP_CS = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(-4, 9))  # 1e-2 .. 1e4, half-decades (13)
 
 
 @dataclass(frozen=True)
 class LinearProbeConfig:
     """The linear probe's settings: the C grid searched on val, and C without val."""
 
-    cs: tuple[float, ...] = setting(LP_CS, "C value(s) (sklearn's C), chosen on val (1e-2..1e4, 13 values)",
-                                    flag="--lp-c")
+    cs: tuple[float, ...] = setting(
+        LP_CS, "C value(s) (sklearn's C), chosen on val (1e-2..1e4, 13 values)", flag="--lp-c"
+    )
     c_no_val: float = setting(10.0, "C when there is no val (and several --lp-c values)", flag="--lp-c-no-val")
 
     def validate(self) -> None:
@@ -64,8 +66,7 @@ class LogisticFit:
     objective: float
 
 
-def objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, c: float
-              ) -> torch.Tensor:
+def objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     """J(W, b) = mean CE(x W^T + b, y) + ||W||^2 / (2 C N); x (N, D), W (K, D), b (K,)."""
     return F.cross_entropy(x @ weight.t() + bias, y) + weight.pow(2).sum() / (2.0 * c * x.shape[0])
 
@@ -76,14 +77,22 @@ def _span_basis(x: torch.Tensor) -> torch.Tensor | None:
     return torch.linalg.qr(x.t(), mode="reduced")[0] if n < d else None
 
 
-def _solve(x: torch.Tensor, y: torch.Tensor, c: float, weight: torch.Tensor, bias: torch.Tensor,
-           grad_tol: float) -> tuple[int, float]:
+def _solve(
+    x: torch.Tensor, y: torch.Tensor, c: float, weight: torch.Tensor, bias: torch.Tensor, grad_tol: float
+) -> tuple[int, float]:
     """Minimise J in place from (weight, bias); returns (iterations, final objective)."""
     weight.requires_grad_(True)
     bias.requires_grad_(True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=MAX_ITER, max_eval=MAX_ITER * 5 // 4,
-                            tolerance_grad=grad_tol, tolerance_change=CHANGE_TOL, history_size=HISTORY,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=MAX_ITER,
+        max_eval=MAX_ITER * 5 // 4,
+        tolerance_grad=grad_tol,
+        tolerance_change=CHANGE_TOL,
+        history_size=HISTORY,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -100,8 +109,14 @@ def _solve(x: torch.Tensor, y: torch.Tensor, c: float, weight: torch.Tensor, bia
     return iterations, final
 
 
-def fit_logistic_path(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cs: Sequence[float],
-                      dtype: torch.dtype = torch.float32, device: str = "cpu") -> list[LogisticFit]:
+def fit_logistic_path(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    cs: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> list[LogisticFit]:
     """Fit J for every C in ``cs`` (returned in that order) on features (N, D), labels (N,).
 
     Features are used as given (callers normalise). Solved from W = 0, b = 0 for the smallest
@@ -111,8 +126,8 @@ def fit_logistic_path(features: torch.Tensor, labels: torch.Tensor, num_classes:
     x = features.to(device=device, dtype=dtype)
     y = labels.to(device).long()
     basis = _span_basis(x)
-    xr = x @ basis if basis is not None else x                        # (N, r)
-    weight = torch.zeros(num_classes, xr.shape[1], dtype=dtype, device=device)   # (K, r)
+    xr = x @ basis if basis is not None else x  # (N, r)
+    weight = torch.zeros(num_classes, xr.shape[1], dtype=dtype, device=device)  # (K, r)
     bias = torch.zeros(num_classes, dtype=dtype, device=device)
     fits: dict[int, LogisticFit] = {}
     grad_tol = None
@@ -140,6 +155,7 @@ def probe_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 # ---------------------------------------------------------------- the method
 
+
 def candidate_cs(cfg: LinearProbeConfig, has_val: bool) -> list[float]:
     """The C values a run fits: the grid with val; without, the single value given or ``c_no_val``."""
     if has_val:
@@ -148,10 +164,18 @@ def candidate_cs(cfg: LinearProbeConfig, has_val: bool) -> list[float]:
 
 
 def payload(ctx: FitContext) -> dict[str, Any]:
-    return {"cs": candidate_cs(ctx.config, ctx.has_val), "features": "clean, L2-normalised",
-            "solver": {"name": "torch L-BFGS (strong Wolfe), full batch, float32", "max_iter": MAX_ITER,
-                       "grad_tol": f"{GRAD_TOL:g} x max|grad| at zero", "change_tol": CHANGE_TOL,
-                       "history": HISTORY, "warm_start": "increasing C"}}
+    return {
+        "cs": candidate_cs(ctx.config, ctx.has_val),
+        "features": "clean, L2-normalised",
+        "solver": {
+            "name": "torch L-BFGS (strong Wolfe), full batch, float32",
+            "max_iter": MAX_ITER,
+            "grad_tol": f"{GRAD_TOL:g} x max|grad| at zero",
+            "change_tol": CHANGE_TOL,
+            "history": HISTORY,
+            "warm_start": "increasing C",
+        },
+    }
 
 
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
@@ -162,21 +186,41 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         feats, labels, _ = ctx.train_features(plan.split, aug=False)
         val = ctx.val_features(plan.split)
         cs = candidate_cs(cfg, val is not None)
-        fits = fit_logistic_path(F.normalize(torch.from_numpy(feats).float(), dim=-1), torch.from_numpy(labels),
-                                 data.num_classes, cs, device=ctx.device)
+        fits = fit_logistic_path(
+            F.normalize(torch.from_numpy(feats).float(), dim=-1),
+            torch.from_numpy(labels),
+            data.num_classes,
+            cs,
+            device=ctx.device,
+        )
         predictors = [_predictor(f) for f in fits]
-        best, selection, val_metrics = select_on_val([{"C": f.c} for f in fits], predictors, val, data,
-                                                     ctx.selection_source)
+        best, selection, val_metrics = select_on_val(
+            [{"C": f.c} for f in fits], predictors, val, data, ctx.selection_source
+        )
         if val is None:
-            selection["reason"] = (f"no val split: C fixed at {cs[0]:g}" +
-                                   (" (the default for runs without val)" if len(cfg.cs) > 1 else ""))
+            selection["reason"] = f"no val split: C fixed at {cs[0]:g}" + (
+                " (the default for runs without val)" if len(cfg.cs) > 1 else ""
+            )
         chosen = fits[best]
         selection["solver"] = [{"C": f.c, "iterations": f.iterations, "objective": f.objective} for f in fits]
         config = {**payload(ctx), "chosen": {"C": chosen.c}, "classifier": "learned (K, D) + bias"}
-        meta = {"method_config": {"C": chosen.c}, "classnames": data.classnames, "logit_scale": data.logit_scale,
-                "logits": "normalize(f) @ weight.T + bias"}
-        out.append(Trained(plan, predictors[best], selection, val_metrics, config,
-                           ({"weight": chosen.weight, "bias": chosen.bias}, meta), time.perf_counter() - start))
+        meta = {
+            "method_config": {"C": chosen.c},
+            "classnames": data.classnames,
+            "logit_scale": data.logit_scale,
+            "logits": "normalize(f) @ weight.T + bias",
+        }
+        out.append(
+            Trained(
+                plan,
+                predictors[best],
+                selection,
+                val_metrics,
+                config,
+                ({"weight": chosen.weight, "bias": chosen.bias}, meta),
+                time.perf_counter() - start,
+            )
+        )
         ctx.tick(done + 1, len(plans))
     return out
 
@@ -199,8 +243,14 @@ def differences(ctx: FitContext) -> list[str]:
     ]
 
 
-register_method(Method(
-    name="linear-probe",
-    summary="logistic regression on frozen CLIP features, C chosen on val (Radford et al. 2021; CoOp's baseline)",
-    config=LinearProbeConfig, payload=payload, train=train, differences=differences, from_artifact=from_artifact,
-))
+register_method(
+    Method(
+        name="linear-probe",
+        summary="logistic regression on frozen CLIP features, C chosen on val (Radford et al. 2021; CoOp's baseline)",
+        config=LinearProbeConfig,
+        payload=payload,
+        train=train,
+        differences=differences,
+        from_artifact=from_artifact,
+    )
+)

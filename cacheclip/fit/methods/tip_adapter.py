@@ -18,60 +18,66 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cacheclip.fit.adapters import zero_shot_logits
-from cacheclip.fit.metrics import classification_metrics
 from cacheclip.errors import ConfigError
+from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
+from cacheclip.fit.metrics import classification_metrics
 from cacheclip.settings import setting
 
-TIP_SCALE = (0.5, 1.0)       # Tip-Adapter's RandomResizedCrop scale for its cache views
-TIP_VIEWS = 10               # Tip-Adapter's augmented views per image
-TIPF_WEIGHT_DECAY = 0.01     # torch AdamW's default, which Tip-Adapter-F's optimiser kept
-TIPF_EPS = 1e-4              # Tip-Adapter-F's AdamW eps
-CHUNK = 4096                 # rows of features scored at once (bounds the (rows, NK) affinity)
-TIP_GRID = tuple(round(0.1 + 0.3 * i, 2) for i in range(34))   # 0.1 .. 10 in steps of 0.3 (34 values)
+TIP_SCALE = (0.5, 1.0)  # Tip-Adapter's RandomResizedCrop scale for its cache views
+TIP_VIEWS = 10  # Tip-Adapter's augmented views per image
+TIPF_WEIGHT_DECAY = 0.01  # torch AdamW's default, which Tip-Adapter-F's optimiser kept
+TIPF_EPS = 1e-4  # Tip-Adapter-F's AdamW eps
+CHUNK = 4096  # rows of features scored at once (bounds the (rows, NK) affinity)
+TIP_GRID = tuple(round(0.1 + 0.3 * i, 2) for i in range(34))  # 0.1 .. 10 in steps of 0.3 (34 values)
 
 
 @dataclass(frozen=True)
 class TipAdapterConfig:
     """Tip-Adapter's settings: the (alpha, beta) grid searched on val, and the values without val."""
 
-    alphas: tuple[float, ...] = setting(TIP_GRID, "cache weight(s) alpha, chosen on val (0.1..10 step 0.3)",
-                                        flag="--tip-alpha")
-    betas: tuple[float, ...] = setting(TIP_GRID, "sharpness value(s) beta, chosen on val (0.1..10 step 0.3)",
-                                       flag="--tip-beta")
-    init: tuple[float, float] = setting((1.0, 1.0), "(alpha, beta) without val; Tip-Adapter-F trains with them",
-                                        flag="--tip-init")
+    alphas: tuple[float, ...] = setting(
+        TIP_GRID, "cache weight(s) alpha, chosen on val (0.1..10 step 0.3)", flag="--tip-alpha"
+    )
+    betas: tuple[float, ...] = setting(
+        TIP_GRID, "sharpness value(s) beta, chosen on val (0.1..10 step 0.3)", flag="--tip-beta"
+    )
+    init: tuple[float, float] = setting(
+        (1.0, 1.0), "(alpha, beta) without val; Tip-Adapter-F trains with them", flag="--tip-init"
+    )
 
     def validate(self) -> None:
         if min(*self.betas, self.init[1]) <= 0 or min(*self.alphas, self.init[0]) < 0:
-            raise ConfigError("--tip-beta values must be > 0 and --tip-alpha values >= 0",
-                              "e.g. --tip-alpha 0.5,1,2 --tip-beta 1,5")
+            raise ConfigError(
+                "--tip-beta values must be > 0 and --tip-alpha values >= 0", "e.g. --tip-alpha 0.5,1,2 --tip-beta 1,5"
+            )
 
 
 @dataclass(frozen=True)
 class TipAdapterFConfig(TipAdapterConfig):
     """Tip-Adapter-F's settings: Tip-Adapter's, plus the training of the cache keys."""
 
-    epochs: int = setting(20, "epochs training the cache keys (Tip-Adapter's configs; EuroSAT's 100)",
-                          flag="--tip-epochs")
+    epochs: int = setting(
+        20, "epochs training the cache keys (Tip-Adapter's configs; EuroSAT's 100)", flag="--tip-epochs"
+    )
     lr: float = setting(1e-3, "AdamW learning rate (eps 1e-4), cosine per step", flag="--tip-lr")
     batch_size: int = setting(256, "cache images per step", flag="--tip-batch-size")
 
     def validate(self) -> None:
         super().validate()
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("--tip-epochs and --tip-batch-size must be >= 1 and --tip-lr > 0",
-                              "e.g. --tip-epochs 20")
+            raise ConfigError("--tip-epochs and --tip-batch-size must be >= 1 and --tip-lr > 0", "e.g. --tip-epochs 20")
 
 
 # ---------------------------------------------------------------- the math
+
 
 def build_keys(clean: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
     """Cache keys (N, D): normalize(mean of the N images' aug views (N, V, D)), or of clean (N, D)."""
@@ -79,50 +85,74 @@ def build_keys(clean: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
     return F.normalize(raw, dim=-1)
 
 
-def cache_logits(affinity: torch.Tensor, cache_labels: torch.Tensor, num_classes: int, beta: float
-                 ) -> torch.Tensor:
+def cache_logits(affinity: torch.Tensor, cache_labels: torch.Tensor, num_classes: int, beta: float) -> torch.Tensor:
     """exp(-beta * (1 - affinity)) @ one_hot(cache_labels): (M, NK) -> (M, K)."""
     weights = torch.exp(affinity.mul(beta).sub_(beta))
     return weights.new_zeros(affinity.shape[0], num_classes).index_add_(1, cache_labels, weights)
 
 
-def tip_logits(feats: torch.Tensor, keys: torch.Tensor, cache_labels: torch.Tensor, class_weights: torch.Tensor,
-               scale: float, alpha: float, beta: float) -> torch.Tensor:
+def tip_logits(
+    feats: torch.Tensor,
+    keys: torch.Tensor,
+    cache_labels: torch.Tensor,
+    class_weights: torch.Tensor,
+    scale: float,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
     """Tip-Adapter logits (M, K) for raw features (M, D); alpha = 0 gives the zero-shot logits exactly."""
     feats = feats.float()
     zs = zero_shot_logits(feats, class_weights, scale)
     k = class_weights.shape[0]
-    cache = [cache_logits(F.normalize(chunk, dim=-1) @ keys.t(), cache_labels, k, beta)
-             for chunk in feats.split(CHUNK)]
+    cache = [cache_logits(F.normalize(chunk, dim=-1) @ keys.t(), cache_labels, k, beta) for chunk in feats.split(CHUNK)]
     return zs + alpha * (torch.cat(cache) if cache else zs.new_zeros(zs.shape))
 
 
-def grid_top1(feats: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor, cache_labels: torch.Tensor,
-              class_weights: torch.Tensor, scale: float, alphas: Sequence[float], betas: Sequence[float]
-              ) -> torch.Tensor:
+def grid_top1(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    keys: torch.Tensor,
+    cache_labels: torch.Tensor,
+    class_weights: torch.Tensor,
+    scale: float,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+) -> torch.Tensor:
     """Top-1 % of ``tip_logits`` for every (beta, alpha): (len(betas), len(alphas)).
 
     One affinity matrix; per beta one cache term, then every alpha in one broadcast add
     (A, M, K) and one argmax (alphas in slices that keep that tensor near 64 MiB)."""
     feats = feats.float()
-    zs = zero_shot_logits(feats, class_weights, scale)                          # (M, K)
+    zs = zero_shot_logits(feats, class_weights, scale)  # (M, K)
     affinity = torch.cat([F.normalize(c, dim=-1) @ keys.t() for c in feats.split(CHUNK)])  # (M, NK)
     k, m = class_weights.shape[0], feats.shape[0]
-    alpha_col = torch.tensor([float(a) for a in alphas]).view(-1, 1, 1)          # (A, 1, 1)
+    alpha_col = torch.tensor([float(a) for a in alphas]).view(-1, 1, 1)  # (A, 1, 1)
     step = max(1, (16 << 20) // max(1, zs.numel()))
     out = torch.empty(len(betas), len(alphas))
     for i, beta in enumerate(betas):
         cache = cache_logits(affinity, cache_labels, k, beta)
         for j in range(0, len(alphas), step):
-            logits = zs + alpha_col[j:j + step] * cache                          # as tip_logits, bit for bit
-            out[i, j:j + step] = logits.argmax(dim=-1).eq(labels).sum(dim=-1) * (100.0 / m)
+            logits = zs + alpha_col[j : j + step] * cache  # as tip_logits, bit for bit
+            out[i, j : j + step] = logits.argmax(dim=-1).eq(labels).sum(dim=-1) * (100.0 / m)
     return out
 
 
-def finetune_keys(views: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor, class_weights: torch.Tensor,
-                  scale: float, alpha: float, beta: float, *, epochs: int, lr: float, batch_size: int,
-                  seed: int, device: str = "cpu", progress: Callable[[int, int], None] | None = None
-                  ) -> torch.Tensor:
+def finetune_keys(
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    keys: torch.Tensor,
+    class_weights: torch.Tensor,
+    scale: float,
+    alpha: float,
+    beta: float,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """Tip-Adapter-F: train the keys (NK, D) on views (N, V, D) of the N cache images; returns the last
     epoch's keys. AdamW (eps 1e-4, weight decay 0.01), cosine lr over all steps (stepped per
     step, to 0), CE on ``tip_logits``. Each epoch draws one view per image (``randint``) then a
@@ -130,19 +160,19 @@ def finetune_keys(views: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor,
     once per epoch (the last batch may be smaller)."""
     n, v, _ = views.shape
     gen = torch.Generator().manual_seed(seed)
-    weights = keys.detach().clone().to(device).requires_grad_(True)                # (NK, D)
+    weights = keys.detach().clone().to(device).requires_grad_(True)  # (NK, D)
     cw = F.normalize(class_weights.float(), dim=-1).to(device)
     cache_labels, y = labels.to(device), labels.to(device)
     steps = math.ceil(n / batch_size)
-    opt = torch.optim.AdamW([weights], lr=lr, eps=TIPF_EPS, weight_decay=TIPF_WEIGHT_DECAY, fused=True)
+    opt = _adamw([weights], lr=lr, eps=TIPF_EPS, weight_decay=TIPF_WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     k = cw.shape[0]
     for epoch in range(epochs):
         pick = torch.randint(v, (n,), generator=gen) if v > 1 else torch.zeros(n, dtype=torch.long)
         perm = torch.randperm(n, generator=gen)
         for s in range(steps):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
-            f = F.normalize(views[idx, pick[idx]].float().to(device), dim=-1)      # (B, D)
+            idx = perm[s * batch_size : (s + 1) * batch_size]
+            f = F.normalize(views[idx, pick[idx]].float().to(device), dim=-1)  # (B, D)
             logits = scale * f @ cw.t() + alpha * cache_logits(f @ weights.t(), cache_labels, k, beta)
             loss = F.cross_entropy(logits, y[idx.to(device)])
             opt.zero_grad(set_to_none=True)
@@ -154,28 +184,51 @@ def finetune_keys(views: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor,
     return weights.detach().cpu()
 
 
+def _adamw(params: list[torch.Tensor], **settings) -> torch.optim.AdamW:
+    """torch's fused AdamW (one pass per step) where this torch and device have it, else the
+    plain one (CPU fused AdamW arrived in torch 2.4; the floor is older)."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **settings)
+
+
 # ---------------------------------------------------------------- selection
 
-def choose(val: tuple[torch.Tensor, torch.Tensor] | None, keys: torch.Tensor, cache_labels: torch.Tensor,
-           cfg: TipAdapterConfig, data: FitData, source: str) -> tuple[float, float, dict[str, Any]]:
+
+def choose(
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    keys: torch.Tensor,
+    cache_labels: torch.Tensor,
+    cfg: TipAdapterConfig,
+    data: FitData,
+    source: str,
+) -> tuple[float, float, dict[str, Any]]:
     """(alpha, beta, selection record): the best val top-1 over the grid (ties: the first,
     beta-major as Tip-Adapter's search), or the fixed values without val."""
     alphas, betas = candidate_grid(cfg, val is not None)
     if val is None:
         chosen = {"alpha": alphas[0], "beta": betas[0]}
-        why = ("no val split: alpha, beta fixed (a single value given is used as is; otherwise "
-               f"Tip-Adapter's initial values alpha={cfg.init[0]:g}, beta={cfg.init[1]:g})")
+        why = (
+            "no val split: alpha, beta fixed (a single value given is used as is; otherwise "
+            f"Tip-Adapter's initial values alpha={cfg.init[0]:g}, beta={cfg.init[1]:g})"
+        )
         return alphas[0], betas[0], {"on": "none", "candidates": [dict(chosen)], "chosen": chosen, "reason": why}
     scores = grid_top1(val[0], val[1], keys, cache_labels, data.class_weights, data.logit_scale, alphas, betas)
-    best = int(torch.argmax(scores.flatten()))   # first maximum in row-major (beta, alpha) order
+    best = int(torch.argmax(scores.flatten()))  # first maximum in row-major (beta, alpha) order
     beta, alpha = betas[best // len(alphas)], alphas[best % len(alphas)]
-    record = {"on": source, "candidates": {"alpha": alphas, "beta": betas},
-              "val_top1": [[round(float(x), 4) for x in row] for row in scores], "val_top1_axes": ["beta", "alpha"],
-              "chosen": {"alpha": alpha, "beta": beta}}
+    record = {
+        "on": source,
+        "candidates": {"alpha": alphas, "beta": betas},
+        "val_top1": [[round(float(x), 4) for x in row] for row in scores],
+        "val_top1_axes": ["beta", "alpha"],
+        "chosen": {"alpha": alpha, "beta": beta},
+    }
     return alpha, beta, record
 
 
 # ---------------------------------------------------------------- the methods
+
 
 def candidate_grid(cfg: TipAdapterConfig, has_val: bool) -> tuple[list[float], list[float]]:
     """(alphas, betas) a run considers: the grids with val; without, one value each (the
@@ -183,8 +236,10 @@ def candidate_grid(cfg: TipAdapterConfig, has_val: bool) -> tuple[list[float], l
     alphas, betas = [float(a) for a in cfg.alphas], [float(b) for b in cfg.betas]
     if has_val:
         return alphas, betas
-    return ([alphas[0] if len(alphas) == 1 else float(cfg.init[0])],
-            [betas[0] if len(betas) == 1 else float(cfg.init[1])])
+    return (
+        [alphas[0] if len(alphas) == 1 else float(cfg.init[0])],
+        [betas[0] if len(betas) == 1 else float(cfg.init[1])],
+    )
 
 
 def _aug_scale(data: FitData) -> list[float] | None:
@@ -195,18 +250,29 @@ def _aug_scale(data: FitData) -> list[float] | None:
 def payload(ctx: FitContext, finetune: bool = False) -> dict[str, Any]:
     cfg, data, mode = ctx.config, ctx.data, ctx.views
     alphas, betas = candidate_grid(cfg, ctx.has_val)
-    out = {"alphas": alphas, "betas": betas,
-           "cache": (f"mean of {data.aug_views} cached augmented views per image, then L2-normalised"
-                     if mode == "aug" else "the clean (val-transform) view, L2-normalised"),
-           "views_used": mode}
+    out = {
+        "alphas": alphas,
+        "betas": betas,
+        "cache": (
+            f"mean of {data.aug_views} cached augmented views per image, then L2-normalised"
+            if mode == "aug"
+            else "the clean (val-transform) view, L2-normalised"
+        ),
+        "views_used": mode,
+    }
     if finetune:
-        out["finetune"] = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                           "optimizer": f"AdamW(eps={TIPF_EPS:g}, weight_decay={TIPF_WEIGHT_DECAY:g})",
-                           "schedule": "cosine per step to 0",
-                           "train_alpha_beta": [float(cfg.init[0]), float(cfg.init[1])],
-                           "train_views": ("one random cached view per image per epoch" if mode == "aug"
-                                           else "the clean view every epoch"),
-                           "model": "last epoch"}
+        out["finetune"] = {
+            "epochs": cfg.epochs,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "optimizer": f"AdamW(eps={TIPF_EPS:g}, weight_decay={TIPF_WEIGHT_DECAY:g})",
+            "schedule": "cosine per step to 0",
+            "train_alpha_beta": [float(cfg.init[0]), float(cfg.init[1])],
+            "train_views": (
+                "one random cached view per image per epoch" if mode == "aug" else "the clean view every epoch"
+            ),
+            "model": "last epoch",
+        }
     return out
 
 
@@ -215,26 +281,44 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
     out = []
     for done, plan in enumerate(plans):
         start = time.perf_counter()
-        clean, views, labels = ctx.train_views(plan.split)                          # views (N, V, D)
+        clean, views, labels = ctx.train_views(plan.split)  # views (N, V, D)
         keys = build_keys(clean, views if ctx.views == "aug" else None)
         if finetune:
-            keys = finetune_keys(views, labels, keys, data.class_weights, data.logit_scale,
-                                 float(cfg.init[0]), float(cfg.init[1]), epochs=cfg.epochs,
-                                 lr=cfg.lr, batch_size=cfg.batch_size, seed=plan.seed, device=ctx.device)
+            keys = finetune_keys(
+                views,
+                labels,
+                keys,
+                data.class_weights,
+                data.logit_scale,
+                float(cfg.init[0]),
+                float(cfg.init[1]),
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                seed=plan.seed,
+                device=ctx.device,
+            )
         val = ctx.val_features(plan.split)
         alpha, beta, selection = choose(val, keys, labels, cfg, data, ctx.selection_source)
         predict = _predictor(keys, labels, data, alpha, beta)
         val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
         chosen = {"alpha": alpha, "beta": beta}
         config = {**payload(ctx, finetune), "chosen": chosen, "classifier": data.classifier}
-        values = F.one_hot(labels, data.num_classes).to(torch.uint8)                 # (NK, K)
-        tensors = {"keys": keys.float().contiguous(), "values": values,
-                   "alpha": torch.tensor(alpha), "beta": torch.tensor(beta)}
-        meta = {"method_config": chosen, "classnames": data.classnames, "logit_scale": data.logit_scale,
-                "logits": "s * normalize(f) @ normalize(class_weights).T + alpha * exp(-beta * (1 - "
-                          "normalize(f) @ keys.T)) @ values"}
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta),
-                           time.perf_counter() - start))
+        values = F.one_hot(labels, data.num_classes).to(torch.uint8)  # (NK, K)
+        tensors = {
+            "keys": keys.float().contiguous(),
+            "values": values,
+            "alpha": torch.tensor(alpha),
+            "beta": torch.tensor(beta),
+        }
+        meta = {
+            "method_config": chosen,
+            "classnames": data.classnames,
+            "logit_scale": data.logit_scale,
+            "logits": "s * normalize(f) @ normalize(class_weights).T + alpha * exp(-beta * (1 - "
+            "normalize(f) @ keys.T)) @ values",
+        }
+        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
         ctx.tick(done + 1, len(plans))
     return out
 
@@ -260,9 +344,11 @@ def differences(ctx: FitContext, finetune: bool = False) -> list[str]:
     else:
         diffs.append(f"cache keys from the clean view (Tip-Adapter: mean of {TIP_VIEWS} augmented views)")
     if ctx.has_val:
-        diffs.append(f"alpha, beta chosen on val from a {len(cfg.betas)} x {len(cfg.alphas)} grid "
-                     "(Tip-Adapter: per-dataset grids of 200 betas x 20 alphas"
-                     + ("; ImageNet's searched on test)" if data.dataset == "imagenet" else ")"))
+        diffs.append(
+            f"alpha, beta chosen on val from a {len(cfg.betas)} x {len(cfg.alphas)} grid "
+            "(Tip-Adapter: per-dataset grids of 200 betas x 20 alphas"
+            + ("; ImageNet's searched on test)" if data.dataset == "imagenet" else ")")
+        )
     else:
         diffs.append("alpha, beta fixed without val (Tip-Adapter: ImageNet's searched on test)")
     if finetune:
@@ -272,12 +358,15 @@ def differences(ctx: FitContext, finetune: bool = False) -> list[str]:
 
 def _finetune_differences(ctx: FitContext) -> list[str]:
     cfg, data = ctx.config, ctx.data
-    diffs = ["keys trained on cached views, one per image per epoch (Tip-Adapter-F: fresh random crops)"
-             if ctx.views == "aug" else "keys trained on the clean view (Tip-Adapter-F: random crops)",
-             "the last epoch's keys (Tip-Adapter-F: the best epoch on test)",
-             f"trained with alpha={cfg.init[0]:g}, beta={cfg.init[1]:g} "
-             "(Tip-Adapter-F: per-dataset initial alpha 1.17-5, beta 1)",
-             "fp32 keys (Tip-Adapter-F: fp16 on GPU)"]
+    diffs = [
+        "keys trained on cached views, one per image per epoch (Tip-Adapter-F: fresh random crops)"
+        if ctx.views == "aug"
+        else "keys trained on the clean view (Tip-Adapter-F: random crops)",
+        "the last epoch's keys (Tip-Adapter-F: the best epoch on test)",
+        f"trained with alpha={cfg.init[0]:g}, beta={cfg.init[1]:g} "
+        "(Tip-Adapter-F: per-dataset initial alpha 1.17-5, beta 1)",
+        "fp32 keys (Tip-Adapter-F: fp16 on GPU)",
+    ]
     protocol_epochs = 100 if data.dataset == "eurosat" else 20
     if cfg.epochs != protocol_epochs:
         diffs.append(f"epochs {cfg.epochs} (Tip-Adapter-F's config: {protocol_epochs})")
@@ -286,19 +375,27 @@ def _finetune_differences(ctx: FitContext) -> list[str]:
     return diffs
 
 
-register_method(Method(
-    name="tip-adapter",
-    summary="training-free cache of few-shot features added to zero-shot CLIP (Zhang et al. 2022, arXiv 2207.09519)",
-    config=TipAdapterConfig, payload=payload, train=lambda ctx, plans: _train(ctx, plans, finetune=False),
-    differences=differences, from_artifact=from_artifact,
-))
+register_method(
+    Method(
+        name="tip-adapter",
+        summary="training-free cache of few-shot features added to zero-shot CLIP "
+        "(Zhang et al. 2022, arXiv 2207.09519)",
+        config=TipAdapterConfig,
+        payload=payload,
+        train=lambda ctx, plans: _train(ctx, plans, finetune=False),
+        differences=differences,
+        from_artifact=from_artifact,
+    )
+)
 
-register_method(Method(
-    name="tip-adapter-f",
-    summary="Tip-Adapter with its cache keys fine-tuned, 20 epochs (Zhang et al. 2022, arXiv 2207.09519)",
-    config=TipAdapterFConfig,
-    payload=lambda ctx: payload(ctx, finetune=True),
-    train=lambda ctx, plans: _train(ctx, plans, finetune=True),
-    differences=lambda ctx: differences(ctx, finetune=True),
-    from_artifact=from_artifact,
-))
+register_method(
+    Method(
+        name="tip-adapter-f",
+        summary="Tip-Adapter with its cache keys fine-tuned, 20 epochs (Zhang et al. 2022, arXiv 2207.09519)",
+        config=TipAdapterFConfig,
+        payload=lambda ctx: payload(ctx, finetune=True),
+        train=lambda ctx, plans: _train(ctx, plans, finetune=True),
+        differences=lambda ctx: differences(ctx, finetune=True),
+        from_artifact=from_artifact,
+    )
+)

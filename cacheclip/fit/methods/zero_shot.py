@@ -17,17 +17,26 @@ def _train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     predict = zero_shot_predictor(ctx.data)
     results = []
     for plan in plans:
-        val = ctx.val_features(plan.split)   # each seed samples its own few-shot val
+        val = ctx.val_features(plan.split)  # each seed samples its own few-shot val
         metrics = classification_metrics(predict(val[0]), val[1], ctx.data.num_classes) if val else None
-        results.append(Trained(plan, predict, {"on": "none", "candidates": [], "chosen": {}}, metrics,
-                               {"classifier": ctx.data.classifier}))
+        results.append(
+            Trained(
+                plan,
+                predict,
+                {"on": "none", "candidates": [], "chosen": {}},
+                metrics,
+                {"classifier": ctx.data.classifier},
+            )
+        )
     return results
 
 
-register_method(Method(
-    name="zero-shot",
-    summary="CLIP's text classifier with no training (Radford et al. 2021)",
-    config=ZeroShotConfig,
-    payload=lambda ctx: {},
-    train=_train,
-))
+register_method(
+    Method(
+        name="zero-shot",
+        summary="CLIP's text classifier with no training (Radford et al. 2021)",
+        config=ZeroShotConfig,
+        payload=lambda ctx: {},
+        train=_train,
+    )
+)

@@ -345,7 +345,8 @@ def commit(path: Path, contents: StoreContents, dtype: str) -> None:
             old.close()
     for part in parts_dir(path).glob("*"):
         part.unlink()
-    parts_dir(path).rmdir() if parts_dir(path).exists() else None
+    if parts_dir(path).exists():
+        parts_dir(path).rmdir()
 
 
 def _write_contents(f: h5py.File, c: StoreContents) -> None:

@@ -81,6 +81,7 @@ def load_fit_data(store: FeatureStore, dataset: str) -> FitData:
         classnames=store.classnames,
         class_weights=torch.from_numpy(per_template[0] if single else ensemble).float(),
         classifier="single template (raw embedding)" if single else f"ensemble of {per_template.shape[0]} templates",
+        per_template=torch.from_numpy(per_template).float(),
         logit_scale=float(store.attrs["logit_scale"]),
         train_labels=list(train.labels),
         val_labels=list(val.labels),

@@ -36,6 +36,7 @@ class FitData:
     classnames: list[str]
     class_weights: torch.Tensor  # (K, D): the single template's raw embedding, or the ensemble
     classifier: str  # which of the two, in words
+    per_template: torch.Tensor  # (T, K, D): every template's raw class embeddings (the store's templates)
     logit_scale: float
     train_labels: list[int]
     val_labels: list[int]

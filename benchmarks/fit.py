@@ -15,6 +15,8 @@ the CoOp protocol (batch 32, drop_last). Prints:
     a gradient); and the kernel floor: the step's GEMMs and its SGD update
     alone on the same shapes, timed in the same process, i.e. the most the
     step could reach with zero elementwise and Python cost;
+(e) the hand-written step (StackedTrainer) against autograd + torch.optim.SGD on the
+    same stacked (R, ., .) weights (AutogradTrainer), same inputs, same process;
 (d) the projected time of the whole coop11 grid (11 datasets x shots
     1/2/4/8/16 x 3 seeds, one alpha) from the measured step rates.
 
@@ -32,7 +34,15 @@ import time
 import torch
 
 from cacheclip.fit.adapters import AdapterConfig
-from cacheclip.fit.train import RunSpec, TrainConfig, batch_plan, default_epochs, train_runs
+from cacheclip.fit.train import (
+    AutogradTrainer,
+    RunSpec,
+    StackedTrainer,
+    TrainConfig,
+    batch_plan,
+    default_epochs,
+    train_runs,
+)
 
 D, REDUCTION, SHOTS, VIEWS = 1024, 4, 16, 2
 CLASSES = (10, 397, 1000)
@@ -157,6 +167,28 @@ def time_per_step(classes: int, seeds: int, alphas: tuple[float, ...], min_steps
     return best / (epochs * steps_per_epoch)
 
 
+def step_seconds(trainer_cls, classes: int, runs: int, reps: int, steps: int = 30) -> float:
+    """Seconds per step of one trainer on fixed random (R, 32, D) batches, min over reps."""
+    specs, weights = _runs(classes, runs, (0.2,)) if runs == 1 else _runs(classes, 3, (0.1, 0.2, 0.4, 0.6))
+    gens = [torch.Generator().manual_seed(i) for i in range(len(specs))]
+    stacked = StackedTrainer(specs, gens, weights, 100.0, TrainConfig(), DEVICE)
+    trainer = (
+        stacked
+        if trainer_cls is StackedTrainer
+        else AutogradTrainer(stacked.params, specs, weights, 100.0, TrainConfig())
+    )
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(len(specs), 32, D, generator=gen).to(DEVICE)
+    y = torch.randint(classes, (len(specs), 32), generator=gen).to(DEVICE)
+
+    def run() -> None:
+        for _ in range(steps):
+            trainer.step(x, y, 1e-3)
+
+    run()  # warm-up
+    return min(_timed(run) for _ in range(reps)) / steps
+
+
 def grid_seconds(step_time) -> tuple[float, int]:
     """Total seconds and runs of the coop11 grid given step_time(classes) per run-step."""
     total, runs = 0.0, 0
@@ -239,6 +271,16 @@ scaled to 200 epochs. ratio = executed GFLOP/s / the best 2048^3 matmul GFLOP/s 
 3x fwd count = the same with the usual model count (3 x forward); floor ratio = the ratio of the
 step's GEMMs + SGD update alone (kernel_floor); of floor = floor time / step time.
 """)
+    print("hand-written step vs autograd + torch.optim.SGD (same stacked weights and inputs), ms per step:")
+    for k in CLASSES:
+        for runs in (1, 12):
+            ours = step_seconds(StackedTrainer, k, runs, reps)
+            ref = step_seconds(AutogradTrainer, k, runs, reps)
+            print(
+                f"  {k:>5} classes, {runs:>2} runs: hand-written {ours * 1e3:7.2f}  autograd {ref * 1e3:7.2f}  "
+                f"-> {ref / ours:.2f}x"
+            )
+    print()
     peak_after = matmul_gflops(reps + 2)
     print(f"reference matmul again after the runs: {peak_after:.0f} GFLOP/s (a large change means a busy machine)\n")
 

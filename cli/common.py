@@ -149,7 +149,7 @@ def attach_method_options(command) -> None:
     the command being run: it imports the methods (and torch)."""
     import inspect
 
-    signature = inspect.signature(command)
+    signature = inspect.signature(command, eval_str=True)
     params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
     known = {p.name for p in params}
     for flag, (param, help_text, owners) in _method_flags().items():

@@ -15,6 +15,7 @@ from cacheclip.cli import common as c
 from cacheclip.cli.app import app
 
 _TAKES_METHOD_OPTIONS = {"fit": fit.fit, "batch": batch.batch}
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def main() -> None:
@@ -26,13 +27,10 @@ def main() -> None:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except typer.Exit as e:
         code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt) as e:
-        # click turns Ctrl-C into Abort before our code sees it; say what survives and how to resume
-        interrupted = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
-        c.console.print(
-            c.interrupted_message(sys.argv) if interrupted else "aborted", highlight=False, markup=False, soft_wrap=True
-        )
-        code = 130
+    except (typer.Abort, KeyboardInterrupt):
+        code = INTERRUPTED
     except Exception as e:
         code = c.report_error(e)  # click usage errors show themselves and give 2
+    if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code before our code sees it
+        c.console.print(c.interrupted_message(sys.argv), highlight=False, markup=False, soft_wrap=True)
     sys.exit(code if isinstance(code, int) else 0)

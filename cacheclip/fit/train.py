@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
@@ -303,6 +304,44 @@ class StackedTrainer:
     def states(self) -> list[dict[str, torch.Tensor]]:
         r = next(iter(self.params.values())).shape[0]
         return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
+
+
+class AutogradTrainer:
+    """The same R stacked runs and step as ``StackedTrainer``, by autograd and torch.optim.SGD:
+    the loss is the sum over runs of each run's batch-mean cross-entropy, so each run gets its
+    own gradient. The reference the hand-written step is tested and benchmarked against
+    (tests/test_train.py, benchmarks/fit.py)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], runs, class_weights, logit_scale, cfg):
+        config = runs[0].adapter
+        self.official, self.visual, self.text = config.block == "official", config.visual, config.text
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}  # (R, in, out)
+        r = len(runs)
+        self.alpha = torch.tensor([run.adapter.alpha for run in runs]).view(r, 1, 1)
+        self.beta = torch.tensor([run.adapter.beta for run in runs]).view(r, 1, 1)
+        self.scale, self.cw = float(logit_scale), class_weights.float()
+        settings = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+        try:  # the fused one-pass update where this torch has it, as the hand-written step uses
+            self.opt = torch.optim.SGD(list(self.params.values()), fused=True, **settings)
+        except (RuntimeError, TypeError):
+            self.opt = torch.optim.SGD(list(self.params.values()), **settings)
+
+    def _adapt(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        out = torch.matmul(torch.matmul(x, w1).relu(), w2)
+        return out.relu() if self.official else out
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """One step on x (R, B, D), y (R, B)."""
+        p = self.params
+        f = torch.lerp(x, self._adapt(x, p["visual.w1"], p["visual.w2"]), self.alpha) if self.visual else x
+        w = torch.lerp(self.cw, self._adapt(self.cw, p["text.w1"], p["text.w2"]), self.beta) if self.text else self.cw
+        z = self.scale * torch.matmul(F.normalize(f, dim=-1), F.normalize(w, dim=-1).transpose(-1, -2))  # (R, B, K)
+        loss = F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1).sum()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
 
 
 def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:

@@ -24,11 +24,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cacheclip.datasets.templates import TEMPLATE_SETS
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
 from cacheclip.settings import setting
@@ -57,11 +59,15 @@ class TaskResConfig:
         flag="--taskres-alpha",
         none_word="official",
     )
-    lr: float | None = setting(None, "Adam lr; official: 2e-3 (ImageNet 2e-4)", flag="--taskres-lr", none_word="official")
+    lr: float | None = setting(
+        None, "Adam lr; official: 2e-3 (ImageNet 2e-4)", flag="--taskres-lr", none_word="official"
+    )
     epochs: int | None = setting(
         None, "epochs; official: 100 below 8 shots, 200 from 8", flag="--taskres-epochs", none_word="official"
     )
-    batch_size: int = setting(256, "images per step (Dassl: the last partial batch dropped)", flag="--taskres-batch-size")
+    batch_size: int = setting(
+        256, "images per step (Dassl: the last partial batch dropped)", flag="--taskres-batch-size"
+    )
     weight_decay: float = setting(5e-4, "L2 weight decay added to the gradient (Dassl)", flag="--taskres-wd")
     betas: tuple[float, float] = setting((0.9, 0.999), "Adam betas (older Dassl: 0.9,0.99)", flag="--taskres-betas")
 
@@ -83,15 +89,15 @@ class Official:
     alpha: float
     lr: float
     epochs: int
-    source: str
+    scripted: bool  # False: a dataset outside the scripts, given their common values
 
 
 def official_values(dataset: str, shots: int) -> Official:
     """train_regular.sh's values; datasets outside its 11 get the scripts' common ones."""
     epochs = EPOCHS_MANY if shots >= MANY_FROM else EPOCHS_FEW
     if dataset in COOP_DATASETS:
-        return Official(ALPHA.get(dataset, GENERIC_ALPHA), LR.get(dataset, GENERIC_LR), epochs, "train_regular.sh")
-    return Official(GENERIC_ALPHA, GENERIC_LR, epochs, f"generic: {dataset} is not in TaskRes's scripts")
+        return Official(ALPHA.get(dataset, GENERIC_ALPHA), LR.get(dataset, GENERIC_LR), epochs, True)
+    return Official(GENERIC_ALPHA, GENERIC_LR, epochs, False)
 
 
 # ---------------------------------------------------------------- the math
@@ -236,7 +242,7 @@ def payload(ctx: FitContext) -> dict[str, Any]:
         "betas": list(cfg.betas),
         "eps": EPS,
         "schedule": f"{WARMUP_EPOCHS} epoch at {WARMUP_LR:g}, then cosine per epoch (Dassl)",
-        "values_from": official.source,
+        "values_from": "train_regular.sh" if official.scripted else "generic (dataset not in TaskRes's scripts)",
         "base": _base_description(ctx.data),
         "views_used": ctx.views,
         "model": "last epoch",
@@ -245,7 +251,7 @@ def payload(ctx: FitContext) -> dict[str, Any]:
 
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     data, cfg = ctx.data, ctx.config
-    official, alphas, lr, epochs = _resolved(ctx)
+    _, alphas, lr, epochs = _resolved(ctx)
     base, scale = base_classifier(data), data.logit_scale
     total, out = len(plans) * len(alphas) * epochs, []
     for p, plan in enumerate(plans):
@@ -253,18 +259,23 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         _, views, labels = ctx.train_views(plan.split)  # (N, V, D); V = 1 for the clean view
         residuals = []
         for a, alpha in enumerate(alphas):
-            done = (p * len(alphas) + a) * epochs
-            tick = lambda e, _, done=done: ctx.tick(done + e, total)  # noqa: E731
             gen = torch.Generator().manual_seed(plan.seed)
+            tick = partial(_tick, ctx, (p * len(alphas) + a) * epochs, total)
             residuals.append(train_residual(views, labels, base, scale, alpha, lr, epochs, cfg, gen, ctx.device, tick))
         val = ctx.val_features(plan.split)
         predictors = [_predictor(base, r, a, scale) for r, a in zip(residuals, alphas, strict=True)]
-        best, selection, val_metrics = select_on_val([{"alpha": a} for a in alphas], predictors, val, data, ctx.selection_source)
+        best, selection, val_metrics = select_on_val(
+            [{"alpha": a} for a in alphas], predictors, val, data, ctx.selection_source
+        )
         if val is None:
-            given = "" if cfg.alphas is None or len(cfg.alphas) == 1 else f" ({len(cfg.alphas)} values given)"
-            selection["reason"] = f"no val split: alpha fixed at {alphas[0]:g}{given}"
+            why = "as given" if cfg.alphas is not None and len(cfg.alphas) == 1 else "the official value"
+            selection["reason"] = f"no val split: alpha fixed at {alphas[0]:g} ({why})"
         chosen = {"alpha": alphas[best], "lr": lr, "epochs": epochs}
-        config = {**payload(ctx), "chosen": chosen, "classifier": f"TaskRes: t + alpha x, t = {_base_description(data)}"}
+        config = {
+            **payload(ctx),
+            "chosen": chosen,
+            "classifier": f"TaskRes: t + alpha x, t = {_base_description(data)}",
+        }
         tensors = {"base": base.contiguous(), "residual": residuals[best].float(), "alpha": torch.tensor(alphas[best])}
         meta = {
             "method_config": chosen,
@@ -275,6 +286,10 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         seconds = time.perf_counter() - start
         out.append(Trained(plan, predictors[best], selection, val_metrics, config, (tensors, meta), seconds))
     return out
+
+
+def _tick(ctx: FitContext, done: int, total: int, epoch: int, _epochs: int) -> None:
+    ctx.tick(done + epoch, total)
 
 
 def _predictor(base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float):
@@ -299,7 +314,7 @@ def differences(ctx: FitContext) -> list[str]:
         )
     else:
         diffs.append("no augmentation: the clean view every epoch (official: a fresh RandomResizedCrop + flip)")
-    if not official.source.startswith("train_regular"):
+    if not official.scripted:
         diffs.append(f"{data.dataset} is not in TaskRes's scripts: generic alpha {GENERIC_ALPHA}, lr {GENERIC_LR:g}")
     if ctx.has_val and cfg.alphas is not None and len(cfg.alphas) > 1:
         diffs.append(
@@ -316,14 +331,23 @@ def differences(ctx: FitContext) -> list[str]:
     ):
         if ours != theirs:
             diffs.append(f"{name} {ours:g} (official: {theirs:g})")
-    if tuple(cfg.betas) != OLD_DASSL_BETAS:
-        diffs.append(
-            f"Adam betas {tuple(cfg.betas)}; TaskRes does not pin its Dassl, whose older versions used {OLD_DASSL_BETAS}"
-        )
+    diffs.append(
+        f"Adam betas {tuple(cfg.betas)} (TaskRes does not pin its Dassl: (0.9, 0.999) at Dassl HEAD, "
+        f"{OLD_DASSL_BETAS} in older versions)"
+    )
     if data.dataset == "imagenet":
-        fix = f"{ctx.extract_hint or 'cacheclip extract ...'} --templates FILE (those 8, one a line)"
-        diffs.append(f"ImageNet base: {_base_description(data)} (official: raw mean of {IMAGENET_BASE}; run: {fix})")
+        diffs.append(_imagenet_base_difference(ctx))
     return diffs
+
+
+def _imagenet_base_difference(ctx: FitContext) -> str:
+    """No built-in template set is the official ImageNet base: a FILE of 8 may be (unchecked)."""
+    data = ctx.data
+    spec, t = data.attrs.get("templates_spec", "default"), data.per_template.shape[0]
+    if t == 8 and spec not in TEMPLATE_SETS:
+        return f"ImageNet base: {_base_description(data)}; official: {IMAGENET_BASE} (not checked to be the same)"
+    fix = f"{ctx.extract_hint or 'cacheclip extract ...'} --templates FILE (a file of those 8 templates)"
+    return f"ImageNet base: {_base_description(data)} (official: raw mean of {IMAGENET_BASE}; run: {fix})"
 
 
 register_method(

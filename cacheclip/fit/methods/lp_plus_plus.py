@@ -1,0 +1,340 @@
+"""LP++ (Huang et al. 2024, CVPR, arXiv 2404.02285): a linear probe blended with the text classifier
+by class-wise multipliers, trained full batch with data-driven step sizes (block-coordinate
+majorize-minimize).
+
+    f        = normalize(x)                    one cached view per image, drawn once per run (M = N rows)
+    t^       = normalize(mean_T normalize(text))               the template ensemble (K, D)
+    logits   = f @ W^T + b + alpha * (f @ t^^T)                (M, K); alpha (K,); no logit scale
+    W_k      = sum_{i in k} f_i  (a class SUM)     b ~ U(-1/sqrt(D), 1/sqrt(D))  (nn.Linear's default)
+    alpha_k  = 250 * mean_c mean_{i in c} f_i . t^_c           (one value for every class)
+    lr_w     = 4 M / lambda_max(F^T F)             lr_alpha = M / (4 max_k sum_i (f_i . t^_k)^2)
+
+Each of 300 epochs: one backward pass of the mean cross-entropy over all M rows, an SGD step
+(momentum 0.9) on (W, b) at lr_w, and after every 10th epoch a plain step alpha -= lr_alpha * g
+with the gradient g of that same pass: by default this epoch's gradient (the paper's update); with
+``--lpp-quirk true`` the sum of the alpha gradients of every epoch so far, as the official code,
+which never zeroes alpha's ``.grad``. Kept: the last epoch with the best val top-1 (``>=``, as the
+code), or the last epoch without val. Randomness: ``torch.Generator().manual_seed(seed)``, drawn
+in this order: the view of each image, then the bias.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cacheclip.datasets.templates import IMAGENET7
+from cacheclip.errors import ConfigError
+from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
+from cacheclip.fit.methods.clap import aug_scale, sgd_step_, store_templates, view_differences
+from cacheclip.fit.metrics import classification_metrics
+from cacheclip.settings import setting
+
+LPP_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop scale
+ALPHA_INIT_SCALE = 250.0  # alpha_k init = 250 * mean class-wise text similarity
+VIEW_MODES = ("one", "all")
+SELECT_MODES = ("val", "last")
+ALPHA_UPDATES = {
+    False: "this epoch's alpha gradient (the paper's block-coordinate update)",
+    True: "alpha gradient summed over every epoch so far (the official code: .grad never zeroed)",
+}
+
+
+@dataclass(frozen=True)
+class LppConfig:
+    """LP++'s settings; the defaults are the official ones (configs/base.yaml), the alpha update the paper's."""
+
+    epochs: int = setting(300, "full-batch epochs", flag="--lpp-epochs")
+    momentum: float = setting(0.9, "SGD momentum on (W, b)", flag="--lpp-momentum")
+    alpha_every: int = setting(10, "alpha steps after every n-th epoch", flag="--lpp-alpha-every")
+    quirk: bool = setting(
+        False,
+        "true: alpha steps with its gradient summed over all epochs (the official code); false: the paper's update",
+        flag="--lpp-quirk",
+    )
+    views: str = setting(
+        "one", "one: one cached view per image, drawn once per run (LP++'s); all: every cached view", flag="--lpp-views"
+    )
+    select: str = setting(
+        "val", "val: the last best epoch on the few-shot val; last: the last epoch", flag="--lpp-select"
+    )
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.alpha_every < 1 or not 0 <= self.momentum < 1:
+            raise ConfigError(
+                "--lpp-epochs and --lpp-alpha-every must be >= 1, --lpp-momentum in [0, 1)", "e.g. --lpp-epochs 300"
+            )
+        if self.views not in VIEW_MODES or self.select not in SELECT_MODES:
+            raise ConfigError(
+                f"--lpp-views {self.views} / --lpp-select {self.select} not supported",
+                f"use --lpp-views {' or '.join(VIEW_MODES)}, --lpp-select {' or '.join(SELECT_MODES)}",
+            )
+
+
+# ---------------------------------------------------------------- the math
+
+
+def ensemble_text(per_template: torch.Tensor) -> torch.Tensor:
+    """t^ (K, D) = normalize(mean over T of normalize(text)) from raw (T, K, D): the store's ensemble."""
+    return F.normalize(F.normalize(per_template.float(), dim=-1).mean(0), dim=-1)
+
+
+def training_set(views: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, mode: str):
+    """(f (M, D) L2-normalised, labels (M,)) from raw views (N, V, D).
+
+    one: M = N, view ``randint(V, (N,))`` per image (no draw when V = 1), kept for every epoch;
+    all: M = N V, every view."""
+    n, v, d = views.shape
+    if mode == "all":
+        return F.normalize(views.reshape(n * v, d).float(), dim=-1), labels.repeat_interleave(v)
+    pick = torch.randint(v, (n,), generator=gen) if v > 1 else torch.zeros(n, dtype=torch.long)
+    return F.normalize(views[torch.arange(n, device=views.device), pick.to(views.device)].float(), dim=-1), labels
+
+
+def init_params(f: torch.Tensor, y: torch.Tensor, text_hat: torch.Tensor, gen: torch.Generator):
+    """(W (K, D), b (K,), alpha (K,)) from normalised f (M, D), labels (M,), t^ (K, D).
+
+    W_k is the class SUM (the code's division is commented out); b is drawn by ``rand(K)``;
+    alpha is the mean over classes (not samples) of the class-mean own-class text similarity."""
+    k, d = text_hat.shape
+    weight = torch.zeros(k, d, device=f.device).index_add_(0, y, f)
+    bias = ((2.0 * torch.rand(k, generator=gen) - 1.0) / math.sqrt(d)).to(f.device)
+    own = (f @ text_hat.t()).gather(1, y[:, None]).squeeze(1).double()  # f_i . t^_{y_i}  (M,)
+    counts = torch.bincount(y, minlength=k)
+    means = torch.zeros(k, dtype=torch.float64, device=f.device).index_add_(0, y, own) / counts.clamp(min=1)
+    alpha0 = ALPHA_INIT_SCALE * float(means[counts > 0].mean())
+    return weight, bias, torch.full((k,), alpha0, device=f.device)
+
+
+def step_sizes(f: torch.Tensor, text_hat: torch.Tensor) -> tuple[float, float]:
+    """(lr_w, lr_alpha) = (4 M / lambda_max(F^T F), M / (4 max_k sum_i (f_i . t^_k)^2)), f (M, D).
+
+    lambda_max in float64 from the smaller of F^T F (D, D) and F F^T (M, M): the same non-zero spectrum."""
+    m, g = f.shape[0], f.double()
+    gram = g.t() @ g if m >= f.shape[1] else g @ g.t()
+    lr_w = 4.0 * m / float(torch.linalg.eigvalsh(gram)[-1])
+    lr_alpha = m / (4.0 * float((g @ text_hat.double().t()).pow(2).sum(0).max()))
+    return lr_w, lr_alpha
+
+
+def lpp_logits(feats: torch.Tensor, weight, bias, alpha, text_hat) -> torch.Tensor:
+    """normalize(f) @ W^T + b + alpha * (normalize(f) @ t^^T): raw feats (M, D) -> (M, K)."""
+    dev = feats.device
+    f = F.normalize(feats.float(), dim=-1)
+    weight, bias, alpha, text_hat = (x.to(dev, torch.float32) for x in (weight, bias, alpha, text_hat))
+    return f @ weight.t() + bias + alpha * (f @ text_hat.t())
+
+
+@dataclass
+class LppFit:
+    """A trained LP++ probe (CPU tensors), the epoch kept and each epoch's val top-1 (%)."""
+
+    weight: torch.Tensor  # (K, D)
+    bias: torch.Tensor  # (K,)
+    alpha: torch.Tensor  # (K,)
+    text_hat: torch.Tensor  # (K, D)
+    lr_w: float
+    lr_alpha: float
+    epoch: int
+    val_top1: list[float]
+
+
+def train_lpp(
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    per_template: torch.Tensor,
+    cfg: LppConfig,
+    *,
+    gen: torch.Generator,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> LppFit:
+    """LP++ on raw views (N, V, D), labels (N,), raw text (T, K, D). With ``val`` (raw feats, labels)
+    every epoch is scored and the LAST best one is kept (ties: the later epoch); else the last."""
+    text_hat = ensemble_text(per_template).to(device)
+    f, y = training_set(views.to(device), labels.to(device, torch.long), gen, cfg.views)
+    w, b, a = (p.requires_grad_(True) for p in init_params(f, y, text_hat, gen))
+    lr_w, lr_a = step_sizes(f, text_hat)
+    sim = f @ text_hat.t()  # (M, K): fixed, computed once
+    buf_w, buf_b, grad_sum = torch.zeros_like(w), torch.zeros_like(b), torch.zeros_like(a)
+    if val is not None:  # scored every epoch: normalise once, keep its text similarities
+        fv, yv = F.normalize(val[0].to(device).float(), dim=-1), val[1].to(device)
+        sim_v = fv @ text_hat.t()
+    best, best_correct, accs = None, -1, []
+    for epoch in range(1, cfg.epochs + 1):
+        loss = F.cross_entropy(f @ w.t() + b + a * sim, y)
+        g_w, g_b, g_a = torch.autograd.grad(loss, [w, b, a])  # all at the same point, before W moves
+        with torch.no_grad():
+            sgd_step_(w, g_w, buf_w, lr_w, cfg.momentum)
+            sgd_step_(b, g_b, buf_b, lr_w, cfg.momentum)
+            grad_sum += g_a
+            if epoch % cfg.alpha_every == 0:
+                a -= lr_a * (grad_sum if cfg.quirk else g_a)
+            if val is not None:
+                correct = int(((fv @ w.t() + b + a * sim_v).argmax(1) == yv).sum())
+                accs.append(100.0 * correct / max(1, len(yv)))
+                if correct >= best_correct:  # >=: the last of equally good epochs, as LP++'s code
+                    best, best_correct = (epoch, w.clone(), b.clone(), a.clone()), correct
+        if progress is not None:
+            progress(epoch, cfg.epochs)
+    epoch, w, b, a = best if best is not None else (cfg.epochs, w, b, a)
+    cpu = [x.detach().cpu() for x in (w, b, a, text_hat)]
+    return LppFit(*cpu, lr_w=lr_w, lr_alpha=lr_a, epoch=epoch, val_top1=accs)
+
+
+# ---------------------------------------------------------------- the method
+
+
+def payload(ctx: FitContext) -> dict[str, Any]:
+    cfg, data = ctx.config, ctx.data
+    select = cfg.select == "val" and ctx.has_val
+    return {
+        "epochs": cfg.epochs,
+        "momentum": cfg.momentum,
+        "alpha_every": cfg.alpha_every,
+        "quirk": cfg.quirk,
+        "alpha_update": ALPHA_UPDATES[cfg.quirk],
+        "views": cfg.views,
+        "views_used": ctx.views,
+        "train_features": (
+            f"{'one of' if cfg.views == 'one' else 'all'} {data.aug_views} cached views per image, L2-normalised"
+            if ctx.views == "aug"
+            else "the clean view, L2-normalised"
+        ),
+        "text": f"normalised ensemble of {data.per_template.shape[0]} template(s)",
+        "step_sizes": "lr_w = 4M / lambda_max(F^T F), lr_alpha = M / (4 max_k sum_i (f_i . t_k)^2)",
+        "select": "last best val epoch" if select else "last epoch",
+    }
+
+
+def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
+    cfg, data = ctx.config, ctx.data
+    out = []
+    for done, plan in enumerate(plans):
+        start = time.perf_counter()
+        _, views, labels = ctx.train_views(plan.split)  # views (N, V, D) raw
+        val = ctx.val_features(plan.split)
+        select = val is not None and cfg.select == "val"
+
+        def tick(epoch: int, total: int, offset: int = done * cfg.epochs) -> None:
+            ctx.tick(offset + epoch, len(plans) * total)
+
+        gen = torch.Generator().manual_seed(plan.seed)
+        fit = train_lpp(
+            views,
+            labels,
+            data.per_template,
+            cfg,
+            gen=gen,
+            val=val if select else None,
+            device=ctx.device,
+            progress=tick,
+        )
+        predict = _predictor(fit.weight, fit.bias, fit.alpha, fit.text_hat)
+        val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
+        chosen = {"epoch": fit.epoch}
+        if select:
+            selection = {
+                "on": ctx.selection_source,
+                "candidates": {"epochs": cfg.epochs},
+                "val_top1": [round(x, 4) for x in fit.val_top1],  # index i: after epoch i + 1
+                "rule": "the last epoch with the best val top-1 (>=, as LP++'s code)",
+                "chosen": chosen,
+            }
+        else:
+            why = "--lpp-select last: val is only reported" if val else "no val split"
+            selection = {"on": "none", "candidates": [dict(chosen)], "chosen": chosen, "reason": f"{why}: last epoch"}
+        steps = {"lr_w": fit.lr_w, "lr_alpha": fit.lr_alpha}
+        config = {**payload(ctx), "chosen": chosen, "step_sizes_used": steps, "classifier": "W, b + alpha * text"}
+        tensors = {"weight": fit.weight, "bias": fit.bias, "alpha": fit.alpha, "text_hat": fit.text_hat}
+        meta = {
+            "method_config": {**chosen, "quirk": cfg.quirk, **steps},
+            "classnames": data.classnames,
+            "logit_scale": data.logit_scale,  # unused by LP++'s logits (no scale), kept for the file format
+            "logits": "normalize(f) @ weight.T + bias + alpha * (normalize(f) @ text_hat.T)",
+        }
+        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
+    return out
+
+
+def _predictor(weight, bias, alpha, text_hat):
+    return lambda feats: lpp_logits(feats, weight, bias, alpha, text_hat).cpu()
+
+
+def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_scale: float, device: str):
+    parts = [tensors[k].to(device) for k in ("weight", "bias", "alpha", "text_hat")]
+    return lambda feats: lpp_logits(feats.to(device), *parts).cpu()
+
+
+def differences(ctx: FitContext) -> list[str]:
+    cfg, data = ctx.config, ctx.data
+    diffs = ["CoOp few-shot splits (LP++: its own random.sample splits; the paper averages 10 tasks, seeds 1-10)"]
+    diffs += _selection_differences(ctx)
+    diffs += view_differences(ctx, "LP++", "one random crop per image")
+    if ctx.views == "aug":
+        v = data.aug_views
+        diffs.append(
+            f"one of {v} cached views per image, drawn once per run (LP++: one fresh random crop per image)"
+            if cfg.views == "one"
+            else f"all {v} cached views per image in the full batch (LP++: one view per image)"
+        )
+        scale = aug_scale(data)
+        if scale is not None and scale != LPP_SCALE:
+            diffs.append(f"views cropped with scale {scale} (LP++: {LPP_SCALE})")
+    diffs.append("fp32 training (LP++: fp16 on GPU)")
+    if not cfg.quirk:
+        diffs.append(
+            "alpha stepped with the current epoch's gradient "
+            "(LP++ code: gradient accumulated over all epochs, never zeroed; --lpp-quirk true reproduces it)"
+        )
+    diffs += _template_differences(data)
+    official = LppConfig()
+    for key, name in (("epochs", "epochs"), ("alpha_every", "alpha step every"), ("momentum", "momentum")):
+        if getattr(cfg, key) != getattr(official, key):
+            diffs.append(f"{name} {getattr(cfg, key):g} (LP++: {getattr(official, key):g})")
+    return diffs
+
+
+def _selection_differences(ctx: FitContext) -> list[str]:
+    k, source = ctx.shots, ctx.selection_source
+    paper = f"the last best epoch on a {k}-shot val; ImageNet: {k} extra train images per class, training transform"
+    if source == "none":
+        return [f"the last epoch, no val (LP++: {paper})"]
+    if ctx.config.select == "last":
+        return [f"the last epoch, val only reported (LP++: {paper})"]
+    if source == "holdout":
+        return [f"best epoch on {min(k, 4)} held-out train images per class, clean view (LP++: {paper})"]
+    if k > 4:  # our few-shot val has min(K, 4) images per class
+        return [f"best epoch on the few-shot val split, 4 images per class (LP++: {k} per class)"]
+    return []
+
+
+def _template_differences(data: FitData) -> list[str]:
+    t, spec = data.per_template.shape[0], data.attrs.get("templates_spec", "default")
+    if data.dataset == "imagenet":
+        if sorted(store_templates(data) or ()) != sorted(IMAGENET7):  # a mean: the order is irrelevant
+            return [f"text ensemble of {t} template(s) ({spec}) (LP++ on ImageNet: the 7-template ensemble)"]
+    elif spec != "default" or t != 1:
+        return [f"text ensemble of {t} template(s) ({spec}) (LP++: the dataset's single template, as Tip-Adapter)"]
+    return []
+
+
+register_method(
+    Method(
+        name="lp++",
+        summary="linear probe blended with the text classifier, data-driven step sizes "
+        "(Huang et al. 2024, arXiv 2404.02285)",
+        config=LppConfig,
+        payload=payload,
+        train=train,
+        differences=differences,
+        from_artifact=from_artifact,
+    )
+)

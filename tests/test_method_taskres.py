@@ -1,0 +1,249 @@
+"""TaskRes: the math against an independent re-implementation written here from the formulas
+(autograd for the gradient, Adam written out from Kingma & Ba with L2 decay added to the gradient),
+then the registered method through ``fit_dataset`` on synthetic stores."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from stores import REF, clustered
+
+from cacheclip.features import store as st
+from cacheclip.fit import stage
+from cacheclip.fit.methods import FitContext, FitData, get_method
+from cacheclip.fit.methods import taskres as tr
+from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.results.runs import load_adapter
+
+S = 100.0
+QUICK = {"lr": 0.05, "epochs": 30}  # converges on the toy stores in well under a second
+
+
+def _data(n=12, v=3, k=4, d=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, v, d, generator=g, dtype=dtype),
+        torch.arange(n) % k,
+        torch.randn(k, d, generator=g, dtype=dtype),
+    )
+
+
+def _forward_loss(x, t, alpha, f, y):
+    """CE of 100 * normalize(f) . normalize(t + alpha x), autograd-friendly."""
+    w = t + alpha * x
+    return F.cross_entropy(S * (f / f.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T, y)
+
+
+def _cfg(tmp_path: Path, **settings) -> FitConfig:
+    return FitConfig(
+        method="taskres",
+        method_config=tr.TaskResConfig(**{**QUICK, **settings}),
+        shots=(4,),
+        seeds=(1,),
+        cache_dir=str(tmp_path / "cache"),
+        results_dir=str(tmp_path / "results"),
+    )
+
+
+def _test_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with st.open_store(path) as s:
+        feats, labels, _ = s.read("test")
+    return torch.from_numpy(feats), torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------- the math
+
+
+def test_gradient_matches_autograd():
+    views, labels, t = _data()
+    x = (0.3 * torch.randn(t.shape, generator=torch.Generator().manual_seed(5), dtype=t.dtype)).requires_grad_()
+    f = views[:, 1]
+    loss = _forward_loss(x, t, 0.7, f, labels)
+    loss.backward()
+    ours_loss, ours_grad = tr.loss_and_grad(F.normalize(f, dim=-1), labels, t, x.detach(), 0.7, S)
+    assert torch.allclose(ours_loss, loss.detach(), rtol=0, atol=1e-12)
+    assert torch.allclose(ours_grad, x.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_three_epochs_match_independent_adam(fused, monkeypatch):
+    """N = 12, batch 5: 2 steps an epoch (the last 2 images dropped), 3 epochs, warm-up 1."""
+    monkeypatch.setattr(tr, "adam", functools.partial(tr.adam, fused=fused))
+    views, labels, t = _data()
+    n, v, _ = views.shape
+    alpha, lr, wd, (b1, b2), eps, epochs, batch = 0.5, 0.05, 5e-4, (0.9, 0.999), 1e-8, 3, 5
+    cfg = tr.TaskResConfig(batch_size=batch, weight_decay=wd, betas=(b1, b2))
+    got = tr.train_residual(views, labels, t, S, alpha, lr, epochs, cfg, torch.Generator().manual_seed(7))
+
+    lrs = [1e-5, lr, lr * (1 + math.cos(math.pi / 3)) / 2]  # Dassl's schedule by hand
+    g = torch.Generator().manual_seed(7)
+    x = torch.zeros_like(t)
+    m, s2, step = torch.zeros_like(t), torch.zeros_like(t), 0
+    for e in range(epochs):
+        view = torch.randint(v, (n,), generator=g)
+        perm = torch.randperm(n, generator=g)
+        for sidx in range(n // batch):
+            idx = perm[sidx * batch : (sidx + 1) * batch]
+            xr = x.clone().requires_grad_()
+            _forward_loss(xr, t, alpha, views[idx, view[idx]], labels[idx]).backward()
+            grad = xr.grad + wd * x
+            step += 1
+            m = b1 * m + (1 - b1) * grad
+            s2 = b2 * s2 + (1 - b2) * grad * grad
+            x = x - lrs[e] * (m / (1 - b1**step)) / ((s2 / (1 - b2**step)).sqrt() + eps)
+    assert step == 6 and tr.lr_per_epoch(lr, epochs) == pytest.approx(lrs, rel=1e-15)
+    assert x.abs().max() > 1e-3  # the residual really moved
+    assert torch.allclose(got, x, rtol=0, atol=1e-12)
+    want = S * F.normalize(views[:, 0], dim=-1) @ F.normalize(t + alpha * x, dim=-1).T
+    assert torch.allclose(tr.taskres_logits(views[:, 0], t, got, alpha, S), want, rtol=0, atol=1e-9)
+
+
+def test_batches_schedule_and_official_values():
+    assert tr.batch_plan(6, 256) == (6, 1) and tr.batch_plan(600, 256) == (256, 2)  # Dassl's drop_last rule
+    assert tr.lr_per_epoch(2e-3, 5) == pytest.approx([1e-5, 2e-3, 1.809017e-3, 1.309017e-3, 6.90983e-4])
+    assert tr.official_values("oxford_flowers", 1) == tr.Official(1.0, 2e-3, 100, True)
+    assert tr.official_values("imagenet", 16) == tr.Official(0.5, 2e-4, 200, True)
+    assert tr.official_values("eurosat", 4).epochs == 100 and tr.official_values("eurosat", 8).epochs == 200
+    assert tr.official_values("imagefolder:/photos", 16) == tr.Official(0.5, 2e-3, 200, False)
+
+
+def test_zero_residual_or_zero_alpha_is_exactly_zero_shot():
+    views, labels, t = _data(dtype=torch.float32)
+    f = views[:, 0]
+    zero_shot = S * (F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T)
+    assert torch.equal(tr.taskres_logits(f, t, torch.zeros_like(t), 0.5, S), zero_shot)
+    cfg = tr.TaskResConfig(batch_size=4)
+    x = tr.train_residual(views, labels, t, S, 0.5, 2e-3, 3, cfg, torch.Generator().manual_seed(3))
+    assert x.abs().max() > 0 and torch.equal(tr.taskres_logits(f, t, x, 0.0, S), zero_shot)
+    frozen = tr.train_residual(views, labels, t, S, 0.0, 2e-3, 3, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(frozen.abs(), torch.zeros_like(t))  # no gradient, and decay of 0 is 0
+
+
+def test_same_seed_same_bits_and_no_global_rng():
+    views, labels, t = _data(n=30, v=5, dtype=torch.float32)
+
+    def run(seed, global_seed):
+        torch.manual_seed(global_seed)  # must not matter: all draws come from the passed generator
+        cfg = tr.TaskResConfig(batch_size=8)
+        return tr.train_residual(views, labels, t, S, 0.5, 2e-3, 6, cfg, torch.Generator().manual_seed(seed))
+
+    a = run(1, 0)
+    assert torch.equal(a, run(1, 12345)) and not torch.equal(a, run(2, 0))
+
+
+# ---------------------------------------------------------------- the registered method
+
+
+def test_fit_beats_zero_shot_and_the_artifact_rebuilds_it(tmp_path):
+    path = clustered(tmp_path / "cache", templates=3)
+    [result] = fit_dataset("eurosat", REF, _cfg(tmp_path, alphas=(0.5, 1.0, 2.0)))
+    test, zs = result["metrics"]["test"]["top1"], result["zero_shot"]["test"]["top1"]
+    assert test > zs + 20, (test, zs)
+    sel = result["selection"]
+    assert sel["on"] == "val" and [c["alpha"] for c in sel["candidates"]] == [0.5, 1.0, 2.0]
+    scores = [c["val_top1"] for c in sel["candidates"]]
+    assert sel["chosen"] == {"alpha": [0.5, 1.0, 2.0][scores.index(max(scores))]}  # the first best
+    assert result["config"]["base"] == "raw mean of the 3 templates of 'default'"
+    assert any(d.startswith("alpha chosen on the few-shot val") for d in result["protocol"]["differences"])
+
+    tensors, class_weights, meta = load_adapter(tmp_path / "results" / _folder(tmp_path) / "adapter.safetensors")
+    with st.open_store(path) as s:
+        per_template, ensemble = s.text_features()
+    assert torch.equal(tensors["base"], torch.from_numpy(per_template).mean(0))  # the raw mean, not the ensemble
+    assert torch.equal(class_weights, torch.from_numpy(ensemble))
+    predict = get_method("taskres").from_artifact(tensors, meta, class_weights, meta["logit_scale"], "cpu")
+    feats, labels = _test_split(path)
+    assert (predict(feats).argmax(1) == labels).double().mean().item() * 100 == pytest.approx(test)
+    assert float(tensors["alpha"]) == sel["chosen"]["alpha"] and meta["method_config"]["lr"] == QUICK["lr"]
+
+
+def _folder(tmp_path: Path) -> Path:
+    [path] = (tmp_path / "results").rglob("result.json")
+    return path.parent.relative_to(tmp_path / "results")
+
+
+def test_training_and_selection_never_read_test(tmp_path, monkeypatch):
+    clustered(tmp_path / "cache")
+    reads, training = [], [False]
+    real_read, method = st.FeatureStore.read, get_method("taskres")
+
+    def spy_read(self, split, indices=None, *, aug=False):
+        reads.append((split, training[0]))
+        return real_read(self, split, indices, aug=aug)
+
+    def spy_train(ctx, plans):
+        training[0] = True
+        try:
+            return method.train(ctx, plans)
+        finally:
+            training[0] = False
+
+    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
+    spy = dataclasses.replace(method, train=spy_train)
+    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "taskres" else get_method(name))
+    fit_dataset("eurosat", REF, _cfg(tmp_path, alphas=(0.5, 2.0)))
+    assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
+
+
+def test_same_seed_same_run_bitwise(tmp_path):
+    clustered(tmp_path / "cache")
+    cfg = _cfg(tmp_path)
+    [first] = fit_dataset("eurosat", REF, cfg)
+    a, _, _ = load_adapter(tmp_path / "results" / _folder(tmp_path) / "adapter.safetensors")
+    [again] = fit_dataset("eurosat", REF, dataclasses.replace(cfg, force=True))
+    b, _, _ = load_adapter(tmp_path / "results" / _folder(tmp_path) / "adapter.safetensors")
+    assert again["metrics"] == first["metrics"] and torch.equal(a["residual"], b["residual"])
+
+
+def test_alpha_zero_gives_the_zero_shot_run(tmp_path):
+    clustered(tmp_path / "cache")  # one template: the base is the store's classifier exactly
+    [result] = fit_dataset("eurosat", REF, _cfg(tmp_path, alphas=(0.0,)))
+    assert result["metrics"]["test"] == result["zero_shot"]["test"]
+    assert result["metrics"]["val"] == result["zero_shot"]["val"]
+
+
+def test_without_val_the_official_alpha_is_used_and_recorded(tmp_path):
+    clustered(tmp_path / "cache", "imagenet", with_val=False, per_class=(6, 0, 5))
+    [result] = fit_dataset("imagenet", REF, _cfg(tmp_path, alphas=(0.25, 1.0), lr=None, epochs=None))
+    sel = result["selection"]
+    assert sel["on"] == "none" and sel["chosen"] == {"alpha": 0.5} and "official" in sel["reason"]
+    assert result["config"]["lr"] == 2e-4 and result["config"]["epochs"] == 100  # ImageNet's, 4 shots
+    base_line = next(d for d in result["protocol"]["differences"] if d.startswith("ImageNet base"))
+    assert "--templates FILE" in base_line and "cacheclip extract --dataset imagenet" in base_line
+
+
+def _ctx(dataset: str, config: tr.TaskResConfig, *, views="aug", templates=1, spec="default") -> FitContext:
+    data = FitData(
+        dataset=dataset,
+        store=Path("memory.h5"),
+        attrs={"aug_scale": "[0.5, 1.0]", "templates_spec": spec},
+        classnames=["a", "b"],
+        class_weights=torch.ones(2, 4),
+        classifier="synthetic",
+        per_template=torch.ones(templates, 2, 4),
+        logit_scale=100.0,
+        train_labels=[0, 1],
+        val_labels=[0, 1],
+        train_paths=["t0", "t1"],
+        val_paths=["v0", "v1"],
+        aug_views=10,
+    )
+    return FitContext(None, data, config, 16, views=views, selection="val")
+
+
+def test_differences_name_each_departure():
+    official = tr.differences(_ctx("eurosat", tr.TaskResConfig()))
+    assert len(official) == 2 and "scale [0.5, 1.0]" in official[0] and "Dassl" in official[1]
+    generic = tr.differences(_ctx("imagefolder:/photos", tr.TaskResConfig(), views="clean"))
+    assert generic[0].startswith("no augmentation") and "not in TaskRes's scripts" in generic[1]
+    changed = tr.differences(_ctx("dtd", tr.TaskResConfig(alphas=(2.0,), lr=1e-3, epochs=10, batch_size=64)))
+    for text in ("alpha 2 (official: 0.5)", "lr 0.001 (official: 0.002)", "epochs 10 (official: 200)", "batch size 64"):
+        assert any(d.startswith(text) for d in changed), text
+    file8 = tr.differences(_ctx("imagenet", tr.TaskResConfig(), templates=8, spec="/x/taskres.txt"))
+    assert any("not checked to be the same" in d for d in file8)

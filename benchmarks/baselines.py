@@ -1,17 +1,21 @@
-"""Fit time per run of the baselines on synthetic CLIP-like features (16 shots, D = 1024).
+"""Seconds and peak memory per run of every registered method on synthetic CLIP-like features
+(16 shots, D = 1024, 10 cached views).
 
 Times ``method.train`` for one (shots, seed) run through the real ``FitContext`` over an
 in-memory store: training plus selection on val, no file I/O, no test evaluation. 10 and 397
 classes have a 4-shot val (the selection grids are searched); 1000 classes has none, like
-ImageNet (fixed hyperparameters), unless ``--val-at-1000``.
+ImageNet (fixed hyperparameters), unless ``--val-at-1000``. Each (method, classes) runs in its
+own process, so its peak memory (RSS above the process after the data was built) is its own.
 
-    .venv/bin/python benchmarks/baselines.py              # default: under 2 minutes, 1 thread
-    .venv/bin/python benchmarks/baselines.py --full       # Tip-Adapter-F's 20 epochs measured everywhere
-    .venv/bin/python benchmarks/baselines.py --threads 0  # torch's default thread count
+    .venv/bin/python benchmarks/baselines.py                    # every method but zero-shot
+    .venv/bin/python benchmarks/baselines.py --methods gda,proker --classes 397
+    .venv/bin/python benchmarks/baselines.py --full             # every epoch measured everywhere
+    .venv/bin/python benchmarks/baselines.py --threads 0        # torch's default thread count
 
-By default Tip-Adapter-F is measured over 1 epoch at 397+ classes and its 20-epoch time is
-extrapolated (marked ~): its cost is linear in epochs. The table also gives each method's
-top-1 on a synthetic test split (10 per class) next to zero-shot's, as a sanity check.
+A method with an ``epochs`` setting is measured over 1/20 of its epochs (at least 1) at 397+
+classes and its time extrapolated linearly in epochs (marked ~), unless ``--full``. The table
+also gives each method's top-1 on a synthetic test split (10 per class) beside zero-shot's, as a
+sanity check, and the CPU it ran on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,12 +34,12 @@ import numpy as np
 import torch
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method, list_methods
 from cacheclip.fit.methods.base import zero_shot_predictor
 from cacheclip.fit.metrics import top1
-from cacheclip.fit.stage import FitConfig
 
-SHOTS, DIM, VIEWS, VAL_SHOTS, TEST_SHOTS = 16, 1024, 10, 4, 10
+SHOTS, DIM, VIEWS, VAL_SHOTS, TEST_SHOTS, TEMPLATES = 16, 1024, 10, 4, 10, 7
+SKIP = ("zero-shot", "clip-adapter")  # nothing to time; CLIP-Adapter: benchmarks/fit.py
 
 
 class MemoryStore:
@@ -50,8 +58,8 @@ class MemoryStore:
 
 def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore, FitData]:
     """Clusters around a shared direction (cosines high, as CLIP's), raw norms varied, 10
-    augmented views per train image; text weights = centres + noise. At 397 classes zero-shot
-    gets about 50% and a nearest-class-mean of 16 shots about 64%."""
+    augmented views per train image; text weights = centres + noise (7 templates). At 397
+    classes zero-shot gets about 50% and a nearest-class-mean of 16 shots about 64%."""
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(DIM, dtype=np.float32)
     centers = common + 0.7 * rng.standard_normal((classes, DIM), dtype=np.float32)
@@ -65,17 +73,19 @@ def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore,
     views = train[:, None] + 1.5 * rng.standard_normal((len(train), VIEWS, DIM), dtype=np.float32)
     val, val_labels = draw(VAL_SHOTS) if with_val else (np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
     test, test_labels = draw(TEST_SHOTS)
-    text = centers + 1.1 * rng.standard_normal((classes, DIM), dtype=np.float32)
+    per_template = centers + 1.1 * rng.standard_normal((TEMPLATES, classes, DIM), dtype=np.float32)
+    text = torch.nn.functional.normalize(torch.from_numpy(per_template), dim=-1).mean(0)
     store = MemoryStore(
         {"train": (train, train_labels, views), "val": (val, val_labels, None), "test": (test, test_labels, None)}
     )
     data = FitData(
         dataset=f"synthetic{classes}",
         store=store.path,
-        attrs={"aug_scale": "[0.08, 1.0]"},
+        attrs={"aug_scale": "[0.08, 1.0]", "templates_spec": "imagenet7"},
         classnames=[f"c{k}" for k in range(classes)],
-        class_weights=torch.from_numpy(text),
-        classifier="synthetic",
+        class_weights=torch.nn.functional.normalize(text, dim=-1),
+        classifier=f"ensemble of {TEMPLATES} templates",
+        per_template=torch.from_numpy(per_template),
         logit_scale=100.0,
         train_labels=train_labels.tolist(),
         val_labels=val_labels.tolist(),
@@ -86,63 +96,96 @@ def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore,
     return store, data
 
 
-def time_run(method: str, store: MemoryStore, data: FitData, cfg: FitConfig) -> tuple[float, dict, float]:
-    """(seconds to train and select, chosen values, top-1 % on the synthetic test split)."""
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(method: str, classes: int, with_val: bool, full: bool) -> dict:
+    """One run of ``method`` (default settings; fewer epochs when long, see the module doc)."""
+    store, data = synthetic(classes, with_val)
+    base_rss = peak_rss_mb()
+    m = get_method(method)
+    config = m.config()
+    epochs = getattr(config, "epochs", None)
+    measured = epochs
+    if isinstance(epochs, int) and not full and classes >= 397:
+        measured = max(1, epochs // 20)
+        config = dataclasses.replace(config, epochs=measured)
     split = sample_run(data.train_labels, data.val_labels, SHOTS, 1)
-    ctx = FitContext(store, data, dataclasses.replace(cfg, method=method), SHOTS, "")
+    ctx = FitContext(store, data, config, SHOTS, selection="val" if with_val else "none")
     start = time.perf_counter()
-    [trained] = get_method(method).train(ctx, [RunPlan(1, split, "bench", Path("unused"))])
+    [trained] = m.train(ctx, [RunPlan(1, split, "bench", Path("unused"))])
     seconds = time.perf_counter() - start
-    return seconds, trained.selection["chosen"], _top1(trained.predict, store)
-
-
-def _top1(predict, store: MemoryStore) -> float:
+    note = ""
+    if measured != epochs:
+        seconds *= epochs / measured  # everything scaled: an upper bound when part of the cost is per run
+        note = f"~ ({measured} of {epochs} epochs measured, scaled; test top-1 after {measured})"
     feats, labels, _ = store.splits["test"]
-    return top1(predict(torch.from_numpy(feats)), torch.from_numpy(labels))
+    return {
+        "method": method,
+        "classes": classes,
+        "train": len(data.train_labels),
+        "val": len(data.val_labels),
+        "seconds": seconds,
+        "peak_mb": peak_rss_mb() - base_rss,
+        "chosen": trained.selection.get("chosen"),
+        "top1": top1(trained.predict(torch.from_numpy(feats)), torch.from_numpy(labels)),
+        "zero_shot": top1(zero_shot_predictor(data)(torch.from_numpy(feats)), torch.from_numpy(labels)),
+        "note": note,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
     parser.add_argument("--classes", default="10,397,1000", help="comma list of class counts")
-    parser.add_argument("--full", action="store_true", help="measure Tip-Adapter-F's 20 epochs at every size")
+    parser.add_argument("--full", action="store_true", help="measure every epoch at every size")
     parser.add_argument("--val-at-1000", action="store_true", help="give 1000 classes a 4-shot val too")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: steady numbers on a shared machine; 0: torch's default)",
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "CLASSES"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = FitConfig()
+    if args.one:
+        classes = int(args.one[1])
+        print(json.dumps(measure(args.one[0], classes, classes < 1000 or args.val_at_1000, args.full)))
+        return
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SHOTS} shots, D={DIM}, "
-        f"{VIEWS} aug views; grids: {len(cfg.lp_cs)} C, {len(cfg.tip_betas)} x {len(cfg.tip_alphas)} (beta, alpha)"
+        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {SHOTS} shots, D={DIM}, "
+        f"{VIEWS} aug views, {TEMPLATES} templates; each run in its own process"
     )
     rows = []
     for classes in (int(c) for c in args.classes.split(",")):
-        with_val = classes < 1000 or args.val_at_1000
-        store, data = synthetic(classes, with_val)
-        zs = _top1(zero_shot_predictor(data), store)
-        times = {}
-        for method in ("linear-probe", "tip-adapter", "tip-adapter-f"):
-            epochs = cfg.tipf_epochs if (args.full or classes < 397 or method != "tip-adapter-f") else 1
-            seconds, chosen, acc = time_run(method, store, data, dataclasses.replace(cfg, tipf_epochs=epochs))
-            times[method] = seconds
-            note = ""
-            if epochs != cfg.tipf_epochs:  # the cache and selection once, the epochs scaled
-                once = times["tip-adapter"]
-                seconds = once + (seconds - once) * cfg.tipf_epochs / epochs
-                note = f"~ ({epochs} of {cfg.tipf_epochs} epochs measured; test top-1 after {epochs})"
-            rows.append((classes, len(data.train_labels), len(data.val_labels), method, seconds, chosen, acc, zs, note))
-            print(f"  {classes:5d} classes  {method:14s} {seconds:8.2f} s  {note}", flush=True)
-    print("\n| classes | train | val | method | s / run | chosen | test top-1 (zero-shot) | note |")
-    print("|---|---|---|---|---|---|---|---|")
-    for classes, n, m, method, seconds, chosen, acc, zs, note in rows:
+        for method in args.methods.split(","):
+            cmd = [sys.executable, __file__, "--one", method, str(classes), "--threads", str(args.threads)]
+            cmd += ["--full"] * args.full + ["--val-at-1000"] * args.val_at_1000
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(f"  {classes:5d} classes  {method:14s} FAILED: {done.stderr.strip().splitlines()[-1:]}")
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"  {classes:5d} classes  {method:14s} {row['seconds']:8.2f} s  {row['peak_mb']:7.0f} MB  "
+                f"{row['note']}",
+                flush=True,
+            )
+    print("\n| classes | train | val | method | s / run | peak MB | chosen | test top-1 (zero-shot) | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
         print(
-            f"| {classes} | {n} | {m or 'none'} | {method} | {seconds:.2f} | {json.dumps(chosen)} | "
-            f"{acc:.1f} ({zs:.1f}) | {note} |"
+            f"| {r['classes']} | {r['train']} | {r['val'] or 'none'} | {r['method']} | {r['seconds']:.2f} | "
+            f"{r['peak_mb']:.0f} | {json.dumps(r['chosen'])} | {r['top1']:.1f} ({r['zero_shot']:.1f}) | {r['note']} |"
         )
 
 

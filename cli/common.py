@@ -9,10 +9,10 @@ import logging
 import os
 import shlex
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -196,6 +196,32 @@ def method_config(method: str, method_options: dict[str, str | None]):
             want = describe_type(kind) + (f" or '{none_word}'" if none_word else "")
             raise typer.BadParameter(f"must be {want}, got {text!r}", param_hint=flag) from None
     return build(get_method(method).config, values, "options")
+
+
+# ---------------------------------------------------------------- one dataset at a time
+
+T = TypeVar("T")
+
+
+def per_dataset(names: list[str], work: Callable[[str], T]) -> tuple[list[T], list[str]]:
+    """``work(name)`` for each dataset: (results, names that failed). One dataset's failure is
+    reported and does not stop the others; a lone dataset's error goes to the error boundary."""
+    results, failures = [], []
+    for name in names:
+        try:
+            results.append(work(name))
+        except Exception as e:
+            if len(names) == 1:
+                raise
+            report_error(e)
+            failures.append(name)
+    return results, failures
+
+
+def exit_on_failures(failures: list[str], total: int) -> None:
+    if failures:
+        console.print(f"[bold red]{len(failures)} of {total} datasets failed:[/] {', '.join(failures)}")
+        raise typer.Exit(1)
 
 
 # What an interrupted command keeps: every writer is atomic or resumable by design.

@@ -100,31 +100,26 @@ def extract(
             "(features within a cosine of 0.9999 of fp32's, recorded in the store)",
             style="dim",
         )
-    failures = []
-    for name in names:
-        try:
-            with c.progress_bar(disable=not dist.is_main) as bar:
-                summary = extract_dataset(name, root, loaded, cfg, progress=bar, dist=dist)
-        except Exception as e:  # one dataset's failure must not stop the others
-            if len(names) == 1:
-                raise
-            c.report_error(e)
-            failures.append(name)
-            continue
-        if not dist.is_main:
-            continue
-        new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
-        c.out.print(
-            f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "
-            f"({summary.images_per_second:.1f} img/s); store has "
-            + ", ".join(f"{s} {n}" for s, n in summary.total.items())
-            + (" (text re-encoded)" if summary.text_updated else ""),
-            highlight=False,
-        )
-        c.out.print(f"  store: {escape(str(summary.store))}", highlight=False)
-    if failures:
-        c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
-        raise typer.Exit(1)
+
+    def one(name: str) -> None:
+        with c.progress_bar(disable=not dist.is_main) as bar:
+            summary = extract_dataset(name, root, loaded, cfg, progress=bar, dist=dist)
+        if dist.is_main:
+            _print_summary(summary)
+
+    c.exit_on_failures(c.per_dataset(names, one)[1], len(names))
+
+
+def _print_summary(summary) -> None:
+    new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
+    c.out.print(
+        f"[green]{summary.dataset}[/]: encoded {new} in {summary.seconds:.1f}s "
+        f"({summary.images_per_second:.1f} img/s); store has "
+        + ", ".join(f"{s} {n}" for s, n in summary.total.items())
+        + (" (text re-encoded)" if summary.text_updated else ""),
+        highlight=False,
+    )
+    c.out.print(f"  store: {escape(str(summary.store))}", highlight=False)
 
 
 def _require_dataset() -> list[str]:

@@ -54,21 +54,16 @@ def fit(
     cfg.validate()
     ref = resolve_model(model, pretrained)
     names = [store_name(n) for n in expand_names(c.split_names(dataset))] if dataset else stores_for(ref, cache_dir)
-    results, failures = [], []
-    for name in names:
-        try:
-            with c.progress_bar(unit="ep") as bar:
-                results += fit_dataset(name, ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=bar)
-        except Exception as e:
-            if len(names) == 1:
-                raise
-            c.report_error(e)
-            failures.append(name)
+
+    def one(name: str) -> list[dict]:
+        with c.progress_bar(unit="ep") as bar:
+            return fit_dataset(name, ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=bar)
+
+    done, failures = c.per_dataset(names, one)
+    results = [r for per_dataset in done for r in per_dataset]
     c.out.print(c.results_table(results, cfg.seeds))
     c.out.print(f"results in {results_dir}/", highlight=False)
-    if failures:
-        c.console.print(f"[bold red]{len(failures)} of {len(names)} datasets failed:[/] {', '.join(failures)}")
-        raise typer.Exit(1)
+    c.exit_on_failures(failures, len(names))
 
 
 @app.command()

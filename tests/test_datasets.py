@@ -24,7 +24,8 @@ from cacheclip.datasets.catalog import (
     resolve_name,
     unregister_dataset,
 )
-from cacheclip.datasets.layouts import load_dataset, load_imagefolder
+from cacheclip.datasets.imagefolder import load_imagefolder
+from cacheclip.datasets.layouts import load_dataset
 from cacheclip.datasets.synthetic import make_dataset
 from cacheclip.errors import ConfigError, DatasetLayoutError, MissingImagesError, UnknownNameError
 

@@ -23,7 +23,8 @@ from cacheclip.results.published import (
     published_curve,
     published_numbers,
 )
-from cacheclip.results.report import Cell, average_row, build_reports, summarize, t_quantile_975, to_csv, to_markdown
+from cacheclip.results.render import to_csv, to_markdown
+from cacheclip.results.report import Cell, average_row, build_reports, summarize, t_quantile_975
 from cacheclip.results.write import write_report
 
 RN50 = ("RN50-quickgelu", "openai")

@@ -1,4 +1,5 @@
-"""Readers for the split formats: CoOp JSON, ImageNet folders, FGVC-Aircraft txt, image folders.
+"""Readers for the split formats: CoOp JSON, ImageNet folders, FGVC-Aircraft txt (image folders:
+``imagefolder``), and ``load_dataset``, which picks the reader by name.
 
 Each registered loader takes ``(spec, dataset folder)`` and returns a ``DatasetSplits``
 whose ``split_sha256`` covers every file that defines the split, so a feature store
@@ -9,12 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-from cacheclip.common import IMAGE_SUFFIXES
 from cacheclip.datasets.catalog import (
     COOP_DATASETS_MD,
     DATA_ENV,
@@ -29,36 +27,9 @@ from cacheclip.datasets.catalog import (
     resolve_data_root,
     resolve_name,
 )
-from cacheclip.errors import ConfigError, DatasetLayoutError, UnknownNameError
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _sha256_files(parts: Iterable[tuple[str, bytes]]) -> str:
-    """sha256 over several named byte strings, each framed by its name and length."""
-    h = hashlib.sha256()
-    for name, data in parts:
-        h.update(f"{name}\0{len(data)}\0".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def _subdirs(path: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-folders of ``path``."""
-    with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-
-
-def _files(path: Path, extensions: frozenset[str] | None = None) -> list[str]:
-    """Sorted names of the non-hidden files in ``path`` (optionally only some extensions)."""
-    with os.scandir(path) as entries:
-        return sorted(
-            e.name
-            for e in entries
-            if not e.name.startswith(".")
-            and e.is_file()
-            and (extensions is None or os.path.splitext(e.name)[1].lower() in extensions)
-        )
+from cacheclip.datasets.imagefolder import load_imagefolder
+from cacheclip.datasets.listing import files_in, sha256_files, subdirs
+from cacheclip.errors import DatasetLayoutError, UnknownNameError
 
 
 def _classnames(splits: dict[str, list[Item]], source: str) -> tuple[str, ...]:
@@ -204,7 +175,7 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
                 f"imagenet: {split_dir} not found; {expected_layout(spec, folder)}",
                 "extract the ImageNet train and val images into class folders named by wnid (CoOp's DATASETS.md)",
             )
-        wnids[split] = _subdirs(split_dir)
+        wnids[split] = subdirs(split_dir)
     if not wnids["train"] or wnids["train"] != wnids["val"]:
         only = sorted(set(wnids["train"]) ^ set(wnids["val"]))[:3]
         raise DatasetLayoutError(
@@ -223,7 +194,7 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
         items = []
         for label, wnid in enumerate(wnids["train"]):
             name = wnid_names[wnid]
-            for fname in _files(image_root / split / wnid):
+            for fname in files_in(image_root / split / wnid):
                 items.append(Item(f"{split}/{wnid}/{fname}", label, name))
         splits[split] = items
     listing = "\n".join(it.path for split in ("train", "val") for it in splits[split]).encode()
@@ -235,7 +206,7 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
         train=tuple(splits["train"]),
         val=(),
         test=tuple(splits["val"]),
-        split_sha256=_sha256_files([("classnames.txt", cls_bytes), ("listing", listing)]),
+        split_sha256=sha256_files([("classnames.txt", cls_bytes), ("listing", listing)]),
         split_source="classnames.txt + images/{train,val}/<wnid>/ listing",
     )
 
@@ -278,125 +249,9 @@ def load_fgvc(spec: DatasetSpec, folder: Path) -> DatasetSplits:
         train=tuple(splits["train"]),
         val=tuple(splits["val"]),
         test=tuple(splits["test"]),
-        split_sha256=_sha256_files((n, raw[n]) for n in names),
+        split_sha256=sha256_files((n, raw[n]) for n in names),
         split_source="variants.txt + images_variant_{train,val,test}.txt",
     )
-
-
-# --------------------------------------------------------------------------- image folders
-
-
-def _split_class(
-    files: list[str], val_fraction: float, test_fraction: float, rng: random.Random
-) -> tuple[list[str], list[str], list[str]]:
-    """Shuffle one class's files and cut test, val, train (train keeps at least one)."""
-    order = list(files)
-    rng.shuffle(order)
-    n = len(order)
-    n_test = round(n * test_fraction)
-    n_val = round(n * val_fraction)
-    while n_test + n_val >= n and n_test + n_val > 0:
-        if n_val >= n_test and n_val > 0:
-            n_val -= 1
-        else:
-            n_test -= 1
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return sorted(train), sorted(val), sorted(test)
-
-
-def load_imagefolder(
-    path: Path, *, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0
-) -> DatasetSplits:
-    """Your own images: one sub-folder per class (the folder name is the class name).
-
-    Either ``train/``, ``test/`` and optionally ``val/`` each hold the class folders,
-    or the class folders sit directly in ``path`` and each class is split on its own:
-    its sorted files are shuffled by ``random.Random(f"{seed}:{class name}")`` (so
-    adding a class leaves the other classes' splits unchanged), then test and val
-    fractions are cut off. split_sha256 covers the file listing (and the fractions/seed).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetLayoutError(
-            f"image folder {path} not found",
-            "imagefolder:<path> needs a folder with one sub-folder of images per class, "
-            "or train/, val/, test/ folders that each hold such class folders",
-        )
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1",
-            "use fractions such as 0.2 and 0.2",
-        )
-    if (path / "train").is_dir():
-        classnames, splits, how = _read_split_folders(path)
-        extra = b""
-    else:
-        classnames, splits = _read_class_folders(path, val_fraction, test_fraction, seed)
-        how = f"seeded split: val {val_fraction}, test {test_fraction}, seed {seed}"
-        extra = f"val_fraction={val_fraction!r} test_fraction={test_fraction!r} seed={seed!r}".encode()
-    listing = "\n".join(sorted(it.path for s in SPLITS for it in splits[s])).encode()
-    return DatasetSplits(
-        name=f"imagefolder-{path.resolve().name}",
-        root=path,
-        image_root=path,
-        classnames=tuple(classnames),
-        train=tuple(splits["train"]),
-        val=tuple(splits["val"]),
-        test=tuple(splits["test"]),
-        split_sha256=_sha256_files([("listing", listing), ("split", extra)]),
-        split_source=f"class folders of {path} ({how})",
-    )
-
-
-def _no_images(path: Path) -> DatasetLayoutError:
-    return DatasetLayoutError(
-        f"image folder {path} holds no class folders with images",
-        f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in one sub-folder per class",
-    )
-
-
-def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], str]:
-    if not (path / "test").is_dir():
-        raise DatasetLayoutError(
-            f"image folder {path} has train/ but no test/",
-            "add test/ (and optionally val/) with the same class folders as train/",
-        )
-    classnames = _subdirs(path / "train")
-    if not classnames:
-        raise _no_images(path / "train")
-    label_of = {c: i for i, c in enumerate(classnames)}
-    splits: dict[str, list[Item]] = {}
-    for split in SPLITS:
-        split_dir = path / split
-        found = _subdirs(split_dir) if split_dir.is_dir() else []
-        unknown = [c for c in found if c not in label_of]
-        if unknown:
-            raise DatasetLayoutError(
-                f"{split_dir} has class folders that train/ lacks: {', '.join(unknown[:3])}",
-                "every class folder in val/ and test/ must also exist in train/",
-            )
-        splits[split] = [
-            Item(f"{split}/{c}/{f}", label_of[c], c) for c in found for f in _files(split_dir / c, IMAGE_SUFFIXES)
-        ]
-    if not splits["train"]:
-        raise _no_images(path / "train")
-    return classnames, splits, "train/val/test folders"
-
-
-def _read_class_folders(
-    path: Path, val_fraction: float, test_fraction: float, seed: int
-) -> tuple[list[str], dict[str, list[Item]]]:
-    per_class = {c: _files(path / c, IMAGE_SUFFIXES) for c in _subdirs(path)}
-    classnames = [c for c, files in per_class.items() if files]
-    if not classnames:
-        raise _no_images(path)
-    splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
-    for label, c in enumerate(classnames):
-        rng = random.Random(f"{seed}:{c}")
-        parts = _split_class(per_class[c], val_fraction, test_fraction, rng)
-        for split, files in zip(SPLITS, parts, strict=False):
-            splits[split].extend(Item(f"{c}/{f}", label, c) for f in files)
-    return classnames, splits
 
 
 LOADERS: dict[str, Callable[[DatasetSpec, Path], DatasetSplits]] = {

@@ -1,4 +1,4 @@
-"""HDF5 feature stores. The only module that imports h5py.
+"""HDF5 feature stores. With ``parts``, the only modules that import h5py.
 
 One store per (model, weights, dataset) at ``<cache>/<model>/<weights>/<dataset>.h5``::
 
@@ -27,7 +27,6 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,33 @@ import numpy as np
 
 from cacheclip.common import atomic_path
 from cacheclip.errors import StoreError, StoreLockedError, StoreMismatchError
+from cacheclip.features.parts import (  # the store's public API includes its parts
+    Chunk,
+    part_index,
+    parts_dir,
+    plain_attr,
+    read_part,
+    read_parts,
+    staged_indices,
+    write_part,
+)
 
+__all__ = [  # with the parts' API, re-exported: callers use the store module alone
+    "Chunk",
+    "FeatureStore",
+    "SplitListing",
+    "StoreContents",
+    "commit",
+    "describe",
+    "find_stores",
+    "open_store",
+    "parts_dir",
+    "read_parts",
+    "staged_indices",
+    "store_path",
+    "write_part",
+    "writer_lock",
+]
 SCHEMA_VERSION = 1
 STR = h5py.string_dtype("utf-8")
 # Attributes that define what the features are; a mismatch on any is an error.
@@ -72,24 +97,10 @@ def _safe_name(name: str) -> str:
     return name.replace("/", "_").replace(os.sep, "_")
 
 
-def parts_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".parts")
-
-
 @dataclass(frozen=True)
 class SplitListing:
     paths: Sequence[str]
     labels: Sequence[int]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Features of some items of one split, as produced by one encoding step."""
-
-    split: str
-    indices: np.ndarray  # (M,) item indices into the split listing
-    features: np.ndarray  # (M, D)
-    aug_features: np.ndarray | None  # (M, V, D) or None
 
 
 # ---------------------------------------------------------------- locking
@@ -127,7 +138,7 @@ class FeatureStore:
         self.path = path
         self._file = h5py.File(path, "r")
         self._whole: dict[str, np.ndarray] = {}  # small datasets read once, then indexed in memory
-        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in self._file.attrs.items()}
+        self.attrs: dict[str, Any] = {k: plain_attr(v) for k, v in self._file.attrs.items()}
 
     def close(self) -> None:
         self._whole.clear()
@@ -234,22 +245,12 @@ def open_store(path: Path) -> FeatureStore:
         ) from e
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
     """StoreMismatchError naming every identity attribute that differs."""
     diffs = [
         f"{k}: store has {recorded.get(k)!r}, asked {wanted[k]!r}"
         for k in IDENTITY_KEYS
-        if k in wanted and _plain(recorded.get(k)) != wanted[k]
+        if k in wanted and plain_attr(recorded.get(k)) != wanted[k]
     ]
     if diffs:
         raise StoreMismatchError(
@@ -259,61 +260,6 @@ def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any])
 
 
 # ---------------------------------------------------------------- writing
-
-
-def write_part(path: Path, chunk: Chunk) -> Path:
-    """Write one finished chunk next to the store; atomic (temp file + rename)."""
-    folder = parts_dir(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{chunk.split}-{int(chunk.indices[0]):09d}-{uuid.uuid4().hex[:8]}.h5"
-    with atomic_path(final, fsync=True) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["split"] = chunk.split
-        f["indices"] = chunk.indices.astype(np.int64)
-        f["features"] = chunk.features
-        if chunk.aug_features is not None:
-            f["aug_features"] = chunk.aug_features
-    return final
-
-
-def _read_part(part: Path, with_features: bool) -> Chunk | None:
-    """One part file, or None when it cannot be read whole (damaged or truncated):
-    its items then count as not encoded and are encoded again."""
-    try:
-        with h5py.File(part, "r") as f:
-            split, indices = str(_plain(f.attrs["split"])), f["indices"][()]
-            rows = {len(f[k]) for k in ("features", "aug_features") if k in f} | {len(indices)}
-            if "features" not in f or len(rows) != 1:
-                return None
-            if not with_features:  # cheap: arrays of the right shape holding no data (one zero each)
-                shape_only = {
-                    k: np.broadcast_to(np.float32(0), f[k].shape) for k in ("features", "aug_features") if k in f
-                }
-                return Chunk(split, indices, shape_only["features"], shape_only.get("aug_features"))
-            aug = f["aug_features"][()] if "aug_features" in f else None
-            return Chunk(split, indices, f["features"][()], aug)
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def read_parts(path: Path) -> list[Chunk]:
-    """Committed chunks not yet merged into the store. Unfinished temp files and
-    unreadable parts are skipped."""
-    parts = (_read_part(p, True) for p in sorted(parts_dir(path).glob("*.h5")))
-    return [c for c in parts if c is not None]
-
-
-def _part_index(path: Path) -> list[tuple[Path, Chunk]]:
-    """(file, metadata-only chunk) of every readable part, in name order."""
-    parts = ((p, _read_part(p, False)) for p in sorted(parts_dir(path).glob("*.h5")))
-    return [(p, c) for p, c in parts if c is not None]
-
-
-def staged_indices(path: Path) -> dict[str, set[int]]:
-    """Item indices per split already written as readable parts (reads only the index arrays)."""
-    done: dict[str, set[int]] = {}
-    for _, chunk in _part_index(path):
-        done.setdefault(chunk.split, set()).update(chunk.indices.tolist())
-    return done
 
 
 @dataclass
@@ -332,7 +278,7 @@ def commit(path: Path, contents: StoreContents, dtype: str) -> None:
     """Merge the current store (if any) and its parts into a new file that atomically
     replaces it; then delete the merged parts. Caller holds ``writer_lock``."""
     old = FeatureStore(path) if path.is_file() else None
-    parts = _part_index(path)
+    parts = part_index(path)
     try:
         with atomic_path(path, fsync=True) as tmp, h5py.File(tmp, "w") as f:
             _write_contents(f, contents)
@@ -383,7 +329,7 @@ class _Source:
     def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(features, aug or None) of the given rows, in that order."""
         if isinstance(self.origin, Path):  # a part: small (one chunk), read whole
-            chunk = _read_part(self.origin, True)
+            chunk = read_part(self.origin, True)
             if chunk is None:
                 raise StoreError(
                     f"part {self.origin} became unreadable while committing",

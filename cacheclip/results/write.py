@@ -9,7 +9,8 @@ from cacheclip.common import write_atomic
 from cacheclip.errors import ConfigError
 from cacheclip.results.loading import ResultSet, load_results
 from cacheclip.results.plots import plot_report
-from cacheclip.results.report import build_reports, render_markdown, to_csv
+from cacheclip.results.render import render_markdown, to_csv
+from cacheclip.results.report import build_reports
 
 
 def write_report(

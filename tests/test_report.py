@@ -23,7 +23,7 @@ from cacheclip.results.published import (
     published_curve,
     published_numbers,
 )
-from cacheclip.results.render import to_csv, to_markdown
+from cacheclip.results.render import render_markdown, to_csv, to_markdown
 from cacheclip.results.report import Cell, average_row, build_reports, summarize, t_quantile_975
 from cacheclip.results.write import write_report
 
@@ -269,3 +269,18 @@ def test_import_is_cheap():
 def test_cell_constructor_matches_spec():
     cell = Cell(n=2, mean=1.0, std=0.5, ci95=4.5, seeds=(1, 2))
     assert cell.datasets == () and cell.partial is False
+
+
+def test_published_numbers_come_with_their_source_and_protocol(tmp_path):
+    """GDA's verified per-dataset curve is shown beside ours with its source and protocol; a
+    method with only a secondary average says so instead of showing a per-dataset number."""
+    for seed in SEEDS:
+        write(tmp_path / "r", make_result("eurosat", 16, seed, 80.0, method="gda"))
+        write(tmp_path / "r", make_result("eurosat", 16, seed, 70.0, method="clap"))
+    text = render_markdown(build_reports(load_results([tmp_path / "r"])))
+    gda = text[text.index("## GDA") : text.index("## CLAP")] if text.index("## GDA") < text.index("## CLAP") else None
+    gda = gda or text[text.index("## GDA") :]
+    assert "86.12" in gda and "mrflogs/ICLR24" in gda and "FULL val split" in gda
+    clap = text[text.index("## CLAP") :]
+    assert "secondary source" in clap and "86.12" not in clap
+    assert "## Methods side by side" in text

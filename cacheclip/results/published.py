@@ -30,7 +30,7 @@ PAPER_DATASETS = (
 )
 
 # cacheclip method name -> key of its curve in the JSON.
-METHOD_KEYS = {"clip-adapter": "CLIP-A", "tip-adapter": "Tip", "tip-adapter-f": "Tip-F"}
+METHOD_KEYS = {"clip-adapter": "CLIP-A", "tip-adapter": "Tip", "tip-adapter-f": "Tip-F", "gda": "GDA"}
 
 _MODELS = {"rn50", "rn50-quickgelu"}  # open_clip names of the paper's backbone
 _PRETRAINED = "openai"
@@ -74,6 +74,15 @@ def published_curve(dataset: str, method: str) -> dict[int, float] | None:
     if key is None:
         return None
     return {s: float(v) for s, v in zip(PUBLISHED_SHOTS, entry[key], strict=False)}
+
+
+def published_provenance(method: str) -> str | None:
+    """Where ``method``'s published curve comes from and the protocol behind it, in one line;
+    for a method without a verified per-dataset curve, what is (not) known; None if nothing."""
+    curve = _load()["_curves"].get(METHOD_KEYS.get(method, ""))
+    if curve is not None:
+        return f"{curve['source']}; protocol: {curve['protocol']}"
+    return _load()["_unverified"].get(method)
 
 
 def published_zero_shot(dataset: str) -> float | None:

@@ -74,6 +74,9 @@ def _section(report: Report, level: int = 2) -> list[str]:
         lines.append(
             "In brackets: the published RN50 number and ours minus it (paper averages: over the same datasets as ours)."
         )
+    if report.provenance:
+        what = "Published numbers" if report.published else "Published numbers: none shown"
+        lines.append(f"{what} ({report.provenance}).")
     lines.append("")
     rows = [[d, _zs_text(report, d)] + [_cell_text(report, d, s) for s in report.shots] for d in report.datasets]
     zs_avg, avg_cells = _average_texts(report, row)
@@ -117,10 +120,30 @@ def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> 
     """Several reports in one document, with their warnings gathered once at the end."""
     lines = ["# cacheclip report", ""]
     lines.append(f"Method groups: {len(reports)}; runs: {sum(r.n_runs for r in reports)}.")
+    if len(reports) > 1:
+        lines += [""] + _side_by_side(reports)
     for report in reports:
         lines += [""] + _section(report)
     every = list(warnings) + [w for r in reports for w in r.warnings]
     return "\n".join(lines + _warning_lines(every)) + "\n"
+
+
+def _side_by_side(reports: Sequence[Report]) -> list[str]:
+    """Every method's average over its datasets per shot count, the published average beside it
+    (over the same datasets) where one is verified."""
+    shots = sorted({s for r in reports for s in r.shots})
+    lines = [
+        "## Methods side by side",
+        "",
+        "Average test top-1 (%) over each method's datasets; in brackets the "
+        "published RN50 average over the same datasets and the difference (see each section for its source).",
+        "",
+    ]
+    rows = []
+    for report in reports:
+        texts = dict(zip(report.shots, _average_texts(report, average_row(report))[1], strict=True))
+        rows.append([report.label, report.model, f"{len(report.covered)}"] + [texts.get(s, MISSING) for s in shots])
+    return lines + _table(["Method", "Model", "Datasets"] + [f"{s}-shot" for s in shots], rows)
 
 
 def _num(value: float | None) -> str:

@@ -14,15 +14,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cacheclip.results.loading import result_problem, result_source, test_top1
-from cacheclip.results.published import PAPER_DATASETS, published_available, published_curve, published_zero_shot
+from cacheclip.results.published import (
+    PAPER_DATASETS,
+    published_available,
+    published_curve,
+    published_provenance,
+    published_zero_shot,
+)
 
-METHOD_ORDER = ("zero-shot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f")
+METHOD_ORDER = (
+    "zero-shot",
+    "linear-probe",
+    "clip-adapter",
+    "tip-adapter",
+    "tip-adapter-f",
+    "gda",
+    "proker",
+    "zs-lp",
+    "clap",
+    "lp++",
+    "taskres",
+    "cross-modal",
+)
 METHOD_LABELS = {
     "zero-shot": "Zero-shot CLIP",
     "linear-probe": "Linear probe",
     "clip-adapter": "CLIP-Adapter",
     "tip-adapter": "Tip-Adapter",
     "tip-adapter-f": "Tip-Adapter-F",
+    "gda": "GDA",
+    "proker": "ProKeR",
+    "zs-lp": "ZS-LP",
+    "clap": "CLAP",
+    "lp++": "LP++",
+    "taskres": "TaskRes",
+    "cross-modal": "Cross-modal LP",
 }
 CSV_COLUMNS = (
     "model",
@@ -131,6 +157,7 @@ class Report:
     n_expected_datasets: int = 0  # denominator of "Average (k/N)"
     protocol_differences: dict[str, int] = field(default_factory=dict)  # text -> number of runs
     n_runs: int = 0
+    provenance: str = ""  # where the published numbers come from and their protocol, or what is missing
 
     @property
     def label(self) -> str:
@@ -260,6 +287,7 @@ def _protocol_differences(runs: dict) -> dict[str, int]:
 
 
 def _attach_published(report: Report) -> None:
+    report.provenance = published_provenance(report.method) or ""
     for d in report.datasets:
         zs = published_zero_shot(d)
         if zs is not None:

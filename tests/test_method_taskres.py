@@ -64,11 +64,9 @@ def test_gradient_matches_autograd():
     views, labels, t = _data()
     x = (0.3 * torch.randn(t.shape, generator=torch.Generator().manual_seed(5), dtype=t.dtype)).requires_grad_()
     f = views[:, 1]
-    loss = _forward_loss(x, t, 0.7, f, labels)
-    loss.backward()
-    ours_loss, ours_grad = tr.loss_and_grad(F.normalize(f, dim=-1), labels, t, x.detach(), 0.7, S)
-    assert torch.allclose(ours_loss, loss.detach(), rtol=0, atol=1e-12)
-    assert torch.allclose(ours_grad, x.grad, rtol=0, atol=1e-12)
+    _forward_loss(x, t, 0.7, f, labels).backward()
+    ours = tr.residual_grad(F.normalize(f, dim=-1), labels, t, x.detach(), 0.7, S)
+    assert torch.allclose(ours, x.grad, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -234,7 +232,8 @@ def _ctx(dataset: str, config: tr.TaskResConfig, *, views="aug", templates=1, sp
         val_paths=["v0", "v1"],
         aug_views=10,
     )
-    return FitContext(None, data, config, 16, views=views, selection="val")
+    hint = f"cacheclip extract --dataset {dataset} --templates {spec}"
+    return FitContext(None, data, config, 16, views=views, selection="val", extract_hint=hint)
 
 
 def test_differences_name_each_departure():
@@ -247,3 +246,24 @@ def test_differences_name_each_departure():
         assert any(d.startswith(text) for d in changed), text
     file8 = tr.differences(_ctx("imagenet", tr.TaskResConfig(), templates=8, spec="/x/taskres.txt"))
     assert any("not checked to be the same" in d for d in file8)
+    photo = tr.differences(_ctx("imagenet", tr.TaskResConfig(), spec="photo"))[-1]  # the fix replaces --templates
+    assert photo.endswith(
+        "run: cacheclip extract --dataset imagenet --templates FILE (FILE: those 8 templates, one a line))"
+    )
+
+
+def test_clean_views_train_on_the_clean_features(tmp_path):
+    path = clustered(tmp_path / "cache")
+    [result] = fit_dataset("eurosat", REF, dataclasses.replace(_cfg(tmp_path), views="clean"))
+    assert result["config"]["views_used"] == "clean"
+    assert result["protocol"]["differences"][0].startswith("no augmentation")
+    tensors, _, _ = load_adapter(tmp_path / "results" / _folder(tmp_path) / "adapter.safetensors")
+    index = [int(Path(p).stem) for p in result["fewshot"]["train_paths"]]  # the store names items train/<i>.jpg
+    with st.open_store(path) as s:  # the same run by hand: the split's clean features as the only view
+        feats, labels, _ = s.read("train", index)
+        base = torch.from_numpy(s.text_features()[0]).mean(0)
+    views, cfg = torch.from_numpy(feats)[:, None], tr.TaskResConfig(**QUICK)
+    x = tr.train_residual(
+        views, torch.from_numpy(labels), base, 100.0, 0.5, 0.05, 30, cfg, torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(tensors["residual"], x) and x.abs().max() > 0

@@ -21,9 +21,24 @@ from cacheclip.settings import settings_of
 METHODS = list_methods()
 
 
+def quick(method: str):
+    """The method's defaults with its training length capped (any int setting named epochs or
+    iters, or ending in _every, at most 20; an unset epochs policy, 20), so the contract stays
+    fast for every method."""
+    settings = get_method(method).config()
+    capped = {
+        f.name: 20
+        for f in dataclasses.fields(settings)
+        if (f.name in ("epochs", "iters") or f.name.endswith("_every"))
+        and (getattr(settings, f.name) is None or getattr(settings, f.name) > 20)
+    }
+    return dataclasses.replace(settings, **capped)
+
+
 def config(tmp_path, method: str, **kw) -> FitConfig:
-    base = {"method": method, "shots": (2,), "seeds": (1,), "cache_dir": str(tmp_path / "cache")}
-    return FitConfig(**{**base, "results_dir": str(tmp_path / "results"), **kw})
+    base = {"method": method, "method_config": quick(method), "shots": (2,), "seeds": (1,)}
+    base |= {"cache_dir": str(tmp_path / "cache"), "results_dir": str(tmp_path / "results")}
+    return FitConfig(**{**base, **kw})
 
 
 def test_builtin_methods_are_registered():

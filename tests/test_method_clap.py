@@ -283,7 +283,7 @@ def test_without_augmented_views_it_falls_back_to_the_clean_view_and_says_so(tmp
     [result] = fit_dataset("eurosat", REF, cfg_for(tmp_path, "clap", epochs=3))
     assert result["config"]["views_used"] == "clean" and "the clean view" in result["config"]["lambda"]
     [fallback] = [d for d in result["protocol"]["differences"] if "no augmented views" in d]
-    assert "cacheclip extract --dataset eurosat" in fallback
+    assert "cacheclip extract --dataset eurosat" in fallback and "--aug-views 20 " in fallback
 
 
 def test_cli_sets_the_shared_options(tmp_path, cli):

@@ -74,8 +74,8 @@ def np_lpp(views, labels, text, seed, *, epochs, quirk, alpha_every=10):
     return (w, bias, alpha), start
 
 
-def run(views, labels, text, seed=5, val=None, **cfg):
-    return train_lpp(views, labels, text, LppConfig(**cfg), gen=torch.Generator().manual_seed(seed), val=val)
+def run(x, labels, text, seed=5, val=None, **cfg):
+    return train_lpp(x, labels, text, LppConfig(**cfg), gen=torch.Generator().manual_seed(seed), val=val)
 
 
 def accuracy(fit, x, y):
@@ -230,17 +230,19 @@ def test_same_seed_same_bits_other_seed_other_weights(tmp_path):
 
 def test_the_quirk_is_recorded_and_changes_the_run(tmp_path):
     clustered(tmp_path / "cache")
-    results = {q: fit_dataset("eurosat", REF, cfg_for(tmp_path, epochs=30, select="last", quirk=q))[0] for q in (0, 1)}
+    results = {
+        q: fit_dataset("eurosat", REF, cfg_for(tmp_path, epochs=30, select="last", quirk=q))[0] for q in (False, True)
+    }
     alphas = {}
     for quirk, result in results.items():
-        assert result["config"]["quirk"] is bool(quirk)
-        assert ("never zeroed" in result["config"]["alpha_update"]) == bool(quirk)
+        assert result["config"]["quirk"] is quirk
+        assert ("never zeroed" in result["config"]["alpha_update"]) == quirk
         noted = [d for d in result["protocol"]["differences"] if "alpha stepped" in d]
-        assert bool(noted) != bool(quirk)  # the paper's update departs from the code behind the numbers
+        assert bool(noted) != quirk  # the paper's update departs from the code behind the numbers
         [path] = (tmp_path / "results").rglob(f"*{result['run_key'][:10]}/adapter.safetensors")
         alphas[quirk] = load_adapter(path)[0]["alpha"]
-    assert results[0]["run_key"] != results[1]["run_key"] and not torch.equal(alphas[0], alphas[1])
-    assert results[0]["config"]["alpha_update"] != results[1]["config"]["alpha_update"]
+    assert results[False]["run_key"] != results[True]["run_key"] and not torch.equal(alphas[False], alphas[True])
+    assert results[False]["config"]["alpha_update"] != results[True]["config"]["alpha_update"]
 
 
 def test_without_val_the_last_epoch_and_the_differences(tmp_path):

@@ -225,6 +225,7 @@ def _ctx(dataset: str, config: tr.TaskResConfig, *, views="aug", templates=1, sp
         class_weights=torch.ones(2, 4),
         classifier="synthetic",
         per_template=torch.ones(templates, 2, 4),
+        templates=[f"t{i} {{}}" for i in range(templates)],
         logit_scale=100.0,
         train_labels=[0, 1],
         val_labels=[0, 1],

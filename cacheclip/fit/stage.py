@@ -82,6 +82,7 @@ def load_fit_data(store: FeatureStore, dataset: str) -> FitData:
         class_weights=torch.from_numpy(per_template[0] if single else ensemble).float(),
         classifier="single template (raw embedding)" if single else f"ensemble of {per_template.shape[0]} templates",
         per_template=torch.from_numpy(per_template).float(),
+        templates=list(store.templates),
         logit_scale=float(store.attrs["logit_scale"]),
         train_labels=list(train.labels),
         val_labels=list(val.labels),
@@ -286,8 +287,9 @@ def pretrained_label(attrs: dict) -> str:
 def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
     """How this run departs from the protocol behind the published numbers."""
     data = ctx.data
-    diffs = list(get_method(cfg.method).differences(ctx))
-    if data.attrs.get("templates_spec", "default") != "default":
+    method = get_method(cfg.method)
+    diffs = list(method.differences(ctx))
+    if not method.judges_templates and data.attrs.get("templates_spec", "default") != "default":
         diffs.append(f"templates {data.attrs.get('templates_spec')} (CoOp: the dataset's single template)")
     if data.attrs.get("dtype") == "float16":
         diffs.append("image features cached in float16")

@@ -37,6 +37,7 @@ class FitData:
     class_weights: torch.Tensor  # (K, D): the single template's raw embedding, or the ensemble
     classifier: str  # which of the two, in words
     per_template: torch.Tensor  # (T, K, D): every template's raw class embeddings (the store's templates)
+    templates: list[str]  # (T,) the store's templates, as text
     logit_scale: float
     train_labels: list[int]
     val_labels: list[int]
@@ -180,6 +181,9 @@ class Method:
     differences: Callable[[FitContext], list[str]] = lambda ctx: []
     # rebuild a predictor from a saved artifact: (tensors, metadata, class_weights, logit_scale, device)
     from_artifact: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
+    # True when ``differences`` judges the store's templates against the method's own paper; else
+    # ``fit`` compares them with CoOp's single template per dataset
+    judges_templates: bool = False
 
     def validate(self, config: Any) -> None:
         """ConfigError unless ``config`` is this method's config with workable values."""

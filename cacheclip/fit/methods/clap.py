@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cacheclip.datasets.templates import GENERIC_TEMPLATE, IMAGENET7, get_templates
-from cacheclip.errors import CacheClipError, ConfigError
+from cacheclip.datasets.templates import GENERIC_TEMPLATE, IMAGENET7
+from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.train import batch_plan
@@ -103,24 +104,23 @@ def aug_scale(data: FitData) -> tuple[float, ...] | None:
     return tuple(float(s) for s in value) if value else None
 
 
-def store_templates(data: FitData) -> tuple[str, ...] | None:
-    """The store's templates as text, from its ``templates_spec``; None when that cannot be resolved
-    here or does not give the T embeddings the store holds."""
-    try:
-        found = get_templates(data.attrs.get("templates_spec", "default"), data.dataset)
-    except (CacheClipError, OSError):
-        return None
-    return found if len(found) == data.per_template.shape[0] else None
+def store_templates(data: FitData) -> tuple[str, ...]:
+    """The store's templates as text (one per row of ``per_template``)."""
+    return tuple(data.templates)
 
 
-def view_differences(ctx: FitContext, paper: str, paper_views: str) -> list[str]:
-    """What a run on the clean view only departs by: the store lacks views, or --views clean."""
+def view_differences(ctx: FitContext, paper: str, paper_views: str, views: int) -> list[str]:
+    """What a run on the clean view only departs by: the store lacks views (the fallback, with the
+    extract command of a store that has ``views`` views per image), or --views clean."""
     if ctx.views == "aug":
         return []
     if ctx.views_requested == "aug":  # the store has no augmented views: fell back to the clean view
+        hint = ctx.extract_hint or "cacheclip extract ..."
+        hint = re.sub(r"--aug-views \d+", f"--aug-views {views}", hint)
+        hint += "" if "--aug-views" in hint else f" --aug-views {views}"
         return [
             f"trained on the clean view only: the store has no augmented views ({paper}: {paper_views}; "
-            f"add views with: {ctx.extract_hint or 'cacheclip extract --aug-views N'})"
+            f"a store with views: {hint}, in a new --cache-dir)"
         ]
     return [f"trained on the clean view only, --views clean ({paper}: {paper_views})"]
 
@@ -291,7 +291,7 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
 def differences(ctx: FitContext, clap: bool) -> list[str]:
     cfg, data = ctx.config, ctx.data
     v, n = data.aug_views, data.num_classes * ctx.shots
-    diffs = view_differences(ctx, "CLAP", f"{CLAP_VIEWS} augmented views per image")
+    diffs = view_differences(ctx, "CLAP", f"{CLAP_VIEWS} augmented views per image", CLAP_VIEWS)
     if ctx.views == "aug":
         if cfg.sampling == "image":
             diffs.append(
@@ -354,6 +354,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, clap=False),
         differences=lambda ctx: differences(ctx, clap=False),
         from_artifact=from_artifact,
+        judges_templates=True,
     )
 )
 
@@ -367,5 +368,6 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, clap=True),
         differences=lambda ctx: differences(ctx, clap=True),
         from_artifact=from_artifact,
+        judges_templates=True,
     )
 )

@@ -277,7 +277,7 @@ def differences(ctx: FitContext) -> list[str]:
     cfg, data = ctx.config, ctx.data
     diffs = ["CoOp few-shot splits (LP++: its own random.sample splits; the paper averages 10 tasks, seeds 1-10)"]
     diffs += _selection_differences(ctx)
-    diffs += view_differences(ctx, "LP++", "one random crop per image")
+    diffs += view_differences(ctx, "LP++", "one random crop per image", 10)
     if ctx.views == "aug":
         v = data.aug_views
         diffs.append(
@@ -336,5 +336,6 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        judges_templates=True,
     )
 )

@@ -364,5 +364,6 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        judges_templates=True,
     )
 )

@@ -15,8 +15,6 @@ the CoOp protocol (batch 32, drop_last). Prints:
     a gradient); and the kernel floor: the step's GEMMs and its SGD update
     alone on the same shapes, timed in the same process, i.e. the most the
     step could reach with zero elementwise and Python cost;
-(e) the hand-written step (StackedTrainer) against autograd + torch.optim.SGD on the
-    same stacked (R, ., .) weights (AutogradTrainer), same inputs, same process;
 (d) the projected time of the whole coop11 grid (11 datasets x shots
     1/2/4/8/16 x 3 seeds, one alpha) from the measured step rates.
 
@@ -35,9 +33,7 @@ import torch
 
 from cacheclip.fit.adapters import AdapterConfig
 from cacheclip.fit.train import (
-    AutogradTrainer,
     RunSpec,
-    StackedTrainer,
     TrainConfig,
     batch_plan,
     default_epochs,
@@ -85,9 +81,9 @@ def model_flops(classes: int, batch: int = 32, dim: int = D, reduction: int = RE
 def kernel_floor(classes: int, runs: int, reps: int, steps: int = 20) -> float:
     """Seconds per step of the step's 7 GEMMs and fused SGD update alone, ``runs`` stacked.
 
-    The same calls ``train.StackedTrainer.step`` makes (bmm / matmul at the same shapes and
-    layouts, torch's one-pass SGD on w1 and w2), for ``steps`` steps on the same weights and
-    a fresh batch each step; no elementwise ops, no Python logic.
+    The GEMMs a step must run (bmm / matmul at the step's shapes, forward and backward) and
+    torch's one-pass SGD on w1 and w2, for ``steps`` steps on the same weights and a fresh
+    batch each step; no elementwise ops, no autograd, no Python logic.
     """
     h = D // REDUCTION
     w1, w2 = torch.randn(runs, D, h, device=DEVICE) * 0.01, torch.randn(runs, h, D, device=DEVICE) * 0.01
@@ -165,28 +161,6 @@ def time_per_step(classes: int, seeds: int, alphas: tuple[float, ...], min_steps
     cfg = TrainConfig()
     best = min(_timed(lambda: train_runs(runs, weights, 100.0, cfg, epochs=epochs, device=DEVICE)) for _ in range(reps))
     return best / (epochs * steps_per_epoch)
-
-
-def step_seconds(trainer_cls, classes: int, runs: int, reps: int, steps: int = 30) -> float:
-    """Seconds per step of one trainer on fixed random (R, 32, D) batches, min over reps."""
-    specs, weights = _runs(classes, runs, (0.2,)) if runs == 1 else _runs(classes, 3, (0.1, 0.2, 0.4, 0.6))
-    gens = [torch.Generator().manual_seed(i) for i in range(len(specs))]
-    stacked = StackedTrainer(specs, gens, weights, 100.0, TrainConfig(), DEVICE)
-    trainer = (
-        stacked
-        if trainer_cls is StackedTrainer
-        else AutogradTrainer(stacked.params, specs, weights, 100.0, TrainConfig())
-    )
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(len(specs), 32, D, generator=gen).to(DEVICE)
-    y = torch.randint(classes, (len(specs), 32), generator=gen).to(DEVICE)
-
-    def run() -> None:
-        for _ in range(steps):
-            trainer.step(x, y, 1e-3)
-
-    run()  # warm-up
-    return min(_timed(run) for _ in range(reps)) / steps
 
 
 def grid_seconds(step_time) -> tuple[float, int]:
@@ -271,16 +245,6 @@ scaled to 200 epochs. ratio = executed GFLOP/s / the best 2048^3 matmul GFLOP/s 
 3x fwd count = the same with the usual model count (3 x forward); floor ratio = the ratio of the
 step's GEMMs + SGD update alone (kernel_floor); of floor = floor time / step time.
 """)
-    print("hand-written step vs autograd + torch.optim.SGD (same stacked weights and inputs), ms per step:")
-    for k in CLASSES:
-        for runs in (1, 12):
-            ours = step_seconds(StackedTrainer, k, runs, reps)
-            ref = step_seconds(AutogradTrainer, k, runs, reps)
-            print(
-                f"  {k:>5} classes, {runs:>2} runs: hand-written {ours * 1e3:7.2f}  autograd {ref * 1e3:7.2f}  "
-                f"-> {ref / ours:.2f}x"
-            )
-    print()
     peak_after = matmul_gflops(reps + 2)
     print(f"reference matmul again after the runs: {peak_after:.0f} GFLOP/s (a large change means a busy machine)\n")
 

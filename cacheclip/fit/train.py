@@ -2,14 +2,15 @@
 
 Tensors in, state dicts out: this module never sees a store, a split or a
 file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
-and trains them together with ``bmm``; the forward and backward passes are
-written out by hand (no autograd, no DataLoader: each step's inputs are one
-``index_select`` from the cached views per distinct views tensor) and the SGD
-update is torch's fused one-pass kernel where it exists, so a step costs its
-5 adapter GEMMs, 2 logit GEMMs, one pass over the weights and a dozen small
-elementwise ops.
+and trains them together with batched matmuls, by autograd and torch.optim.SGD
+(fused where it exists; no DataLoader: each step's inputs are one
+``index_select`` from the cached views per distinct views tensor).
+A hand-written forward/backward with torch's private fused SGD kernel was
+1.36-1.47x faster for one run but only 1.14-1.24x for 12 runs batched
+(benchmarks/fit.py, same process, AMD EPYC, 2 threads): below the 1.3x that
+would pay for its complexity, so autograd it is.
 The result equals training each run alone up to float rounding
-(tests/test_train.py checks both this and the gradients against autograd).
+(tests/test_train.py checks both this and the gradients against a per-run model).
 
 Cost model (CPU, D = 1024, batch 32): a step is bound as much by moving the
 weights (w1, w2, their momentum and gradients: ~12 MB per run per step,
@@ -49,9 +50,6 @@ from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
 
 VIEW_MODES = ("aug", "clean")
-_EPS = 1e-12  # F.normalize's floor on the norm, so an all-zero f* gives zero logits, not NaN
-_threshold_backward = torch.ops.aten.threshold_backward  # ReLU backward in one pass
-_fused_sgd = getattr(torch, "_fused_sgd_", None)  # one pass per weight; what SGD(fused=True) calls
 
 
 @dataclass(frozen=True)
@@ -178,150 +176,24 @@ def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> None:
 
 
 class StackedTrainer:
-    """R runs' weights as (R, ., .) tensors, with a hand-written SGD step."""
+    """R runs' weights as (R, ., .) tensors, one step for all of them by autograd and
+    torch.optim.SGD (fused where this torch has it). The loss is the sum over runs of each run's
+    batch-mean cross-entropy, so each run gets its own gradient, exactly as if trained alone."""
 
     def __init__(self, runs, gens, class_weights, logit_scale, cfg, device):
         config = runs[0].adapter
-        d = class_weights.shape[1]
-        self.official = config.block == "official"
-        self.cfg = cfg
-        self.params: dict[str, torch.Tensor] = {}
-        states = [ClipAdapterHead(r.adapter, d, g).state_dict() for r, g in zip(runs, gens, strict=False)]
-        for name in states[0]:
-            self.params[name] = torch.stack([s[name] for s in states]).to(device)  # (R, in, out)
-        self.bufs = {name: torch.zeros_like(p) for name, p in self.params.items()}  # momentum
-        self.grads = {name: torch.empty_like(p) for name, p in self.params.items()}  # reused each step
-        self._neg: torch.Tensor | None = None  # (R, B, 1) of -1, for softmax - onehot
-        self._coef_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.visual, self.text = config.visual, config.text
-        r = len(runs)
-        self.alpha = torch.tensor([run.adapter.alpha for run in runs], device=device).view(r, 1, 1)  # (R, 1, 1)
+        d, r = class_weights.shape[1], len(runs)
+        self.official, self.visual, self.text = config.block == "official", config.visual, config.text
+        states = [ClipAdapterHead(run.adapter, d, g).state_dict() for run, g in zip(runs, gens, strict=True)]
+        self.params = {  # (R, in, out), drawn per run from its own generator
+            name: torch.stack([state[name] for state in states]).to(device).requires_grad_(True) for name in states[0]
+        }
+        self.alpha = torch.tensor([run.adapter.alpha for run in runs], device=device).view(r, 1, 1)
         self.beta = torch.tensor([run.adapter.beta for run in runs], device=device).view(r, 1, 1)
         self.scale = float(logit_scale)
         self.cw = class_weights.to(device=device, dtype=torch.float32)  # (K, D) raw
-        self.cw_t = self.cw.t().expand(r, -1, -1)  # (R, D, K) for text.w1's gradient
-        # Fixed classifier when there is no text adapter: s * normalize(W) (K, D) and its transpose.
-        self.vs_fixed = self.scale * torch.nn.functional.normalize(self.cw, dim=-1)
-        self.vs_t_fixed = self.vs_fixed.t().contiguous()  # (D, K)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        """One SGD step on x (R, B, D) float32, y (R, B) int64.
-
-        Notation: f = f* (R, B, D), rn = 1 / |f|, vs = s * normalize(W*)
-        (K, D), z = rn * f @ vs.T (the logits), g = softmax(z) - onehot(y).
-        dLoss/dz = g / B, and since f . vs_k = z_k / rn,
-        dLoss/df = (rn / B) * (g @ vs - f * rn * (g . z)).
-        For the text side, with dv = (g * rn).T @ f (K, D) and v = wt * rn_t,
-        dLoss/dwt = (s rn_t / B) * (dv - wt * rn_t * sum_b(g * z) / s).
-        The 1 / B, s, alpha and beta factors ride on per-row scalars, so
-        each (R, B, D) tensor is touched as few times as possible.
-        """
-        p = self.params
-        alpha_b, beta_sb = self._coefs(x.shape[1])
-        if self.visual:
-            h = torch.bmm(x, p["visual.w1"]).relu_()  # (R, B, H)
-            a = torch.bmm(h, p["visual.w2"])  # (R, B, D)
-            if self.official:
-                a.relu_()
-            f = torch.lerp(x, a, self.alpha)  # (R, B, D)
-        else:
-            f = x
-        rn = torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, B, 1)
-        if self.text:
-            ht = torch.matmul(self.cw, p["text.w1"]).relu_()  # (R, K, H)
-            at = torch.bmm(ht, p["text.w2"])  # (R, K, D)
-            if self.official:
-                at.relu_()
-            wt = torch.lerp(self.cw, at, self.beta)  # (R, K, D)
-            rn_t = torch.linalg.vector_norm(wt, dim=-1, keepdim=True).clamp_min_(_EPS).reciprocal_()  # (R, K, 1)
-            vs = wt * (rn_t * self.scale)  # (R, K, D)
-            z = torch.bmm(f, vs.transpose(1, 2)).mul_(rn)  # (R, B, K)
-        else:
-            vs = self.vs_fixed  # (K, D)
-            z = torch.matmul(f, self.vs_t_fixed).mul_(rn)  # (R, B, K)
-        g = torch.softmax(z, dim=-1)
-        g.scatter_add_(-1, y.unsqueeze(-1), self._minus_one(g))  # softmax - onehot
-        grads = []
-        if self.visual:
-            c = rn * alpha_b  # (R, B, 1): dLoss/dA = alpha * dLoss/df = c * (g @ vs - f * rn * (g . z))
-            da = torch.matmul(g * c, vs)  # (R, B, D); scaling g, not the result, saves a pass when K < D
-            da.addcmul_(f, torch.linalg.vecdot(g, z).unsqueeze(-1).mul_(c * rn), value=-1.0)
-            if self.official:
-                da = _threshold_backward(da, a, 0)
-            dh = _threshold_backward(torch.bmm(da, p["visual.w2"].transpose(1, 2)), h, 0)  # (R, B, H)
-            grads += [
-                torch.bmm(x.transpose(1, 2), dh, out=self.grads["visual.w1"]),
-                torch.bmm(h.transpose(1, 2), da, out=self.grads["visual.w2"]),
-            ]
-        if self.text:
-            dv = torch.bmm((g * rn).transpose(1, 2), f)  # (R, K, D)
-            dwt = torch.addcmul(dv, wt, (g * z).sum(1).unsqueeze(-1).mul_(rn_t), value=-1.0 / self.scale)
-            dat = dwt.mul_(rn_t * beta_sb)  # (R, K, D): dLoss / dA_t(W)
-            if self.official:
-                dat = _threshold_backward(dat, at, 0)
-            dht = _threshold_backward(torch.bmm(dat, p["text.w2"].transpose(1, 2)), ht, 0)  # (R, K, H)
-            grads += [
-                torch.bmm(self.cw_t, dht, out=self.grads["text.w1"]),
-                torch.bmm(ht.transpose(1, 2), dat, out=self.grads["text.w2"]),
-            ]
-        self._sgd(grads, lr)
-
-    def _sgd(self, grads: list[torch.Tensor], lr: float) -> None:
-        """torch.optim.SGD's update (momentum, L2 decay, no dampening) on all weights."""
-        params, bufs = list(self.params.values()), list(self.bufs.values())
-        cfg = self.cfg
-        if _fused_sgd is not None:
-            _fused_sgd(
-                params,
-                grads,
-                bufs if cfg.momentum else [],
-                weight_decay=cfg.weight_decay,
-                momentum=cfg.momentum,
-                lr=lr,
-                dampening=0.0,
-                nesterov=False,
-                maximize=False,
-                is_first_step=False,
-            )  # buffers start at zero, so m * 0 + g is the first step
-            return
-        if cfg.weight_decay:
-            torch._foreach_add_(grads, params, alpha=cfg.weight_decay)
-        torch._foreach_mul_(bufs, cfg.momentum)
-        torch._foreach_add_(bufs, grads)
-        torch._foreach_add_(params, bufs, alpha=-lr)
-
-    def _minus_one(self, g: torch.Tensor) -> torch.Tensor:
-        if self._neg is None or self._neg.shape[:2] != g.shape[:2]:
-            self._neg = torch.full_like(g[..., :1], -1.0)
-        return self._neg
-
-    def _coefs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha / B, beta * s / B), each (R, 1, 1), cached per batch size."""
-        if batch not in self._coef_cache:
-            self._coef_cache[batch] = (self.alpha / batch, self.beta * (self.scale / batch))
-        return self._coef_cache[batch]
-
-    def states(self) -> list[dict[str, torch.Tensor]]:
-        r = next(iter(self.params.values())).shape[0]
-        return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
-
-
-class AutogradTrainer:
-    """The same R stacked runs and step as ``StackedTrainer``, by autograd and torch.optim.SGD:
-    the loss is the sum over runs of each run's batch-mean cross-entropy, so each run gets its
-    own gradient. The reference the hand-written step is tested and benchmarked against
-    (tests/test_train.py, benchmarks/fit.py)."""
-
-    def __init__(self, params: dict[str, torch.Tensor], runs, class_weights, logit_scale, cfg):
-        config = runs[0].adapter
-        self.official, self.visual, self.text = config.block == "official", config.visual, config.text
-        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}  # (R, in, out)
-        r = len(runs)
-        self.alpha = torch.tensor([run.adapter.alpha for run in runs]).view(r, 1, 1)
-        self.beta = torch.tensor([run.adapter.beta for run in runs]).view(r, 1, 1)
-        self.scale, self.cw = float(logit_scale), class_weights.float()
         settings = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
-        try:  # the fused one-pass update where this torch has it, as the hand-written step uses
+        try:  # the fused one-pass update where this torch and device have it
             self.opt = torch.optim.SGD(list(self.params.values()), fused=True, **settings)
         except (RuntimeError, TypeError):
             self.opt = torch.optim.SGD(list(self.params.values()), **settings)
@@ -331,7 +203,7 @@ class AutogradTrainer:
         return out.relu() if self.official else out
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        """One step on x (R, B, D), y (R, B)."""
+        """One SGD step on x (R, B, D) float32, y (R, B) int64."""
         p = self.params
         f = torch.lerp(x, self._adapt(x, p["visual.w1"], p["visual.w2"]), self.alpha) if self.visual else x
         w = torch.lerp(self.cw, self._adapt(self.cw, p["text.w1"], p["text.w2"]), self.beta) if self.text else self.cw
@@ -342,6 +214,10 @@ class AutogradTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        r = next(iter(self.params.values())).shape[0]
+        return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
 
 
 def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:

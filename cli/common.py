@@ -300,7 +300,7 @@ def results_table(results: list[dict], seeds: tuple[int, ...]):
         by_seed = {r["seed"]: r for r in runs}
         accs = [r["metrics"]["test"]["top1"] for r in runs]
         spread = f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
-        chosen = sorted({", ".join(f"{k}={v:g}" for k, v in r["selection"]["chosen"].items()) for r in runs})
+        chosen = sorted({", ".join(f"{k}={_short(v)}" for k, v in r["selection"]["chosen"].items()) for r in runs})
         table.add_row(
             name,
             method,
@@ -311,3 +311,8 @@ def results_table(results: list[dict], seeds: tuple[int, ...]):
             "; ".join(chosen),
         )
     return table
+
+
+def _short(value) -> str:
+    """A chosen value for the results table: numbers compact (0.001 -> 0.001, 1e-05), the rest as is."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)

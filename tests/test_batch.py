@@ -365,3 +365,19 @@ def test_demo_end_to_end(tmp_path):
     assert ours > zero_shot + 30, lines[-1]
     assert seconds < 90, f"demo took {seconds:.0f}s"
     print(f"demo wall time {seconds:.1f}s")
+
+
+def test_results_table_shows_chosen_values_of_any_type():
+    from cacheclip.cli.common import results_table
+
+    run = {
+        "dataset": "dtd",
+        "method": "cross-modal",
+        "shots": 1,
+        "seed": 1,
+        "metrics": {"test": {"top1": 50.0}},
+        "zero_shot": {"test": {"top1": 5.0}},
+        "selection": {"chosen": {"lr": 0.001, "init": "zeroshot"}},
+    }
+    table = results_table([run], (1,))
+    assert table.row_count == 1 and "lr=0.001, init=zeroshot" in table.columns[-1]._cells[0]

@@ -161,7 +161,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     planned runs need. A differing identity is left to ``extract_dataset`` to report.
     """
     from cacheclip.datasets.templates import get_templates
-    from cacheclip.features.extract import planned_items, store_identity
+    from cacheclip.features.extract import items_to_encode, store_identity
     from cacheclip.features.store import open_store, parts_dir
 
     cfg = extract_config(config)
@@ -176,7 +176,8 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
         differ = [k for k, v in wanted.items() if store.attrs.get(k) != v]
         if differ:
             return f"store built from other inputs ({', '.join(differ)})"
-        missing = {s: len(set(want) - set(store.encoded(s).tolist())) for s, want in planned_items(ds, cfg).items()}
+        have = {s: set(store.encoded(s).tolist()) for s in store.splits}
+        missing = {s: len(items) for s, items in items_to_encode(ds, cfg, have).items()}
         text = store.templates != list(get_templates(cfg.templates, ds.name))
     todo = [f"{s} {n}" for s, n in missing.items() if n]
     return ", ".join((["encode " + ", ".join(todo)] if todo else []) + (["text"] if text else []))

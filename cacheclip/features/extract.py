@@ -256,7 +256,7 @@ def extract_dataset(
         staged = st.staged_indices(path)
         for split, done in staged.items():
             have[split] |= done
-        todo = {s: [i for i in want if i not in have[s]] for s, want in planned_items(ds, cfg).items()}
+        todo = items_to_encode(ds, cfg, have)
         on_main(dist, lambda: _check_parts_identity(path, identity, will_write=any(todo.values())))
         check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
         error = None
@@ -279,6 +279,12 @@ def extract_dataset(
         summary.total = {split: int(len(s.encoded(split))) for split in s.splits}
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def items_to_encode(ds: DatasetSplits, cfg: ExtractConfig, have: dict[str, set[int]]) -> dict[str, list[int]]:
+    """Per split, the planned items (``planned_items``) that have no features in ``have`` yet:
+    what extraction still has to encode (the batch's dry run asks the same)."""
+    return {s: [i for i in want if i not in have.get(s, ())] for s, want in planned_items(ds, cfg).items()}
 
 
 def _store_state(path: Path, identity: dict, templates: list[str]):

@@ -96,3 +96,31 @@ def clustered(
         splits[name] = (feats, labels, aug)
     text = centers + text_noise * rng.standard_normal((K, D))
     return write_store(cache, dataset, text, splits, aug_scale, templates)
+
+
+def reads_while_training(monkeypatch, method: str, fit) -> list[tuple[str, bool]]:
+    """Run ``fit()`` with the store's reads spied on: (split, read while ``method`` trained)."""
+    import dataclasses
+
+    from cacheclip.fit import stage
+    from cacheclip.fit.methods import get_method
+
+    reads, training = [], [False]
+    real_read, real = st.FeatureStore.read, get_method(method)
+
+    def spy_read(self, split, indices=None, *, aug=False):
+        reads.append((split, training[0]))
+        return real_read(self, split, indices, aug=aug)
+
+    def spy_train(ctx, plans):
+        training[0] = True
+        try:
+            return real.train(ctx, plans)
+        finally:
+            training[0] = False
+
+    spy = dataclasses.replace(real, train=spy_train)
+    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
+    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == method else get_method(name))
+    fit()
+    return reads

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from stores import REF, clustered
+from stores import REF, clustered, reads_while_training
 
 from cacheclip.errors import ConfigError
 from cacheclip.features import store as st
-from cacheclip.fit import stage
 from cacheclip.fit.methods import cross_modal as xm
 from cacheclip.fit.methods import get_method
 from cacheclip.fit.stage import FitConfig, fit_dataset
@@ -236,24 +235,7 @@ def test_fit_beats_zero_shot_and_the_artifact_rebuilds_it(tmp_path):
 
 def test_training_and_selection_never_read_test(tmp_path, monkeypatch):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read, method = st.FeatureStore.read, get_method("cross-modal")
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return method.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(method, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "cross-modal" else get_method(name))
-    fit_dataset("eurosat", REF, _cfg(tmp_path))
+    reads = reads_while_training(monkeypatch, "cross-modal", lambda: fit_dataset("eurosat", REF, _cfg(tmp_path)))
     assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
 
 

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stores import REF, clustered
+from stores import REF, clustered, reads_while_training
 
 from cacheclip.features import store as st
-from cacheclip.fit import stage
-from cacheclip.fit.methods import gda, get_method
+from cacheclip.fit.methods import gda
 from cacheclip.fit.stage import FitConfig, fit_dataset
 from cacheclip.results.runs import load_adapter
 
@@ -130,24 +129,7 @@ def test_fit_beats_zero_shot_with_alpha_chosen_on_val(tmp_path):
 
 def test_selection_reads_train_and_val_never_test(tmp_path, monkeypatch):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read, method = st.FeatureStore.read, get_method("gda")
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return method.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(method, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "gda" else get_method(name))
-    fit_dataset("eurosat", REF, _cfg(tmp_path))
+    reads = reads_while_training(monkeypatch, "gda", lambda: fit_dataset("eurosat", REF, _cfg(tmp_path)))
     assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from stores import REF, clustered
+from stores import REF, clustered, reads_while_training
 
 from cacheclip.features import store as st
-from cacheclip.fit import stage
 from cacheclip.fit.methods import FitContext, FitData, get_method
 from cacheclip.fit.methods import taskres as tr
 from cacheclip.fit.stage import FitConfig, fit_dataset
@@ -168,24 +167,9 @@ def _folder(tmp_path: Path) -> Path:
 
 def test_training_and_selection_never_read_test(tmp_path, monkeypatch):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read, method = st.FeatureStore.read, get_method("taskres")
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return method.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(method, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "taskres" else get_method(name))
-    fit_dataset("eurosat", REF, _cfg(tmp_path, alphas=(0.5, 2.0)))
+    reads = reads_while_training(
+        monkeypatch, "taskres", lambda: fit_dataset("eurosat", REF, _cfg(tmp_path, alphas=(0.5, 2.0)))
+    )
     assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
 
 

@@ -250,7 +250,8 @@ def test_memory_guard_stops_before_reading_and_names_the_views_that_fit(tmp_path
     reads = []
     real_read = st.FeatureStore.read
     monkeypatch.setattr(st.FeatureStore, "read", lambda self, *a, **kw: reads.append(a) or real_read(self, *a, **kw))
-    n, budget = 6 * 4, pk.memory_bytes(6 * 4 * 2, 6, 32, 6 * 4, 10) / 1e9  # 2 of the 3 views fit
+    n = 6 * 4  # 2 of the 3 views fit (all 3 are read, then sliced)
+    budget = (pk.memory_bytes(n * 2, 6, 32, n, 10) + 4 * n * 3 * 32) / 1e9
     with pytest.raises(ConfigError) as err:
         fit_dataset("eurosat", REF, _cfg(tmp_path, betas=(1.0,), lambdas=(0.1,), memory_gb=budget))
     assert f"M = {n * 3} support vectors" in err.value.message and "GB" in err.value.message

@@ -65,7 +65,7 @@ GENERIC_GRID = "caltech101"  # datasets without a ProKeR config: the grid four o
 # (beta, lambda) per shot count without val (--hp-selection imagenet, hyperparameters.json)
 PROKER_FIXED = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07), 16: (1.7, 0.1)}
 # One float64 eigh of K_SS costs as much as this many Cholesky factorisations + solves (1 thread,
-# measured on the benchmark's features: 0.95 s / 0.083 s = 11.5 at M = 1,600; 8.6 / 0.54 = 16 at
+# measured on the benchmark's features: 0.93-0.95 s / 0.08-0.1 s = 10-11.5 at M = 1,600; 8.6 / 0.54 = 16 at
 # 3,200; 70 / 4.2 = 16.6 at 6,352): from 16 lambdas the eigen sweep wins. Of the official grids, the
 # 5-10 lambda ones (most datasets, ImageNet) take Cholesky, the 20-100 ones the eigen sweep.
 EIGH_FROM = 16
@@ -195,11 +195,11 @@ def check_memory(ctx: FitContext, plan: RunPlan, lambdas: int) -> None:
         return  # nothing to compare with
     budget = given * 1e9 if given is not None else HEADROOM * have
     n, n_val, k, d = len(plan.split.train), len(plan.split.val), ctx.data.num_classes, ctx.data.class_weights.shape[1]
-    views = support_views(ctx)
-    need = memory_bytes(n * max(views, 1), k, d, n_val, lambdas)
+    views, read = support_views(ctx), 4 * n * ctx.data.aug_views * d  # every cached view is read, then sliced
+    need = memory_bytes(n * max(views, 1), k, d, n_val, lambdas) + (read if views else 0)
     if need <= budget:
         return
-    fits = [v for v in range(views - 1, -1, -1) if memory_bytes(n * max(v, 1), k, d, n_val, lambdas) <= budget]
+    fits = [v for v in range(views - 1, -1, -1) if memory_bytes(n * max(v, 1), k, d, n_val, lambdas) + read <= budget]
     hint = f"use fewer views per image: --proker-views {fits[0]}" if fits else "no view count fits: free memory"
     hint += " (0: the clean view)" if fits and fits[0] == 0 else ""
     limit = (

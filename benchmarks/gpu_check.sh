@@ -18,7 +18,10 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# cacheclip itself, installed (not from the source tree: its CLI lives in cli/ and installs as cacheclip.cli)
+$py -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target /tmp/site . \
+    && export PYTHONPATH=/tmp/site
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 device=${DEVICE:-cuda}
 status=0
 { nvidia-smi || true; $py -c "import torch, open_clip; print(torch.__version__, open_clip.__version__)"; } \

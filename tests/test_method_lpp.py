@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from stores import REF, clustered
+from stores import REF, clustered, reads_while_training
 
 from cacheclip.features import store as st
 from cacheclip.fit import stage
@@ -193,24 +193,7 @@ def test_the_artifact_gives_the_runs_logits_exactly(tmp_path):
 
 def test_training_and_selection_read_only_train_and_val(tmp_path, monkeypatch):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read, m = st.FeatureStore.read, get_method("lp++")
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return m.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(m, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "lp++" else get_method(name))
-    fit_dataset("eurosat", REF, cfg_for(tmp_path, epochs=20))
+    reads = reads_while_training(monkeypatch, "lp++", lambda: fit_dataset("eurosat", REF, cfg_for(tmp_path, epochs=20)))
     assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
 
 

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stores import REF, clustered
+from stores import REF, clustered, reads_while_training
 
 from cacheclip.errors import ConfigError
 from cacheclip.features import store as st
-from cacheclip.fit import stage
-from cacheclip.fit.methods import get_method
 from cacheclip.fit.methods import proker as pk
 from cacheclip.fit.stage import FitConfig, fit_dataset
 from cacheclip.results.runs import load_adapter
@@ -213,24 +211,9 @@ def test_fit_beats_zero_shot_with_beta_lambda_chosen_on_val(tmp_path):
 
 def test_selection_reads_train_and_val_never_test(tmp_path, monkeypatch):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read, method = st.FeatureStore.read, get_method("proker")
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return method.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(method, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == "proker" else get_method(name))
-    fit_dataset("eurosat", REF, _cfg(tmp_path, betas=(1.0, 2.0), lambdas=(0.1, 1.0)))
+    reads = reads_while_training(
+        monkeypatch, "proker", lambda: fit_dataset("eurosat", REF, _cfg(tmp_path, betas=(1.0, 2.0), lambdas=(0.1, 1.0)))
+    )
     assert {s for s, during in reads if during} == {"train", "val"} and ("test", False) in reads
 
 

@@ -7,6 +7,8 @@ after every run of the shot count has been trained and selected.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,13 @@ class FitData:
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
+
+    @property
+    def aug_scale(self) -> tuple[float, ...] | None:
+        """The RandomResizedCrop scale of the store's cached views (attrs hold it as JSON text)."""
+        value = self.attrs.get("aug_scale")
+        value = json.loads(value) if isinstance(value, str) else value
+        return tuple(float(s) for s in value) if value else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,22 @@ def select_on_val(
         "chosen": dict(candidates[best]),
     }
     return best, record, scores[best]
+
+
+def view_differences(ctx: FitContext, paper: str, paper_views: str, views: int) -> list[str]:
+    """What a run on the clean view only departs by: the store lacks views (the fallback, with the
+    extract command of a store that has ``views`` views per image), or --views clean."""
+    if ctx.views == "aug":
+        return []
+    if ctx.views_requested == "aug":  # the store has no augmented views: fell back to the clean view
+        hint = ctx.extract_hint or "cacheclip extract ..."
+        hint = re.sub(r"--aug-views \d+", f"--aug-views {views}", hint)
+        hint += "" if "--aug-views" in hint else f" --aug-views {views}"
+        return [
+            f"trained on the clean view only: the store has no augmented views ({paper}: {paper_views}; "
+            f"a store with views: {hint}, in a new --cache-dir)"
+        ]
+    return [f"trained on the clean view only, --views clean ({paper}: {paper_views})"]
 
 
 def zero_shot_predictor(data: FitData) -> Callable[[torch.Tensor], torch.Tensor]:

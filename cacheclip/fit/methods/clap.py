@@ -19,9 +19,7 @@ Also used by ``lp_plus_plus``: ``sgd_step_``, ``aug_scale``, ``store_templates``
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +30,15 @@ import torch.nn.functional as F
 
 from cacheclip.datasets.templates import GENERIC_TEMPLATE, IMAGENET7
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    RunPlan,
+    Trained,
+    register_method,
+    view_differences,
+)
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.train import batch_plan
 from cacheclip.settings import setting
@@ -95,34 +101,6 @@ def sgd_step_(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: fl
         grad = grad + wd * param
     buf.mul_(momentum).add_(grad)
     param.add_(buf, alpha=-lr)
-
-
-def aug_scale(data: FitData) -> tuple[float, ...] | None:
-    """The store's RandomResizedCrop scale of its cached views (attrs hold it as JSON text)."""
-    value = data.attrs.get("aug_scale")
-    value = json.loads(value) if isinstance(value, str) else value
-    return tuple(float(s) for s in value) if value else None
-
-
-def store_templates(data: FitData) -> tuple[str, ...]:
-    """The store's templates as text (one per row of ``per_template``)."""
-    return tuple(data.templates)
-
-
-def view_differences(ctx: FitContext, paper: str, paper_views: str, views: int) -> list[str]:
-    """What a run on the clean view only departs by: the store lacks views (the fallback, with the
-    extract command of a store that has ``views`` views per image), or --views clean."""
-    if ctx.views == "aug":
-        return []
-    if ctx.views_requested == "aug":  # the store has no augmented views: fell back to the clean view
-        hint = ctx.extract_hint or "cacheclip extract ..."
-        hint = re.sub(r"--aug-views \d+", f"--aug-views {views}", hint)
-        hint += "" if "--aug-views" in hint else f" --aug-views {views}"
-        return [
-            f"trained on the clean view only: the store has no augmented views ({paper}: {paper_views}; "
-            f"a store with views: {hint}, in a new --cache-dir)"
-        ]
-    return [f"trained on the clean view only, --views clean ({paper}: {paper_views})"]
 
 
 # ---------------------------------------------------------------- the math
@@ -302,7 +280,7 @@ def differences(ctx: FitContext, clap: bool) -> list[str]:
             diffs.append(f"batches drawn from {v} cached views per image (CLAP: {CLAP_VIEWS})")
         if clap and v != CLAP_VIEWS:
             diffs.append(f"lambda_k from the zero-shot accuracy on {v} cached views per image (CLAP: {CLAP_VIEWS})")
-        scale = aug_scale(data)
+        scale = data.aug_scale
         if scale is not None and scale != CLAP_SCALE:
             diffs.append(f"views cropped with scale {scale} (CLAP: Dassl's {CLAP_SCALE})")
     elif clap:
@@ -319,8 +297,7 @@ def differences(ctx: FitContext, clap: bool) -> list[str]:
 def _template_differences(data: FitData) -> list[str]:
     t, spec = data.per_template.shape[0], data.attrs.get("templates_spec", "default")
     if data.dataset == "imagenet":
-        found = store_templates(data)
-        if found is None or sorted(found) != sorted(CLAP_IMAGENET_TEMPLATES):  # a mean: the order is irrelevant
+        if sorted(data.templates) != sorted(CLAP_IMAGENET_TEMPLATES):  # a mean: the order is irrelevant
             return [
                 f"text base from {t} template(s) ({spec}) "
                 f"(CLAP on ImageNet: raw mean of 7 selected templates + '{GENERIC_TEMPLATE}')"

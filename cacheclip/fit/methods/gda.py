@@ -35,8 +35,16 @@ import torch.nn.functional as F
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import zero_shot_logits
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
-from cacheclip.fit.methods.clap import aug_scale, view_differences
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    RunPlan,
+    Trained,
+    register_method,
+    select_on_val,
+    view_differences,
+)
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.settings import setting
 
@@ -241,7 +249,7 @@ def differences(ctx: FitContext) -> list[str]:
     why = "as given" if len(cfg.alphas) == 1 else "--gda-alpha-no-val, GDA's ImageNet choice on test at 16 shots"
     diffs = selection_differences(ctx, "alpha", "GDA", f"alpha = {alpha:g} ({why})")
     if ctx.views == "aug":
-        scale, paper_scale = aug_scale(data), GDA_IMAGENET_SCALE if imagenet else GDA_SCALE
+        scale, paper_scale = data.aug_scale, GDA_IMAGENET_SCALE if imagenet else GDA_SCALE
         if scale is not None and scale != paper_scale:
             diffs.append(f"support views cropped with scale {scale} (GDA: {paper_scale})")
         if data.aug_views != GDA_VIEWS:

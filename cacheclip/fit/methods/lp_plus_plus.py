@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
-from cacheclip.fit.methods.clap import aug_scale, sgd_step_, store_templates, view_differences
+from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, view_differences
+from cacheclip.fit.methods.clap import sgd_step_
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.settings import setting
 
@@ -285,7 +285,7 @@ def differences(ctx: FitContext) -> list[str]:
             if cfg.views == "one"
             else f"all {v} cached views per image in the full batch (LP++: one view per image)"
         )
-        scale = aug_scale(data)
+        scale = data.aug_scale
         if scale is not None and scale != LPP_SCALE:
             diffs.append(f"views cropped with scale {scale} (LP++: {LPP_SCALE})")
     diffs.append("fp32 training (LP++: fp16 on GPU)")
@@ -319,7 +319,7 @@ def _selection_differences(ctx: FitContext) -> list[str]:
 def _template_differences(data: FitData) -> list[str]:
     t, spec = data.per_template.shape[0], data.attrs.get("templates_spec", "default")
     if data.dataset == "imagenet":
-        if sorted(store_templates(data) or ()) != sorted(IMAGENET7):  # a mean: the order is irrelevant
+        if sorted(data.templates) != sorted(IMAGENET7):  # a mean: the order is irrelevant
             return [f"text ensemble of {t} template(s) ({spec}) (LP++ on ImageNet: the 7-template ensemble)"]
     elif spec != "default" or t != 1:
         return [f"text ensemble of {t} template(s) ({spec}) (LP++: the dataset's single template, as Tip-Adapter)"]

@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method
-from cacheclip.fit.methods.clap import aug_scale, view_differences
+from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, view_differences
 from cacheclip.fit.methods.gda import selection_differences, template_differences
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.settings import setting
@@ -427,7 +426,7 @@ def _view_differences(ctx: FitContext) -> list[str]:
         diffs.append(f"the first {v} of {data.aug_views} cached views per image, --proker-views {v} (ProKeR: {paper})")
     elif v != PROKER_VIEWS or imagenet:
         diffs.append(f"{v} cached views per image (ProKeR: {paper})")
-    scale, paper_scale = aug_scale(data), PROKER_IMAGENET_SCALE if imagenet else PROKER_SCALE
+    scale, paper_scale = data.aug_scale, PROKER_IMAGENET_SCALE if imagenet else PROKER_SCALE
     if scale is not None and scale != paper_scale:
         diffs.append(f"support views cropped with scale {scale} (ProKeR: {paper_scale})")
     return diffs

@@ -15,7 +15,6 @@ Since L is one-hot, ``A @ L`` is computed as a per-class sum of A's columns (``i
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -242,11 +241,6 @@ def candidate_grid(cfg: TipAdapterConfig, has_val: bool) -> tuple[list[float], l
     )
 
 
-def _aug_scale(data: FitData) -> list[float] | None:
-    value = data.attrs.get("aug_scale")
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def payload(ctx: FitContext, finetune: bool = False) -> dict[str, Any]:
     cfg, data, mode = ctx.config, ctx.data, ctx.views
     alphas, betas = candidate_grid(cfg, ctx.has_val)
@@ -336,8 +330,8 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
 def differences(ctx: FitContext, finetune: bool = False) -> list[str]:
     cfg, data, diffs = ctx.config, ctx.data, []
     if ctx.views == "aug":
-        scale = _aug_scale(data)
-        if scale is not None and [float(s) for s in scale] != list(TIP_SCALE):
+        scale = data.aug_scale
+        if scale is not None and list(scale) != list(TIP_SCALE):
             diffs.append(f"cache views cropped with scale {tuple(scale)} (Tip-Adapter: {TIP_SCALE})")
         if data.aug_views != TIP_VIEWS:
             diffs.append(f"cache averages {data.aug_views} views per image (Tip-Adapter: {TIP_VIEWS})")

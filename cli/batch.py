@@ -183,6 +183,12 @@ def batch(
         str | None, typer.Option(help="aug (cached augmented views) or clean (no augmentation) [aug].")
     ] = None,
     no_val: Annotated[str | None, typer.Option(help="Datasets without val (ImageNet): none or holdout [none].")] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="fewshot (few-shot val only) or official (each paper's protocol) [fewshot].")
+    ] = None,
+    epoch: Annotated[
+        str | None, typer.Option(help="Trained methods keep the last or the best-val epoch [last].")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Root of the feature stores [cache].")] = None,
     results_dir: Annotated[
@@ -213,6 +219,8 @@ def batch(
         "seeds": seeds and c.parse_ints(seeds, "--seeds"),
         "views": views,
         "no_val": no_val,
+        "protocol": protocol,
+        "epoch": epoch,
         "device": device,
         "cache_dir": cache_dir and str(cache_dir),
         "results_dir": results_dir and str(results_dir),

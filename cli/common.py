@@ -82,8 +82,14 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     return _parse_list(text, option, float, "numbers")
 
 
-def split_names(values: list[str] | None) -> list[str]:
-    return [v for value in values or [] for v in value.split(",") if v]
+def split_names(values: list[str] | None, option: str = "--dataset") -> list[str]:
+    """Comma-separated or repeated names; a given but empty value is an error (never "all")."""
+    from cacheclip.errors import ConfigError
+
+    names = [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+    if values is not None and not names:
+        raise ConfigError(f"{option} is empty", f"name at least one, e.g. {option} eurosat")
+    return names
 
 
 # ---------------------------------------------------------------- error boundary
@@ -102,13 +108,14 @@ def quiet_libraries() -> None:
 def report_error(exc: BaseException) -> int:
     """One line (and a hint) for a user error; exit code 1 (click usage errors: their own, 2).
     Traceback only with CACHECLIP_DEBUG=1."""
-    from cacheclip.errors import CacheClipError
+    from cacheclip.errors import CacheClipError, environment_fault
 
     if any(t.__name__ == "ClickException" for t in type(exc).__mro__):  # typer may vendor its own click
         exc.show()  # type: ignore[attr-defined]
         return exc.exit_code  # type: ignore[attr-defined]  # 2 for bad option values
     if os.environ.get(DEBUG_ENV):
         console.print_exception()
+    exc = environment_fault(exc) or exc  # a full disk or a read-only folder is the setup, not a bug
     if isinstance(exc, CacheClipError):
         console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:

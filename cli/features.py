@@ -64,6 +64,13 @@ def extract(
             "or AVX512-BF16)."
         ),
     ] = "auto",
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            help="default (shorter side to the input size, centre crop; RandomResizedCrop views) or coop-2021 "
+            "(CoOp/Dassl before 9 Oct 2021: squash ignoring aspect; flip + translation views)."
+        ),
+    ] = "default",
 ) -> None:
     """Encode datasets' images and prompted class names into feature stores (resumable)."""
     from cacheclip.datasets.catalog import expand_names
@@ -71,7 +78,7 @@ def extract(
     from cacheclip.features.extract import ExtractConfig, default_workers, extract_dataset
     from cacheclip.features.models import cpu_has_bf16
 
-    names = expand_names(c.split_names(dataset) or ["all"]) if dataset else _require_dataset()
+    names = expand_names(c.split_names(dataset)) if dataset is not None else _require_dataset()
     scale = c.parse_floats(aug_scale, "--aug-scale")
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise typer.BadParameter("expected two numbers 0 < lo <= hi <= 1", param_hint="--aug-scale")
@@ -89,8 +96,10 @@ def extract(
         batch_size=batch_size,
         workers=default_workers() if workers is None else workers,
         precision=precision,
+        preprocess=preprocess,
     )
     cfg.validate()
+    show_file_warnings()
     device = c.default_device(device)
     dist = from_env(device)  # under torchrun: this process's rank; else a single process
     loaded = _load(model, pretrained, rank_device(device, dist))
@@ -110,6 +119,30 @@ def extract(
     c.exit_on_failures(c.per_dataset(names, one)[1], len(names))
 
 
+def show_file_warnings() -> None:
+    """Skipped entries of image folders and huge images, as ``warning: ...`` lines on stderr
+    (also from DataLoader workers, which inherit the hook when they fork)."""
+    import sys
+    import warnings
+
+    from cacheclip.datasets.listing import LargeImageWarning, SkippedFilesWarning
+
+    warnings.simplefilter("always", SkippedFilesWarning)
+    warnings.simplefilter("always", LargeImageWarning)
+    previous = warnings.showwarning
+    if getattr(previous, "ours", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (SkippedFilesWarning, LargeImageWarning)):
+            sys.stderr.write(f"warning: {message}\n")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.ours = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def _print_summary(summary) -> None:
     new = ", ".join(f"{s} {n}" for s, n in summary.encoded.items()) or "nothing new"
     c.out.print(
@@ -119,6 +152,11 @@ def _print_summary(summary) -> None:
         + (" (text re-encoded)" if summary.text_updated else ""),
         highlight=False,
     )
+    if summary.changed:
+        changed = ", ".join(f"{s} {n}" for s, n in summary.changed.items())
+        c.out.print(f"  re-encoded images whose file changed since encoding: {changed}", highlight=False)
+    for note in summary.notes:
+        c.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     c.out.print(f"  store: {escape(str(summary.store))}", highlight=False)
 
 
@@ -129,18 +167,20 @@ def _require_dataset() -> list[str]:
 @app.command("ls")
 def list_stores(cache_dir: c.CacheDirOpt = Path("cache")) -> None:
     """List feature stores: model, weights, splits, counts, size."""
+    from cacheclip.features.check import health
     from cacheclip.features.store import describe, find_stores
 
     stores = find_stores(cache_dir)
     if not stores:
         c.console.print(f"no stores under {cache_dir} (run `cacheclip extract`)")
         return
-    table = Table("dataset", "model", "weights", "train", "val", "test", "aug views", "dtype", "size", "path")
+    table = Table("dataset", "model", "weights", "train", "val", "test", "aug views", "dtype", "size", "health", "path")
     for path in stores:
+        state = health(path)
         try:
             d = describe(path)
-        except Exception as e:  # a damaged store is listed, not fatal
-            table.add_row(path.stem, "?", "?", "", "", "", "", "", "", f"{path} (unreadable: {e})")
+        except Exception:  # a damaged store is listed, not fatal
+            table.add_row(path.stem, "?", "?", "", "", "", "", "", "", f"[red]{escape(state)}[/]", str(path))
             continue
         counts = [
             f"{d['splits'].get(s, {}).get('encoded', 0)}/{d['splits'].get(s, {}).get('items', 0)}"
@@ -155,6 +195,7 @@ def list_stores(cache_dir: c.CacheDirOpt = Path("cache")) -> None:
             str(d["aug_views"]),
             d["dtype"],
             f"{d['bytes'] / 2**20:.1f} MiB",
+            "ok" if state == "ok" else f"[yellow]{escape(state)}[/]",
             str(path) + pending,
         )
     c.out.print(table)
@@ -173,8 +214,8 @@ def export(
     from cacheclip.features.export import export_split
     from cacheclip.features.locate import locate_store
 
-    path = locate_store(cache_dir, model, pretrained, dataset)
-    shapes = export_split(path, split, out)
+    path, expect = locate_store(cache_dir, model, pretrained, dataset)
+    shapes = export_split(path, split, out, expect)
     c.out.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()), highlight=False)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cacheclip.cli import common as c
@@ -26,6 +27,19 @@ def fit(
     no_val: Annotated[
         str, typer.Option(help="Datasets without val (ImageNet): none (no selection) or holdout.")
     ] = "none",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="fewshot: choose on the few-shot val only; official: each method's published protocol "
+            "(its val set, grids and per-dataset settings), never choosing on test."
+        ),
+    ] = "fewshot",
+    epoch: Annotated[
+        str,
+        typer.Option(
+            help="Trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)."
+        ),
+    ] = "last",
     model: c.ModelOpt = "RN50",
     pretrained: c.PretrainedOpt = "openai",
     cache_dir: c.CacheDirOpt = Path("cache"),
@@ -46,6 +60,8 @@ def fit(
         seeds=c.parse_ints(seeds, "--seeds"),
         views=views,
         no_val=no_val,
+        protocol=protocol,
+        epoch=epoch,
         cache_dir=str(cache_dir),
         results_dir=str(results_dir),
         device=c.default_device(device),
@@ -62,8 +78,24 @@ def fit(
     done, failures = c.per_dataset(names, one)
     results = [r for per_dataset in done for r in per_dataset]
     c.out.print(c.results_table(results, cfg.seeds))
+    _say_short_classes(results)
     c.out.print(f"results in {results_dir}/", highlight=False)
     c.exit_on_failures(failures, len(names))
+
+
+def _say_short_classes(results: list[dict]) -> None:
+    """CoOp takes every image of a class with fewer than --shots: say where that happened."""
+    short = {
+        (r["dataset"], r["shots"], r["fewshot"]["shots_per_class"]["min"])
+        for r in results
+        if r.get("fewshot", {}).get("shots_per_class", {}).get("min", r["shots"]) < r["shots"]
+    }
+    for dataset, shots, least in sorted(short):
+        c.console.print(
+            f"[yellow]note:[/] {dataset}: some classes have fewer than {shots} train images; "
+            f"they use all they have (as few as {least}), recorded as fewshot.shots_per_class",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -79,9 +111,12 @@ def predict(
     device: c.DeviceOpt = None,
 ) -> None:
     """Classify images with a fitted run: top-k classes and probabilities per image."""
+    from cacheclip.cli.features import show_file_warnings
+    from cacheclip.errors import CorruptImageError
     from cacheclip.features.models import settle_process
     from cacheclip.fit.predict import classify, list_images, load_model_for, load_run, result_json
 
+    show_file_warnings()
     device = c.default_device(device)
     fitted = load_run(run, device)
     loaded = load_model_for(fitted, model, pretrained, device)
@@ -91,11 +126,20 @@ def predict(
         predictions = classify(fitted, loaded, files, top_k, progress=bar if len(files) > 1 else None)
     if as_json:
         print(result_json(predictions))
-        return
-    table = Table("image", *[f"top {i + 1}" for i in range(min(top_k, len(fitted.classnames)))])
-    for p in predictions:
-        table.add_row(p["image"], *[f"{t['class']} ({100 * t['prob']:.1f}%)" for t in p["top"]])
-    c.out.print(table)
+    else:
+        table = Table("image", *[f"top {i + 1}" for i in range(min(top_k, len(fitted.classnames)))])
+        for p in predictions:
+            cells = [f"{t['class']} ({100 * t['prob']:.1f}%)" for t in p["top"]] if "top" in p else ["unreadable"]
+            table.add_row(escape(p["image"]), *cells)
+        c.out.print(table)
+    failed = [p for p in predictions if "error" in p]
+    if failed:  # the others were classified and shown; still not a clean run
+        raise CorruptImageError(
+            f"{len(failed)} of {len(predictions)} images could not be read: "
+            + "; ".join(f"{p['image']}: {p['error']}" for p in failed[:3])
+            + (" ..." if len(failed) > 3 else ""),
+            "replace or remove these files; the other images were classified above",
+        )
 
 
 @app.command()

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from cacheclip.cli import batch, data, features, fit  # noqa: F401  (importing registers the commands)
+from cacheclip.cli import batch, check, data, features, fit  # noqa: F401  (importing registers the commands)
 from cacheclip.cli import common as c
 from cacheclip.cli.app import app
 

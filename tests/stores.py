@@ -37,8 +37,7 @@ def write_store(
     views = next(iter(a.shape[1] for _, _, a in splits.values() if a is not None), 0)
     attrs = {
         "dataset": dataset,
-        "model": "RN50",
-        "pretrained": "none",
+        **REF.identity(),
         "logit_scale": 100.0,
         "dtype": "float32",
         "aug_views": views,

@@ -57,8 +57,7 @@ def make_store(
         st.write_part(path, chunk)
     attrs = {
         "dataset": dataset,
-        "model": "synthetic",
-        "pretrained": "none",
+        **REF.identity(),
         "logit_scale": 100.0,
         "dtype": "float32",
         "aug_views": V,

@@ -25,7 +25,7 @@ def _contents(n_train: int = 6, n_test: int = 4, attrs: dict | None = None) -> s
     }
     text = np.arange(2 * 2 * D, dtype=np.float32).reshape(2, 2, D)
     return st.StoreContents(
-        attrs or {"dataset": "toy", "dtype": "float16"},
+        attrs or {"dataset": "toy", "model": "tiny", "logit_scale": 100.0, "dtype": "float16"},
         ["cat", "dog"],
         listings,
         ["a {}.", "the {}."],
@@ -87,14 +87,14 @@ def test_commit_keeps_old_rows_and_adds_new(path):
     st.commit(path, _contents(), "float16")
     with st.open_store(path) as s:
         before = s.read("test")[0]
-    st.write_part(path, _chunk("test", [1, 2, 3], seed=2))  # row 1 repeats: the committed one wins
+    st.write_part(path, _chunk("test", [1, 2, 3], seed=2))  # row 1 re-encoded (its file changed): new wins
     st.commit(path, _contents(), "float16")
     with st.open_store(path) as s:
         after = s.read("test")[0]
         assert s.encoded("test").tolist() == [0, 1, 2, 3]
         assert s.feature_dtype("test") == np.float16
-    np.testing.assert_array_equal(after[:2], before)
-    np.testing.assert_array_equal(after[2:], _chunk("test", [1, 2, 3], seed=2).features[1:].astype(np.float16))
+    np.testing.assert_array_equal(after[:1], before[:1])
+    np.testing.assert_array_equal(after[1:], _chunk("test", [1, 2, 3], seed=2).features.astype(np.float16))
 
 
 @pytest.mark.parametrize("block_rows", [1, 3, 1000])
@@ -115,10 +115,9 @@ def test_commit_streams_blocks_with_the_same_result(path, monkeypatch, block_row
         st.write_part(path, c)
     st.commit(path, _contents(n_train=8), "float32")
     expected_f, expected_a = {}, {}
-    for c in first + later:  # the committed copy of a repeat wins
+    for c in first + later:  # a repeat was re-encoded: the newer copy wins
         for i, f, a in zip(c.indices.tolist(), c.features, c.aug_features, strict=False):
-            expected_f.setdefault(i, f)
-            expected_a.setdefault(i, a)
+            expected_f[i], expected_a[i] = f, a
     with st.open_store(path) as s:
         assert s.encoded("train").tolist() == list(range(8))
         feats, _, aug = s.read("train", aug=True)
@@ -200,7 +199,8 @@ def test_lock_dies_with_its_process(path):
 
 def test_find_and_describe(path):
     st.write_part(path, _chunk("train", [0, 1, 2], views=2))
-    st.commit(path, _contents(attrs={"dataset": "toy", "model": "tiny", "dtype": "float16", "aug_views": 2}), "float16")
+    attrs = {"dataset": "toy", "model": "tiny", "logit_scale": 100.0, "dtype": "float16", "aug_views": 2}
+    st.commit(path, _contents(attrs=attrs), "float16")
     st.write_part(path, _chunk("test", [0]))  # an unfinished extraction
     assert st.find_stores(path.parent.parent.parent) == [path]
     d = st.describe(path)

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from cacheclip.common import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from cacheclip.errors import ConfigError
+from cacheclip.errors import ConfigError, require_writable_dir
 from cacheclip.features.extract import ExtractConfig
+from cacheclip.features.models import resolve_device
 from cacheclip.fit.methods import get_method, list_methods
 from cacheclip.fit.stage import FitConfig
 from cacheclip.settings import build, changed, convert, from_text, setting, settings_of, to_text
@@ -40,8 +41,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-_EXTRACT_KEYS = ("templates", "aug_views", "workers", "batch_size", "precision")  # extract-only settings
-_FIT_KEYS = ("views", "no_val", "results_dir")  # fit-only settings
+_EXTRACT_KEYS = ("templates", "preprocess", "aug_views", "workers", "batch_size", "precision")  # extract-only settings
+_FIT_KEYS = ("views", "no_val", "protocol", "epoch", "results_dir")  # fit-only settings
 _SHARED_KEYS = ("shots", "seeds", "cache_dir")  # both stages
 # Keys of batch files written before per-method tables: CLIP-Adapter's settings at the top level.
 _LEGACY_KEYS = {"adapter": "adapter", "alphas": "alphas", "betas": "betas", "epochs": "epochs", "lr": "lr"}
@@ -106,6 +107,10 @@ class BatchConfig:
         for method in self.methods:
             replace(self.fit, method=method, method_config=self.method_config(method)).validate()
         self.extract.validate()
+        if self.device != "auto":
+            resolve_device(self.device)  # "tpu", or cuda on a machine without one
+        require_writable_dir(self.cache_dir, "cache_dir")
+        require_writable_dir(self.fit.results_dir, "results_dir")
 
 
 # ---------------------------------------------------------------- reading values

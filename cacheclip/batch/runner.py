@@ -119,9 +119,11 @@ def fit_config(config: BatchConfig, method: str, device: str = "cpu"):
 
 
 def plan_batch(config: BatchConfig) -> list[PlanItem]:
-    """Every (model, dataset) unit with what is left to do; errors are recorded, not raised."""
+    """Every (model, dataset) unit with what is left to do; errors of a unit are recorded,
+    not raised. The config is validated as the real run validates it."""
     from cacheclip.features.models import resolve_model
 
+    config.validate()
     items = []
     for spec in config.models:
         try:
@@ -162,7 +164,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     """
     from cacheclip.datasets.templates import get_templates
     from cacheclip.features.extract import items_to_encode, store_identity
-    from cacheclip.features.store import open_store, parts_dir
+    from cacheclip.features.store import check_identity, open_store, parts_dir
 
     cfg = extract_config(config)
     if not path.is_file():
@@ -173,9 +175,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     # on a GPU serves a CPU fit as it is; its results record the precision)
     wanted = {k: v for k, v in store_identity(ds, ref, cfg, "fp32").items() if k != "precision"}
     with open_store(path) as store:
-        differ = [k for k, v in wanted.items() if store.attrs.get(k) != v]
-        if differ:
-            return f"store built from other inputs ({', '.join(differ)})"
+        check_identity(path, store.attrs, wanted)  # the error the real extraction would give
         have = {s: set(store.encoded(s).tolist()) for s in store.splits}
         missing = {s: len(items) for s, items in items_to_encode(ds, cfg, have).items()}
         text = store.templates != list(get_templates(cfg.templates, ds.name))

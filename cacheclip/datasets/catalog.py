@@ -11,6 +11,7 @@ Readers for the split formats, and ``load_dataset``, live in ``cacheclip.dataset
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ class DatasetSplits:
     test: tuple[Item, ...]
     split_sha256: str  # sha256 over the bytes of every file that defines the split
     split_source: str  # human description, e.g. "split_zhou_EuroSAT.json"
+    class_ids: tuple[str, ...] = ()  # ImageNet family: each label's wnid (matches a shift set's classes to ImageNet's)
 
     def split(self, name: str) -> tuple[Item, ...]:
         """The items of split ``name`` ("train", "val" or "test")."""
@@ -71,6 +73,7 @@ class DatasetSpec:
     layout: tuple[str, ...] = ()  # expected paths relative to `folder`, shown in errors
     template_key: str = ""  # key of templates.DATASET_TEMPLATES; "" means `name`
     aliases: tuple[str, ...] = ()  # other accepted spellings (matched case/punctuation-insensitively)
+    shift_of: str = ""  # test-only distribution-shift sets: the dataset whose classifier they test, e.g. "imagenet"
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}  # canonical name -> spec, in registration order
@@ -206,10 +209,85 @@ for _spec in (
 
 COOP11 = tuple(_REGISTRY)  # the 11 CoOp datasets in the CoOp order
 
+# ImageNet's distribution-shift test sets in CoOp's layouts (DATASETS.md). Each folder holds a copy
+# of ImageNet's classnames.txt; labels are ImageNet's class order restricted to the set's classes
+# (V2: label = the integer folder name, all 1000 classes; Sketch: all 1000 by wnid; A and R: the
+# 200 wnid folders present, in ImageNet order), so a classifier fitted on ImageNet is matched by wnid.
+for _spec in (
+    DatasetSpec(
+        name="imagenet-v2",
+        folder="imagenetv2",
+        image_root="imagenetv2-matched-frequency-format-val",
+        loader="imagenet-v2",
+        layout=("imagenetv2-matched-frequency-format-val/<class index 0..999>/<image>.jpeg", "classnames.txt"),
+        template_key="imagenet",
+        aliases=("ImageNet-V2", "ImageNetV2-matched-frequency"),
+        shift_of="imagenet",
+    ),
+    DatasetSpec(
+        name="imagenet-sketch",
+        folder="imagenet-sketch",
+        image_root="images",
+        loader="imagenet-wnids",
+        layout=("images/<wnid>/<image>.JPEG", "classnames.txt"),
+        template_key="imagenet",
+        aliases=("ImageNet-Sketch", "imagenet_sketch", "sketch"),
+        shift_of="imagenet",
+    ),
+    DatasetSpec(
+        name="imagenet-a",
+        folder="imagenet-adversarial",
+        image_root="imagenet-a",
+        loader="imagenet-wnid-subset",
+        layout=("imagenet-a/<wnid>/<image>.jpg", "classnames.txt"),
+        template_key="imagenet",
+        aliases=("ImageNet-A", "imagenet_a", "imagenet-adversarial"),
+        shift_of="imagenet",
+    ),
+    DatasetSpec(
+        name="imagenet-r",
+        folder="imagenet-rendition",
+        image_root="imagenet-r",
+        loader="imagenet-wnid-subset",
+        layout=("imagenet-r/<wnid>/<image>.jpg", "classnames.txt"),
+        template_key="imagenet",
+        aliases=("ImageNet-R", "imagenet_r", "imagenet-renditions"),
+        shift_of="imagenet",
+    ),
+):
+    register_dataset(_spec)
+
+IMAGENET_SHIFT = ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")  # in the order of CoOp's table
+
+# Group names accepted wherever a list of datasets is ('all' is computed: see expand_group).
+DATASET_GROUPS: dict[str, tuple[str, ...]] = {"coop11": COOP11, "imagenet-shift": IMAGENET_SHIFT}
+
 
 def list_datasets() -> list[str]:
     """Canonical names of all registered datasets: the 11 CoOp ones first, in CoOp order."""
     return list(_REGISTRY)
+
+
+def is_shift_set(name: str) -> bool:
+    """True for a test-only distribution-shift set (no train, no val), e.g. 'imagenet-sketch'."""
+    canonical = resolve_name(name)
+    return not canonical.startswith(IMAGEFOLDER_PREFIX) and bool(_REGISTRY[canonical].shift_of)
+
+
+def expand_group(name: str) -> list[str] | None:
+    """The datasets of a group name, or None when ``name`` is not a group.
+
+    'all': every registered dataset one can fit on (the shift sets are test-only, so left out);
+    'coop11': the 11 CoOp datasets; 'imagenet-shift': ImageNet-V2, -Sketch, -A and -R.
+    Matched case/punctuation-insensitively ('ImageNet_Shift').
+    """
+    key = _norm(name)
+    if key == "all":
+        return [n for n, spec in _REGISTRY.items() if not spec.shift_of]
+    for group, members in DATASET_GROUPS.items():
+        if key == _norm(group):
+            return list(members)
+    return None
 
 
 def resolve_name(name: str) -> str:
@@ -225,7 +303,8 @@ def resolve_name(name: str) -> str:
     if canonical is None:
         raise UnknownNameError(
             f"unknown dataset '{name}'. Available: {', '.join(_REGISTRY)}",
-            "use one of those names, 'all', or imagefolder:<path> for your own class folders",
+            "use one of those names, a group where a list is accepted ("
+            f"all, {', '.join(DATASET_GROUPS)}), or imagefolder:<path> for your own class folders",
         )
     return canonical
 
@@ -242,7 +321,8 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 
 def expand_names(names: Sequence[str] | str) -> list[str]:
-    """Canonical names from a list of names, comma-separated strings, 'all' or 'coop11'.
+    """Canonical names from a list of names, comma-separated strings and group names
+    ('all', 'coop11', 'imagenet-shift': see ``expand_group``).
 
     Order is kept and duplicates dropped: ``["EuroSAT,dtd", "eurosat"] -> ["eurosat", "dtd"]``.
     """
@@ -254,12 +334,7 @@ def expand_names(names: Sequence[str] | str) -> list[str]:
             raw = raw.strip()
             if not raw:
                 continue
-            if _norm(raw) == "all":
-                expanded = list_datasets()
-            elif _norm(raw) == "coop11":
-                expanded = list(COOP11)
-            else:
-                expanded = [resolve_name(raw)]
+            expanded = expand_group(raw) or [resolve_name(raw)]
             out.extend(n for n in expanded if n not in out)
     return out
 
@@ -293,11 +368,24 @@ def imagefolder_path(name: str) -> Path:
 
 def store_name(name: str) -> str:
     """The name a dataset's feature store and results go by: the canonical name, or
-    ``imagefolder-<folder name>`` for ``imagefolder:<path>`` (as ``load_dataset`` names it)."""
+    ``imagefolder_store_name`` for ``imagefolder:<path>`` (as ``load_dataset`` names it)."""
     canonical = resolve_name(name)
     if canonical.startswith(IMAGEFOLDER_PREFIX):
-        return f"imagefolder-{imagefolder_path(canonical).resolve().name}"
+        return imagefolder_store_name(imagefolder_path(canonical))
     return canonical
+
+
+def imagefolder_store_name(path: Path) -> str:
+    """``imagefolder-<folder name>-<hash of the resolved path>``: two folders of the same
+    name (``/a/images``, ``/b/images``) never share a store."""
+    resolved = Path(path).resolve()
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:8]
+    return f"imagefolder-{resolved.name}-{digest}"
+
+
+def legacy_imagefolder_store_name(path: Path) -> str:
+    """The name stores of image folders had before the path hash (cacheclip < 0.3)."""
+    return f"imagefolder-{Path(path).resolve().name}"
 
 
 def dataset_folder(name: str, data_root: Path) -> Path:
@@ -317,15 +405,24 @@ def expected_layout(spec: DatasetSpec, folder: Path) -> str:
 
 
 def check_images(ds: DatasetSplits, items: Sequence[Item]) -> None:
-    """Raise MissingImagesError unless every item's image file exists (os.path.exists each)."""
+    """Raise MissingImagesError unless every item's image is a regular file (one stat each,
+    following links): a FIFO listed in a split would block the reader forever."""
+    from cacheclip.datasets.listing import regular_file_problem, shown
+
     base = str(ds.image_root)
-    missing = [it.path for it in items if not os.path.exists(os.path.join(base, it.path))]
-    if not missing:
-        return
-    shown = ", ".join(missing[:3])
-    where = f"{ds.image_root}" + ("" if ds.image_root.is_dir() else " (which does not exist)")
-    raise MissingImagesError(
-        f"{len(missing)} of {len(items)} images listed in {ds.split_source} are missing under {where}, e.g. {shown}",
-        f"put the images of {ds.name} under {ds.image_root} in the layout of the split file "
-        f"(see CoOp's DATASETS.md), or point --root at the right data root",
-    )
+    problems = [(it.path, p) for it in items if (p := regular_file_problem(os.path.join(base, it.path)))]
+    missing = [path for path, p in problems if p == "missing"]
+    if missing:
+        where = f"{ds.image_root}" + ("" if ds.image_root.is_dir() else " (which does not exist)")
+        raise MissingImagesError(
+            f"{len(missing)} of {len(items)} images listed in {ds.split_source} are missing under {where}, "
+            f"e.g. {', '.join(missing[:3])}",
+            f"put the images of {ds.name} under {ds.image_root} in the layout of the split file "
+            f"(see CoOp's DATASETS.md), or point --root at the right data root",
+        )
+    if problems:
+        named = ", ".join(f"{shown(os.path.join(base, path))} ({p})" for path, p in problems[:3])
+        raise MissingImagesError(
+            f"{len(problems)} of {len(items)} images listed in {ds.split_source} are not regular files: {named}",
+            "replace each with its image file, or remove its line from the split file",
+        )

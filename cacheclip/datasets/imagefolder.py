@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 from cacheclip.common import IMAGE_SUFFIXES
-from cacheclip.datasets.catalog import SPLITS, DatasetSplits, Item
-from cacheclip.datasets.listing import files_in, sha256_files, subdirs
+from cacheclip.datasets.catalog import SPLITS, DatasetSplits, Item, imagefolder_store_name
+from cacheclip.datasets.listing import Skipped, files_in, sha256_files, subdirs
 from cacheclip.errors import ConfigError, DatasetLayoutError
 
 
@@ -40,6 +40,8 @@ def load_imagefolder(
     its sorted files are shuffled by ``random.Random(f"{seed}:{class name}")`` (so
     adding a class leaves the other classes' splits unchanged), then test and val
     fractions are cut off. split_sha256 covers the file listing (and the fractions/seed).
+    Odd entries (symlink loops, FIFOs, names that are not UTF-8...) are skipped and reported
+    in one ``SkippedFilesWarning``.
     """
     path = Path(path)
     if not path.is_dir():
@@ -53,16 +55,18 @@ def load_imagefolder(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be >= 0 and sum below 1",
             "use fractions such as 0.2 and 0.2",
         )
+    skipped = Skipped()
     if (path / "train").is_dir():
-        classnames, splits, how = _read_split_folders(path)
+        classnames, splits, how = _read_split_folders(path, skipped)
         extra = b""
     else:
-        classnames, splits = _read_class_folders(path, val_fraction, test_fraction, seed)
+        classnames, splits = _read_class_folders(path, val_fraction, test_fraction, seed, skipped)
         how = f"seeded split: val {val_fraction}, test {test_fraction}, seed {seed}"
         extra = f"val_fraction={val_fraction!r} test_fraction={test_fraction!r} seed={seed!r}".encode()
+    skipped.warn(path)
     listing = "\n".join(sorted(it.path for s in SPLITS for it in splits[s])).encode()
     return DatasetSplits(
-        name=f"imagefolder-{path.resolve().name}",
+        name=imagefolder_store_name(path),
         root=path,
         image_root=path,
         classnames=tuple(classnames),
@@ -81,20 +85,20 @@ def _no_images(path: Path) -> DatasetLayoutError:
     )
 
 
-def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], str]:
+def _read_split_folders(path: Path, skipped: Skipped) -> tuple[list[str], dict[str, list[Item]], str]:
     if not (path / "test").is_dir():
         raise DatasetLayoutError(
             f"image folder {path} has train/ but no test/",
             "add test/ (and optionally val/) with the same class folders as train/",
         )
-    classnames = subdirs(path / "train")
+    classnames = subdirs(path / "train", skipped)
     if not classnames:
         raise _no_images(path / "train")
     label_of = {c: i for i, c in enumerate(classnames)}
     splits: dict[str, list[Item]] = {}
     for split in SPLITS:
         split_dir = path / split
-        found = subdirs(split_dir) if split_dir.is_dir() else []
+        found = subdirs(split_dir, skipped if split != "train" else Skipped()) if split_dir.is_dir() else []
         unknown = [c for c in found if c not in label_of]
         if unknown:
             raise DatasetLayoutError(
@@ -102,7 +106,9 @@ def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], s
                 "every class folder in val/ and test/ must also exist in train/",
             )
         splits[split] = [
-            Item(f"{split}/{c}/{f}", label_of[c], c) for c in found for f in files_in(split_dir / c, IMAGE_SUFFIXES)
+            Item(f"{split}/{c}/{f}", label_of[c], c)
+            for c in found
+            for f in files_in(split_dir / c, IMAGE_SUFFIXES, skipped)
         ]
     if not splits["train"]:
         raise _no_images(path / "train")
@@ -110,9 +116,9 @@ def _read_split_folders(path: Path) -> tuple[list[str], dict[str, list[Item]], s
 
 
 def _read_class_folders(
-    path: Path, val_fraction: float, test_fraction: float, seed: int
+    path: Path, val_fraction: float, test_fraction: float, seed: int, skipped: Skipped
 ) -> tuple[list[str], dict[str, list[Item]]]:
-    per_class = {c: files_in(path / c, IMAGE_SUFFIXES) for c in subdirs(path)}
+    per_class = {c: files_in(path / c, IMAGE_SUFFIXES, skipped) for c in subdirs(path, skipped)}
     classnames = [c for c, files in per_class.items() if files]
     if not classnames:
         raise _no_images(path)

@@ -1,5 +1,6 @@
-"""Readers for the split formats: CoOp JSON, ImageNet folders, FGVC-Aircraft txt (image folders:
-``imagefolder``), and ``load_dataset``, which picks the reader by name.
+"""Readers for the split formats: CoOp JSON, ImageNet folders, ImageNet's shift sets (V2,
+Sketch, A, R: test only), FGVC-Aircraft txt (image folders: ``imagefolder``), and
+``load_dataset``, which picks the reader by name.
 
 Each registered loader takes ``(spec, dataset folder)`` and returns a ``DatasetSplits``
 whose ``split_sha256`` covers every file that defines the split, so a feature store
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable
 from pathlib import Path
 
+from cacheclip.common import IMAGE_SUFFIXES
 from cacheclip.datasets.catalog import (
     COOP_DATASETS_MD,
     DATA_ENV,
@@ -65,6 +68,17 @@ def _image_root(spec: DatasetSpec, folder: Path) -> Path:
     return folder / spec.image_root if spec.image_root else folder
 
 
+def _check_inside_root(path: str, source: str, where: str) -> None:
+    """Refuse a split-file path that leaves the image root: absolute, or with more ``..``
+    than folders above it (checked on the text: a link inside the root may point anywhere)."""
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    if "\0" in path or posixpath.isabs(normal) or normal == ".." or normal.startswith("../") or not path.strip():
+        raise DatasetLayoutError(
+            f"{source}: {where} has the path {path!r}, which is not inside the image root",
+            f"paths in {source} must be relative to the image root and stay inside it; fix or re-download {source}",
+        )
+
+
 # --------------------------------------------------------------------------- CoOp JSON
 
 
@@ -92,6 +106,7 @@ def _parse_split_json(obj: object, source: str) -> dict[str, list[Item]]:
                 raise DatasetLayoutError(
                     f"{source}: {split} item {i} is not [path, label >= 0, classname]: {row!r:.80}", hint
                 )
+            _check_inside_root(row[0], source, f"{split} item {i}")
             items.append(Item(row[0], row[1], row[2]))
         out[split] = items
     return out
@@ -208,7 +223,116 @@ def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
         test=tuple(splits["val"]),
         split_sha256=sha256_files([("classnames.txt", cls_bytes), ("listing", listing)]),
         split_source="classnames.txt + images/{train,val}/<wnid>/ listing",
+        class_ids=tuple(wnids["train"]),
     )
+
+
+# --------------------------------------------------------------------------- ImageNet shift sets
+
+
+def _imagenet_classes(spec: DatasetSpec, folder: Path) -> tuple[bytes, dict[str, str]]:
+    """(bytes, {wnid: name} in ImageNet's class order) of the set's copy of classnames.txt."""
+    data = _read_text(
+        folder / "classnames.txt",
+        spec,
+        folder,
+        f"copy ImageNet's classnames.txt (linked in CoOp's DATASETS.md) into {folder}",
+    )
+    return data, _read_wnid_names(data, f"{spec.folder}/classnames.txt")
+
+
+def _class_folders(spec: DatasetSpec, folder: Path) -> tuple[Path, list[str]]:
+    image_root = _image_root(spec, folder)
+    if not image_root.is_dir():
+        raise DatasetLayoutError(
+            f"{spec.name}: {image_root} not found; {expected_layout(spec, folder)}",
+            f"extract {spec.name} into {folder} as in CoOp's DATASETS.md ({COOP_DATASETS_MD})",
+        )
+    return image_root, subdirs(image_root)  # folders only: A's and R's README.txt is skipped
+
+
+def _test_only(
+    spec: DatasetSpec, folder: Path, wnid_names: dict[str, str], labels: list[str], items: list[Item], raw: bytes
+) -> DatasetSplits:
+    """A test-only split: class ``i`` is wnid ``labels[i]``; the hash covers classnames.txt and
+    every (path, label) pair, so a moved image or another class order changes it."""
+    if not items:
+        raise DatasetLayoutError(
+            f"{spec.name}: no images under {_image_root(spec, folder)}; {expected_layout(spec, folder)}",
+            f"extract {spec.name} into {folder} as in CoOp's DATASETS.md ({COOP_DATASETS_MD})",
+        )
+    listing = "\n".join(f"{it.path}\t{it.label}" for it in items).encode()
+    return DatasetSplits(
+        name=spec.name,
+        root=folder,
+        image_root=_image_root(spec, folder),
+        classnames=tuple(wnid_names[w] for w in labels),
+        train=(),
+        val=(),
+        test=tuple(items),
+        split_sha256=sha256_files([("classnames.txt", raw), ("listing", listing)]),
+        split_source=f"classnames.txt + {spec.layout[0].split('/')[0]}/ listing",
+        class_ids=tuple(labels),
+    )
+
+
+def load_imagenet_v2(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """ImageNet-V2 (matched frequency): folder ``<i>`` holds class ``i`` of ImageNet's order.
+
+    The label is the integer, never the position in a sorted listing (which puts '10' before
+    '2'); all classes of classnames.txt are kept, so the labels are ImageNet's.
+    """
+    raw, wnid_names = _imagenet_classes(spec, folder)
+    wnids = list(wnid_names)
+    image_root, names = _class_folders(spec, folder)
+    bad = [n for n in names if not (n.isdecimal() and str(int(n)) == n and int(n) < len(wnids))]
+    if bad:
+        raise DatasetLayoutError(
+            f"{spec.name}: class folders must be ImageNet class indices 0..{len(wnids) - 1}, got {', '.join(bad[:3])}",
+            f"use the matched-frequency release unchanged ({expected_layout(spec, folder)})",
+        )
+    have = set(names)
+    _require_every_class(spec, [str(i) for i in range(len(wnids)) if str(i) not in have], len(wnids))
+    items = [
+        Item(f"{n}/{f}", int(n), wnid_names[wnids[int(n)]])
+        for n in sorted(names, key=int)
+        for f in files_in(image_root / n, IMAGE_SUFFIXES)
+    ]
+    return _test_only(spec, folder, wnid_names, wnids, items, raw)
+
+
+def load_imagenet_wnids(spec: DatasetSpec, folder: Path) -> DatasetSplits:
+    """A shift set in ``<wnid>/`` folders. Labels follow ImageNet's class order (classnames.txt)
+    restricted to the wnids present; loader "imagenet-wnids" (Sketch) requires every class,
+    "imagenet-wnid-subset" (A, R: 200 classes) takes those present."""
+    raw, wnid_names = _imagenet_classes(spec, folder)
+    image_root, found = _class_folders(spec, folder)
+    unknown = [w for w in found if w not in wnid_names]
+    if unknown:
+        raise DatasetLayoutError(
+            f"{spec.name}: {len(unknown)} class folders have no line in classnames.txt, e.g. {', '.join(unknown[:3])}",
+            "copy ImageNet's classnames.txt (CoOp's DATASETS.md) into the dataset folder",
+        )
+    present = set(found)
+    if spec.loader == "imagenet-wnids":
+        _require_every_class(spec, [w for w in wnid_names if w not in present], len(wnid_names))
+    labels = [w for w in wnid_names if w in present]  # ImageNet order, not folder order
+    items = [
+        Item(f"{w}/{f}", label, wnid_names[w])
+        for label, w in enumerate(labels)
+        for f in files_in(image_root / w, IMAGE_SUFFIXES)
+    ]
+    return _test_only(spec, folder, wnid_names, labels, items, raw)
+
+
+def _require_every_class(spec: DatasetSpec, missing: list[str], total: int) -> None:
+    """A partial download would silently shrink the label space: refuse it."""
+    if missing:
+        raise DatasetLayoutError(
+            f"{spec.name}: {len(missing)} of the {total} classes of classnames.txt have no class folder, "
+            f"e.g. {', '.join(missing[:3])}",
+            f"re-extract {spec.name} completely (CoOp's DATASETS.md: {COOP_DATASETS_MD})",
+        )
 
 
 # --------------------------------------------------------------------------- FGVC-Aircraft
@@ -239,6 +363,7 @@ def load_fgvc(spec: DatasetSpec, folder: Path) -> DatasetSplits:
                     f"fgvc_aircraft: {source} line {n}: variant '{variant}' is not in variants.txt",
                     hint,
                 )
+            _check_inside_root(f"{image_id}.jpg", source, f"line {n}")
             items.append(Item(f"{image_id}.jpg", label_of[variant], variant))
         splits[split] = items
     return DatasetSplits(
@@ -258,6 +383,9 @@ LOADERS: dict[str, Callable[[DatasetSpec, Path], DatasetSplits]] = {
     "json": load_json_split,
     "imagenet": load_imagenet,
     "fgvc": load_fgvc,
+    "imagenet-v2": load_imagenet_v2,
+    "imagenet-wnids": load_imagenet_wnids,
+    "imagenet-wnid-subset": load_imagenet_wnids,
 }
 
 

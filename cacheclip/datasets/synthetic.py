@@ -66,6 +66,14 @@ _POOLS: dict[str, list[tuple[str, str]]] = {
         ("n01496331", "electric ray"),
         ("n01498041", "stingray"),
         ("n01514668", "rooster"),
+        ("n01514859", "hen"),
+        ("n01518878", "ostrich"),
+        ("n01530575", "brambling"),
+        ("n01531178", "goldfinch"),
+        ("n01532829", "house finch"),
+        ("n01534433", "junco"),
+        ("n01537544", "indigo bunting"),
+        ("n01558993", "American robin"),
     ],
     "caltech101": [
         ("Faces", "face"),
@@ -260,7 +268,9 @@ def make_dataset(
     """Write a fake ``name`` dataset under ``data_root`` in its real layout; return its folder.
 
     ``n_*`` are images per class. ImageNet has no val (its val/ folder is the test set),
-    so it uses ``n_test`` for val/ and ignores ``n_val``.
+    so it uses ``n_test`` for val/ and ignores ``n_val``. ImageNet's shift sets (V2, Sketch,
+    A, R) are test only: ``n_classes`` is the ImageNet they shift (use the same value for
+    both), ``n_test`` images per kept class; A and R keep a subset of the classes.
     """
     name = resolve_name(name)
     spec = get_dataset_spec(name)
@@ -268,6 +278,8 @@ def make_dataset(
     image_root = folder / spec.image_root if spec.image_root else folder
     rng = random.Random(f"{seed}:{name}")
     np_rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    if spec.shift_of == "imagenet":
+        return _make_imagenet_shift(name, folder, image_root, n_classes, n_test, image_size, rng, np_rng)
     classes = _classes(name, n_classes)
     square = name in _SQUARE
     if name == "imagenet":
@@ -304,6 +316,55 @@ def make_dataset(
         for s in ("train", "val", "test")
     }
     (folder / spec.split_file).write_text(json.dumps(split, indent=4))
+    return folder
+
+
+# --------------------------------------------------------------------------- ImageNet shift sets
+
+# Which of ImageNet's labels a generated A or R keeps (the real ones keep 200 of 1000): neither a
+# prefix nor the same set, so matching the classes by wnid is exercised.
+_SHIFT_SUBSETS: dict[str, Callable[[int], bool]] = {
+    "imagenet-a": lambda label: label % 2 == 1,
+    "imagenet-r": lambda label: label % 3 != 0,
+}
+
+
+def _shift_path(name: str, label: int, wnid: str, number: int) -> str:
+    if name == "imagenet-v2":  # the folder is the class index; file names are content hashes
+        return f"{label}/{zlib.crc32(str(number).encode()):08x}{number}.jpeg"
+    if name == "imagenet-sketch":
+        return f"{wnid}/sketch_{number}.JPEG"
+    return f"{wnid}/{number:04d}_{wnid}.jpg"
+
+
+def _make_imagenet_shift(
+    name: str,
+    folder: Path,
+    image_root: Path,
+    n_classes: int,
+    n_test: int,
+    image_size: int,
+    rng: random.Random,
+    np_rng: np.random.Generator,
+) -> Path:
+    """A test-only shift set of the ImageNet that ``make_dataset("imagenet", n_classes=...)`` writes:
+    the same classes (classnames.txt), each image drawn like its ImageNet class (Sketch in grey),
+    A and R with a class subset and a README.txt beside the class folders."""
+    classes = sorted(_classes("imagenet", n_classes))  # ImageNet's label order
+    keep = _SHIFT_SUBSETS.get(name, lambda label: True)
+    numbers = iter(rng.sample(range(1, 10 * n_classes * n_test + 10), n_classes * n_test))
+    for label, (wnid, _) in enumerate(classes):
+        if not keep(label):
+            continue
+        for _ in range(n_test):
+            image = class_image(label, n_classes, _size(False, image_size, rng), np_rng)
+            if name == "imagenet-sketch":
+                image = image.convert("L").convert("RGB")
+            _save(image, image_root / _shift_path(name, label, wnid, next(numbers)))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in classes))
+    if name in _SHIFT_SUBSETS:
+        (image_root / "README.txt").write_text(f"{name}: {sum(map(keep, range(n_classes)))} classes\n")
     return folder
 
 

@@ -7,7 +7,6 @@ ran in another worker order (REFERENCE section 7).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from cacheclip.common import COOP_CROP_SCALE
+from cacheclip.features.preprocess import view_generator  # one seeding for both protocols
 
 COOP_SCALE = COOP_CROP_SCALE  # Dassl/CoOp random_resized_crop (the default)
 TIP_SCALE = (0.5, 1.0)  # Tip-Adapter's cache augmentation
@@ -37,11 +37,6 @@ class AugmentConfig:
             "aug_ratio": [round(r, 6) for r in self.ratio],
             "aug_seed": self.seed,
         }
-
-
-def view_generator(seed: int, path: str, view: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}\0{path}\0{view}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def crop_box(width: int, height: int, cfg: AugmentConfig, g: torch.Generator) -> tuple[int, int, int, int]:

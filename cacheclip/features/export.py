@@ -7,14 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from cacheclip.common import atomic_path
+from cacheclip.errors import ConfigError
 from cacheclip.features.store import open_store
 
 
-def export_split(store: Path, split: str, out: Path) -> dict[str, tuple[int, ...]]:
+def export_split(store: Path, split: str, out: Path, expect: dict | None = None) -> dict[str, tuple[int, ...]]:
     """Write ``features`` (N, D) clean view, ``labels`` (N,), ``paths`` (N,), ``classnames`` (K,),
     ``text_features`` (T, K, D), ``text_ensemble`` (K, D), ``templates`` (T,) and, for train with
     augmented views, ``aug_features`` (V, N, D). Returns the array shapes."""
-    with open_store(store) as s:
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder", f"give a file name, e.g. --out {Path(out) / 'features.npz'}")
+    with open_store(store, expect) as s:
         features, labels, aug = s.read(split, aug=True)
         paths = np.array(s.listing(split).paths, dtype=object)[s.encoded(split)].astype(str)
         per_template, ensemble = s.text_features()

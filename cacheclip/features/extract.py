@@ -6,7 +6,9 @@ committed on their own (see ``store``), so it is incremental and resumable.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,18 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from cacheclip.common import package_versions
-from cacheclip.datasets.catalog import SPLITS, DatasetSplits, check_images
+from cacheclip.common import file_stats, package_versions, write_atomic
+from cacheclip.datasets.catalog import IMAGEFOLDER_PREFIX, SPLITS, DatasetSplits, check_images
+from cacheclip.datasets.check import check_items
 from cacheclip.datasets.fewshot import needed_train_indices
 from cacheclip.datasets.layouts import load_dataset
 from cacheclip.datasets.templates import format_prompts, get_templates
-from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError
+from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError, require_writable_dir
 from cacheclip.features import pipeline
 from cacheclip.features import store as st
 from cacheclip.features.augment import COOP_SCALE, AugmentConfig
 from cacheclip.features.cpu_plan import CpuPlan
 from cacheclip.features.distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
+from cacheclip.features.freshness import changed_items
 from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text
+from cacheclip.features.preprocess import PROTOCOLS, with_protocol
 from cacheclip.settings import setting
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
@@ -68,6 +73,9 @@ class ExtractConfig:
     batch_size: int = setting(64, "images per forward pass", flag="--batch-size")
     workers: int = setting(default_workers(), "image-decoding processes", flag="--workers")
     precision: str = setting("auto", "auto (amp on CUDA, fp32 on CPU), fp32 or amp", flag="--precision")
+    preprocess: str = setting(
+        "default", "default (shorter side + centre crop) or coop-2021 (CoOp before 9 Oct 2021)", flag="--preprocess"
+    )
 
     @property
     def augment(self) -> AugmentConfig:
@@ -90,6 +98,13 @@ class ExtractConfig:
                 f"--aug-scale {self.aug_scale} is not a crop scale range",
                 "two numbers 0 < lo <= hi <= 1, e.g. --aug-scale 0.08,1",
             )
+        if self.preprocess not in PROTOCOLS:
+            raise ConfigError(f"--preprocess {self.preprocess} is not supported", f"use {' or '.join(PROTOCOLS)}")
+        if self.preprocess == "coop-2021" and tuple(self.aug_scale) != tuple(COOP_SCALE):
+            raise ConfigError(
+                "--aug-scale does not apply to --preprocess coop-2021 (its views translate, they do not crop)",
+                "leave --aug-scale out",
+            )
 
 
 @dataclass
@@ -100,6 +115,8 @@ class ExtractSummary:
     total: dict[str, int] = field(default_factory=dict)  # images with features per split
     text_updated: bool = False
     seconds: float = 0.0
+    changed: dict[str, int] = field(default_factory=dict)  # items re-encoded because their file changed
+    notes: list[str] = field(default_factory=list)  # what was repaired on the way, for the user
 
     @property
     def images_per_second(self) -> float:
@@ -134,6 +151,8 @@ def store_identity(ds: DatasetSplits, model: LoadedModel | ModelRef, cfg: Extrac
         "precision": precision,
         **cfg.augment.attrs(),
     }
+    if "preprocess" in identity:  # the protocol is part of it, so the two never mix in one store
+        identity["preprocess"] = with_protocol(identity["preprocess"], cfg.preprocess)
     # lists are stored as JSON text in HDF5 attributes; compare them in that form
     return {k: st.json_attr(v) if isinstance(v, (list, dict)) else v for k, v in identity.items()}
 
@@ -165,7 +184,7 @@ def _encode_todo(
     done = {s: 0 for s in SPLITS if todo.get(s)}
     if not done:
         return done
-    reader = pipeline.image_reader(ds, todo, loaded, cfg.augment)
+    reader = pipeline.image_reader(ds, todo, loaded, cfg.augment, cfg.preprocess)
     plan = CpuPlan(loaded.device, cfg.workers)
     buffer: list[tuple] = []
     pending: Future | None = None
@@ -191,7 +210,8 @@ def _encode_todo(
                 if forwards >= CHUNK_FORWARDS or done[split] == len(todo[split]):
                     if pending is not None:  # batches never mix splits, and a split's end flushes
                         pending.result()
-                    pending = writer.submit(st.write_part, path, _to_chunk(split, buffer, cfg.dtype))
+                    chunk = _to_chunk(ds, split, buffer, cfg.dtype)
+                    pending = writer.submit(st.write_part, path, chunk)
                     buffer = []
                 if progress:
                     progress(split, done[split], len(todo[split]))
@@ -202,21 +222,29 @@ def _encode_todo(
     return done
 
 
-def _to_chunk(split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
+def _to_chunk(ds: DatasetSplits, split: str, buffer: list[tuple], dtype: str) -> st.Chunk:
+    """The buffered batches as one chunk, with the size and mtime of each file just read."""
     aug = None if buffer[0][2] is None else np.concatenate([b[2] for b in buffer]).astype(dtype)
-    return st.Chunk(
-        split, np.concatenate([b[0] for b in buffer]), np.concatenate([b[1] for b in buffer]).astype(dtype), aug
-    )
+    indices = np.concatenate([b[0] for b in buffer])
+    items = ds.split(split)
+    stats = np.asarray(file_stats(ds.image_root, [items[i].path for i in indices]), dtype=np.int64)
+    return st.Chunk(split, indices, np.concatenate([b[1] for b in buffer]).astype(dtype), aug, stats)
 
 
-def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
+def _check_parts_identity(path: Path, identity: dict, will_write: bool, notes: list[str]) -> None:
     """Parts left by a killed run must come from the same inputs as this run. The marker
-    is written only when this run will write parts (a no-op rerun must not touch the store)."""
+    is written only when this run will write parts (a no-op rerun must not touch the store).
+    An unreadable marker (a full disk while an older version wrote it) leaves the parts'
+    inputs unknown: they are removed (only a cache) and their items encoded again."""
     marker = st.parts_dir(path) / "identity.json"
-    if marker.exists():
-        import json
-
-        recorded = json.loads(marker.read_text())
+    recorded = _read_marker(marker)
+    if recorded is None and marker.exists():
+        count = len(list(st.parts_dir(path).glob("*.h5")))
+        shutil.rmtree(st.parts_dir(path))
+        notes.append(
+            f"{marker} was unreadable: its {count} chunks of unknown inputs were removed and are encoded again"
+        )
+    if recorded is not None:
         try:
             st.check_identity(path, recorded, identity)
         except StoreMismatchError as e:
@@ -225,8 +253,15 @@ def _check_parts_identity(path: Path, identity: dict, will_write: bool) -> None:
                 f"rerun with the same options, or delete {st.parts_dir(path)}",
             ) from None
     elif will_write:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(st.json_attr(identity))
+        write_atomic(marker, st.json_attr(identity))
+
+
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        recorded = json.loads(marker.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def extract_dataset(
@@ -243,6 +278,7 @@ def extract_dataset(
     rank 0, which alone holds the writer lock, encodes the text and commits.
     """
     cfg.validate()
+    require_writable_dir(cfg.cache_dir, "--cache-dir")
     start = time.perf_counter()
     ds = load_dataset(dataset, data_root)
     precision = resolve_precision(cfg.precision, loaded.device)
@@ -252,13 +288,18 @@ def extract_dataset(
     summary = ExtractSummary(dataset=ds.name, store=path)
     with ExitStack() as held:
         on_main(dist, lambda: held.enter_context(st.writer_lock(path)))
-        have, old_text = _store_state(path, identity, templates)
+        have, old_text, changed = _store_state(path, identity, templates, ds)
+        summary.changed = {s: len(v) for s, v in changed.items() if v}
+        on_main(dist, lambda: _check_parts_identity(path, identity, False, summary.notes))
+        on_main(dist, lambda: summary.notes.extend(st.set_aside_damaged_parts(path)))
         staged = st.staged_indices(path)
         for split, done in staged.items():
             have[split] |= done
         todo = items_to_encode(ds, cfg, have)
-        on_main(dist, lambda: _check_parts_identity(path, identity, will_write=any(todo.values())))
-        check_images(ds, [ds.split(s)[i] for s in SPLITS for i in todo[s]])
+        on_main(dist, lambda: _check_parts_identity(path, identity, any(todo.values()), summary.notes))
+        planned = [ds.split(s)[i] for s in SPLITS for i in todo[s]]
+        check_images(ds, planned)  # missing files, FIFOs and other non-files, named
+        check_items(ds, planned)  # and every header decodes: fail before any encoding
         error = None
         try:
             mine = {s: shard(todo[s], dist) for s in SPLITS}
@@ -287,15 +328,17 @@ def items_to_encode(ds: DatasetSplits, cfg: ExtractConfig, have: dict[str, set[i
     return {s: [i for i in want if i not in have.get(s, ())] for s, want in planned_items(ds, cfg).items()}
 
 
-def _store_state(path: Path, identity: dict, templates: list[str]):
-    """(item indices with features per split, text features if the templates match) of the
-    committed store; checks the store was built from the same inputs."""
+def _store_state(path: Path, identity: dict, templates: list[str], ds: DatasetSplits):
+    """(item indices with current features per split, text features if the templates match,
+    items whose file changed since encoding) of the committed store; checks the store was
+    built from the same inputs."""
     if not path.is_file():
-        return {s: set() for s in SPLITS}, None
+        return {s: set() for s in SPLITS}, None, {}
     with st.open_store(path) as old:
         st.check_identity(path, old.attrs, identity)
-        have = {s: set(old.encoded(s).tolist()) for s in SPLITS}
-        return have, (old.text_features() if old.templates == templates else None)
+        changed = changed_items(old, str(ds.image_root))
+        have = {s: set(old.encoded(s).tolist()) - set(changed.get(s, ())) for s in SPLITS}
+        return have, (old.text_features() if old.templates == templates else None), changed
 
 
 def _encode_text(
@@ -307,6 +350,13 @@ def _encode_text(
     if progress:
         progress("text", len(templates), len(templates))
     return per_template.numpy(), ensemble.numpy()
+
+
+def source_attrs(ds: DatasetSplits) -> dict[str, str]:
+    """Where to read the dataset again (fit compares the split and the files with the store)."""
+    if ds.name.startswith("imagefolder-"):
+        return {"dataset_source": f"{IMAGEFOLDER_PREFIX}{ds.image_root.resolve()}", "data_root": ""}
+    return {"dataset_source": ds.name, "data_root": str(ds.root.parent)}
 
 
 def _contents(
@@ -322,10 +372,13 @@ def _contents(
         {
             "split_source": ds.split_source,
             "image_root": str(ds.image_root),
+            **source_attrs(ds),
             "templates_spec": cfg.templates,
+            "preprocess_protocol": cfg.preprocess,
             "logit_scale": loaded.logit_scale,
             "embed_dim": loaded.embed_dim,
             "checkpoint_path": loaded.checkpoint_path or "",
+            "state_sha256": loaded.state_sha256,
             "model_config_path": loaded.ref.config_path or "",
             **{f"{k}_version": v for k, v in package_versions().items() if k in ("open_clip", "torch")},
         }

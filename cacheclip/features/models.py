@@ -9,6 +9,7 @@ or ``none`` for random weights). ``load_model`` resolves both into a
 from __future__ import annotations
 
 import difflib
+import functools
 import gc
 import hashlib
 import json
@@ -86,6 +87,17 @@ class LoadedModel:
     model_id = property(lambda self: self.ref.model_id)
     weights_id = property(lambda self: self.ref.weights_id)
     checkpoint_path = property(lambda self: self.ref.checkpoint_path)
+
+    @functools.cached_property
+    def state_sha256(self) -> str:
+        """SHA-256 over every parameter and buffer (name, dtype, shape, bytes): identifies the
+        weights actually loaded, whatever their source (a tag, a file, or random init)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            values = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+        return digest.hexdigest()
 
     def identity(self) -> dict[str, Any]:
         """Everything about the model that changes the bytes of its features."""

@@ -36,6 +36,7 @@ class Chunk:
     indices: np.ndarray  # (M,) item indices into the split listing
     features: np.ndarray  # (M, D)
     aug_features: np.ndarray | None  # (M, V, D) or None
+    stats: np.ndarray | None = None  # (M, 2) int64 size and mtime (ns) of each item's file
 
 
 def write_part(path: Path, chunk: Chunk) -> Path:
@@ -43,12 +44,14 @@ def write_part(path: Path, chunk: Chunk) -> Path:
     folder = parts_dir(path)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{chunk.split}-{int(chunk.indices[0]):09d}-{uuid.uuid4().hex[:8]}.h5"
+    arrays = {"indices": chunk.indices.astype(np.int64), "features": chunk.features}
+    arrays.update(
+        {k: v for k, v in (("aug_features", chunk.aug_features), ("item_stats", chunk.stats)) if v is not None}
+    )
     with atomic_path(final, fsync=True) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["split"] = chunk.split
-        f["indices"] = chunk.indices.astype(np.int64)
-        f["features"] = chunk.features
-        if chunk.aug_features is not None:
-            f["aug_features"] = chunk.aug_features
+        for name, values in arrays.items():
+            f.create_dataset(name, data=values, fletcher32=bool(values.size))  # a damaged part is refused
     return final
 
 
@@ -63,13 +66,31 @@ def read_part(part: Path, with_features: bool) -> Chunk | None:
                 return None
             if not with_features:  # cheap: arrays of the right shape holding no data (one zero each)
                 shape_only = {
-                    k: np.broadcast_to(np.float32(0), f[k].shape) for k in ("features", "aug_features") if k in f
+                    k: np.broadcast_to(np.float32(0), f[k].shape)
+                    for k in ("features", "aug_features", "item_stats")
+                    if k in f
                 }
-                return Chunk(split, indices, shape_only["features"], shape_only.get("aug_features"))
-            aug = f["aug_features"][()] if "aug_features" in f else None
-            return Chunk(split, indices, f["features"][()], aug)
+                return Chunk(
+                    split, indices, shape_only["features"], shape_only.get("aug_features"), shape_only.get("item_stats")
+                )
+            optional = [f[k][()] if k in f else None for k in ("aug_features", "item_stats")]
+            features = f["features"][()]
+            if not np.isfinite(features).all():
+                return None
+            return Chunk(split, indices, features, *optional)
     except (OSError, KeyError, ValueError):
         return None
+
+
+def set_aside_damaged_parts(path: Path) -> list[str]:
+    """Rename every unreadable part (a full disk, flipped bytes) to ``*.damaged``, out of the
+    way of the merge (commit deletes it); their items are encoded again. One note per part."""
+    notes = []
+    for part in sorted(parts_dir(path).glob("*.h5")):
+        if read_part(part, True) is None:
+            part.rename(part.with_name(part.name + ".damaged"))
+            notes.append(f"part {part.name} was unreadable: set aside, its items are encoded again")
+    return notes
 
 
 def read_parts(path: Path) -> list[Chunk]:

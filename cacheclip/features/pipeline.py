@@ -8,11 +8,13 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 
+from cacheclip.common import die_with_parent
 from cacheclip.datasets.catalog import SPLITS, DatasetSplits, Item
+from cacheclip.datasets.listing import UnreadableImageError, read_rgb
 from cacheclip.features.augment import AugmentConfig, AugmentedViews
 from cacheclip.features.models import LoadedModel, encode_images
+from cacheclip.features.preprocess import Coop2021Views, clean_transform
 
 Work = list[tuple[str, int, Item]]  # (split, index in the split, item), in SPLITS order
 
@@ -22,7 +24,7 @@ class ImageReader(torch.utils.data.Dataset):
     a bad file is reported, not raised, so the main process can name it cleanly (worker
     exceptions arrive as mangled tracebacks)."""
 
-    def __init__(self, ds: DatasetSplits, work: Work, transform, views: AugmentedViews | None):
+    def __init__(self, ds: DatasetSplits, work: Work, transform, views: AugmentedViews | Coop2021Views | None):
         self.root, self.work, self.transform, self.views = str(ds.image_root), work, transform, views
 
     def __len__(self) -> int:
@@ -31,13 +33,13 @@ class ImageReader(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         split, index, item = self.work[i]
         try:
-            with Image.open(os.path.join(self.root, item.path)) as im:
-                image = im.convert("RGB")
+            image = read_rgb(os.path.join(self.root, item.path))  # regular files only: a FIFO would block
             clean = self.transform(image)
             aug = self.views(image, item.path) if self.views and split == "train" else torch.zeros(0)
             return split, index, clean, aug, ""
         except Exception as e:  # PIL raises many types for broken files
-            return split, index, torch.zeros(0), torch.zeros(0), f"{type(e).__name__}: {e}"
+            why = str(e) if isinstance(e, UnreadableImageError) else f"{type(e).__name__}: {e}"
+            return split, index, torch.zeros(0), torch.zeros(0), why
 
 
 def _collate(batch):
@@ -63,12 +65,25 @@ def split_batches(work: Work, batch_size: int) -> list[list[int]]:
 
 
 def image_reader(
-    ds: DatasetSplits, todo: dict[str, list[int]], loaded: LoadedModel, augment: AugmentConfig
+    ds: DatasetSplits,
+    todo: dict[str, list[int]],
+    loaded: LoadedModel,
+    augment: AugmentConfig,
+    preprocess: str = "default",
 ) -> ImageReader:
-    """The planned items of every split, in SPLITS order, decoded the model's way."""
+    """The planned items of every split, in SPLITS order, decoded the model's way with the
+    transforms of the ``preprocess`` protocol (``preprocess.PROTOCOLS``)."""
     work = [(s, i, ds.split(s)[i]) for s in SPLITS for i in todo.get(s, [])]
-    views = AugmentedViews(augment, loaded.preprocess) if augment.views and todo.get("train") else None
-    return ImageReader(ds, work, loaded.val_transform, views)
+    views = train_views(preprocess, augment, loaded) if augment.views and todo.get("train") else None
+    return ImageReader(ds, work, clean_transform(preprocess, loaded.preprocess, loaded.val_transform), views)
+
+
+def train_views(preprocess: str, augment: AugmentConfig, loaded: LoadedModel) -> AugmentedViews | Coop2021Views:
+    """The augmented train views of a protocol: RandomResizedCrop + flip (default) or CoOp's
+    2021 squash, flip, translate and centre crop; both seeded per (seed, path, view)."""
+    if preprocess == "coop-2021":
+        return Coop2021Views(augment.views, augment.seed, loaded.preprocess)
+    return AugmentedViews(augment, loaded.preprocess)
 
 
 class _EncodingCollate:
@@ -101,6 +116,7 @@ def image_loader(
         pin_memory=loaded.device.startswith("cuda"),
         persistent_workers=False,
         multiprocessing_context="fork" if encode is not None and workers else None,
+        worker_init_fn=die_with_parent,  # a killed extract leaves no worker behind
     )
 
 

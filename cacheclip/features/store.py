@@ -12,7 +12,11 @@ One store per (model, weights, dataset) at ``<cache>/<model>/<weights>/<dataset>
     /splits/<s>/labels       (N,) int32
     /splits/<s>/encoded      (M,) int64, sorted item indices that have features
     /splits/<s>/features     (M, D) raw clean-view image features (val transform)
+    /splits/<s>/item_stats   (M, 2) int64, size and mtime (ns) of each encoded image file
     /splits/train/aug_features (M, V, D) raw features of V augmented views
+
+Numeric datasets carry HDF5's per-chunk fletcher32 checksum (schema 2), so a damaged chunk
+is refused on read; ``validate`` checks the structure each time a store is opened.
 
 Crash safety: the store file is never modified in place. Each encoded chunk is
 written to its own file under ``<store>.parts/`` and renamed into place only
@@ -23,6 +27,7 @@ store atomically; parts are deleted after. A lock file keeps a second writer out
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -36,8 +41,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from cacheclip.common import atomic_path
-from cacheclip.errors import StoreError, StoreLockedError, StoreMismatchError
+from cacheclip.common import atomic_path, stale_temporaries
+from cacheclip.errors import StoreDamagedError, StoreError, StoreLockedError, StoreMismatchError
 from cacheclip.features.parts import (  # the store's public API includes its parts
     Chunk,
     part_index,
@@ -45,9 +50,11 @@ from cacheclip.features.parts import (  # the store's public API includes its pa
     plain_attr,
     read_part,
     read_parts,
+    set_aside_damaged_parts,
     staged_indices,
     write_part,
 )
+from cacheclip.features.validate import SCHEMA_VERSION, checksummed, damage_reason, structure_problems
 
 __all__ = [  # with the parts' API, re-exported: callers use the store module alone
     "Chunk",
@@ -60,12 +67,17 @@ __all__ = [  # with the parts' API, re-exported: callers use the store module al
     "open_store",
     "parts_dir",
     "read_parts",
+    "set_aside_damaged_parts",
     "staged_indices",
     "store_path",
     "write_part",
     "writer_lock",
+    "SCHEMA_VERSION",
 ]
-SCHEMA_VERSION = 1
+REPAIR = (
+    "delete the store and rerun the same `cacheclip extract` (it is only a cache); "
+    "`cacheclip check` lists every problem"
+)
 STR = h5py.string_dtype("utf-8")
 # Attributes that define what the features are; a mismatch on any is an error.
 IDENTITY_KEYS = (
@@ -106,25 +118,50 @@ class SplitListing:
 # ---------------------------------------------------------------- locking
 
 
+_HELD: set[str] = set()  # lock files this process holds
+
+
 @contextmanager
 def writer_lock(path: Path) -> Iterator[None]:
-    """Exclusive, non-blocking lock for writing ``path``; released on exit or process death."""
+    """Exclusive, non-blocking lock for writing ``path``; released on exit or process death.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so
+    forked DataLoader workers do not inherit it and cannot keep holding it after a
+    ``kill -9`` of the main process. The lock file is never followed if it is a symlink."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if str(lock_path) in _HELD:  # record locks do not exclude their own process: check first
+        raise StoreLockedError(
+            f"another process (pid {os.getpid()}) is writing {path}",
+            "wait for it to finish, then rerun: extraction resumes where it stopped",
+        )
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise StoreLockedError(
+            f"the lock file {lock_path} is a symlink", f"remove it (`rm {lock_path}`); cacheclip creates its own"
+        ) from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise StoreLockedError(
                 f"another process (pid {holder}) is writing {path}",
                 "wait for it to finish, then rerun: extraction resumes where it stopped",
             ) from None
+        _HELD.add(str(lock_path))
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        for tmp in stale_temporaries(path.parent, path.name) + stale_temporaries(parts_dir(path)):
+            tmp.unlink(missing_ok=True)  # a killed writer's (a live one would hold this lock)
         yield
     finally:
+        _HELD.discard(str(lock_path))
         os.close(fd)
 
 
@@ -139,6 +176,13 @@ class FeatureStore:
         self._file = h5py.File(path, "r")
         self._whole: dict[str, np.ndarray] = {}  # small datasets read once, then indexed in memory
         self.attrs: dict[str, Any] = {k: plain_attr(v) for k, v in self._file.attrs.items()}
+        try:
+            problems = structure_problems(self._file)
+        except (OSError, KeyError, ValueError) as e:
+            problems = [f"unreadable structure ({damage_reason(e) if isinstance(e, OSError) else e})"]
+        if problems:
+            self._file.close()
+            raise StoreDamagedError(f"{path} is damaged: {'; '.join(problems)}", REPAIR)
 
     def close(self) -> None:
         self._whole.clear()
@@ -164,7 +208,21 @@ class FeatureStore:
 
     def text_features(self) -> tuple[np.ndarray, np.ndarray]:
         """(per-template raw (T, K, D), ensemble (K, D)), float32."""
-        return self._file["text/per_template"][()], self._file["text/ensemble"][()]
+        return self._checked_read("text/per_template"), self._checked_read("text/ensemble")
+
+    def item_stats(self, split: str) -> np.ndarray | None:
+        """(M, 2) size and mtime (ns) of each encoded item's file when encoded; None for
+        stores written before they were recorded."""
+        if split not in self.splits or "item_stats" not in self._split(split):
+            return None
+        return self._checked_read(f"splits/{split}/item_stats")
+
+    def _checked_read(self, name: str, rows: Any = ()) -> np.ndarray:
+        """A dataset's values; a failed chunk checksum becomes a StoreDamagedError."""
+        try:
+            return self._file[name][rows]
+        except OSError as e:
+            raise StoreDamagedError(f"{self.path}: {name} is damaged ({damage_reason(e)})", REPAIR) from None
 
     def listing(self, split: str) -> SplitListing:
         g = self._split(split)
@@ -209,6 +267,9 @@ class FeatureStore:
             return np.zeros((0, dim), np.float32), labels, None
         features = self._take_rows(g["features"], rows)
         aug_features = self._take_rows(g["aug_features"], rows) if aug and "aug_features" in g else None
+        for values in (features, aug_features):
+            if values is not None and not np.isfinite(values).all():
+                raise StoreDamagedError(f"{self.path}: the {split} image features hold NaN or inf", REPAIR)
         return features, labels, aug_features
 
     def _take_rows(self, dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -217,6 +278,12 @@ class FeatureStore:
         in memory, faster than HDF5 fancy indexing (~0.2 s per 1600 scattered rows)."""
         if len(rows) == 0:
             return np.zeros((0,) + dataset.shape[1:], np.float32)
+        try:
+            return self._rows_in_order(dataset, rows)
+        except OSError as e:
+            raise StoreDamagedError(f"{self.path}: {dataset.name} is damaged ({damage_reason(e)})", REPAIR) from None
+
+    def _rows_in_order(self, dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
         if dataset.size * dataset.dtype.itemsize < (512 << 20):
             if dataset.name not in self._whole:
                 self._whole[dataset.name] = dataset[()]
@@ -234,18 +301,25 @@ class FeatureStore:
         return self._file["splits"][split]
 
 
-def open_store(path: Path) -> FeatureStore:
+def open_store(path: Path, expect: dict[str, Any] | None = None, fix: str = "") -> FeatureStore:
+    """Open a committed store after checking its structure and, with ``expect``, that its
+    identity attributes are what the caller asked for (``fix``: the command that rebuilds it)."""
     if not path.is_file():
         raise StoreError(f"no feature store at {path}", "run `cacheclip extract` for this dataset first")
     try:
-        return FeatureStore(path)
+        store = FeatureStore(path)
     except OSError as e:
-        raise StoreError(
-            f"cannot read store {path}: {e}", "delete it and rerun `cacheclip extract` (it is only a cache)"
-        ) from e
+        raise StoreDamagedError(f"cannot read store {path}: {damage_reason(e)}", REPAIR) from e
+    if expect:
+        try:
+            check_identity(path, store.attrs, expect, fix)
+        except StoreMismatchError:
+            store.close()
+            raise
+    return store
 
 
-def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
+def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], fix: str = "") -> None:
     """StoreMismatchError naming every identity attribute that differs."""
     diffs = [
         f"{k}: store has {recorded.get(k)!r}, asked {wanted[k]!r}"
@@ -255,7 +329,7 @@ def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any])
     if diffs:
         raise StoreMismatchError(
             f"{path} was built from other inputs ({'; '.join(diffs)})",
-            "pass the options it was built with, use another --cache-dir, or delete the store to rebuild it",
+            fix or "pass the options it was built with, use another --cache-dir, or delete the store to rebuild it",
         )
 
 
@@ -302,12 +376,13 @@ def _write_contents(f: h5py.File, c: StoreContents) -> None:
     f.attrs["committed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     f.create_dataset("classnames", data=_strings(c.classnames), dtype=STR)
     f.create_dataset("text/templates", data=_strings(c.templates), dtype=STR)
-    f["text/per_template"] = c.text_per_template.astype(np.float32)
-    f["text/ensemble"] = c.text_ensemble.astype(np.float32)
+    for name, values in (("text/per_template", c.text_per_template), ("text/ensemble", c.text_ensemble)):
+        f.create_dataset(name, data=values.astype(np.float32), **checksummed(values))
     for split, listing in c.listings.items():
         g = f.create_group(f"splits/{split}")
         g.create_dataset("paths", data=_strings(listing.paths), dtype=STR)
-        g["labels"] = np.asarray(listing.labels, dtype=np.int32)
+        labels = np.asarray(listing.labels, dtype=np.int32)
+        g.create_dataset("labels", data=labels, **checksummed(labels))
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
@@ -324,10 +399,11 @@ class _Source:
     indices: np.ndarray  # item index of each row, in row order
     dim: int  # feature width
     views: int  # augmented views per row (0: none)
+    has_stats: bool  # the size/mtime of each row's file is known
     origin: h5py.Group | Path
 
-    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(features, aug or None) of the given rows, in that order."""
+    def read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(features, aug or None, item stats or None) of the given rows, in that order."""
         if isinstance(self.origin, Path):  # a part: small (one chunk), read whole
             chunk = read_part(self.origin, True)
             if chunk is None:
@@ -335,24 +411,25 @@ class _Source:
                     f"part {self.origin} became unreadable while committing",
                     "rerun the same extract command: that chunk is encoded again",
                 )
-            return chunk.features[rows], None if chunk.aug_features is None else chunk.aug_features[rows]
+            return tuple(None if a is None else a[rows] for a in (chunk.features, chunk.aug_features, chunk.stats))
         lo, hi = int(rows.min()), int(rows.max()) + 1  # a contiguous run of the store (see below)
-        aug = self.origin["aug_features"][lo:hi][rows - lo] if self.views else None
-        return self.origin["features"][lo:hi][rows - lo], aug
+        names = ("features", "aug_features" if self.views else None, "item_stats" if self.has_stats else None)
+        return tuple(None if n is None else self.origin[n][lo:hi][rows - lo] for n in names)
 
 
 def _merge_sources(split: str, old: FeatureStore | None, parts: list[tuple[Path, Chunk]]) -> list[_Source]:
-    """The committed store first, then the parts in name order (a part may repeat committed
-    rows after a kill between commit and cleanup: the first copy wins)."""
+    """The parts in name order, then the committed store: the first copy of a row wins, so an
+    item re-encoded because its file changed replaces its old features (a part that repeats
+    committed rows after a kill between commit and cleanup holds the same values)."""
     sources = []
-    if old is not None and split in old.splits and len(old.encoded(split)):
-        group = old._split(split)
-        views = group["aug_features"].shape[1] if "aug_features" in group else 0
-        sources.append(_Source(old.encoded(split), group["features"].shape[1], views, group))
     for file, chunk in parts:
         if chunk.split == split:
             views = 0 if chunk.aug_features is None else chunk.aug_features.shape[1]
-            sources.append(_Source(chunk.indices, chunk.features.shape[1], views, file))
+            sources.append(_Source(chunk.indices, chunk.features.shape[1], views, chunk.stats is not None, file))
+    if old is not None and split in old.splits and len(old.encoded(split)):
+        group = old._split(split)
+        views = group["aug_features"].shape[1] if "aug_features" in group else 0
+        sources.append(_Source(old.encoded(split), group["features"].shape[1], views, "item_stats" in group, group))
     return sources
 
 
@@ -365,10 +442,17 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
     row = np.concatenate([np.arange(len(s.indices)) for s in sources])
     unique, first = np.unique(indices, return_index=True)
     owner, row = owner[first], row[first]
-    g["encoded"] = unique
+    g.create_dataset("encoded", data=unique, **checksummed(unique))
     dim, views = sources[0].dim, min(s.views for s in sources)
-    features = g.create_dataset("features", (len(unique), dim), dtype)
-    aug = g.create_dataset("aug_features", (len(unique), views, dim), dtype) if views else None
+    features = g.create_dataset("features", (len(unique), dim), dtype, **checksummed((len(unique), dim)))
+    aug_shape = (len(unique), views, dim)
+    aug = g.create_dataset("aug_features", aug_shape, dtype, **checksummed(aug_shape)) if views else None
+    with_stats = all(s.has_stats for s in sources)
+    stats = (
+        g.create_dataset("item_stats", (len(unique), 2), np.int64, **checksummed((len(unique), 2)))
+        if with_stats
+        else None
+    )
     block = max(1, COMMIT_BLOCK_BYTES // (dim * (1 + views) * np.dtype(dtype).itemsize))
     for start in range(0, len(unique), block):
         stop = min(start + block, len(unique))
@@ -376,15 +460,20 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
         out_aug = np.empty((stop - start, views, dim), dtype) if views else None
         # Rows of one block taken from the store are a contiguous run of it: the store and the
         # output are both sorted by item index. A part's rows are read from its small file.
+        out_stats = np.empty((stop - start, 2), np.int64)
         for s in np.unique(owner[start:stop]):
             take = np.nonzero(owner[start:stop] == s)[0]
-            feats, aug_feats = sources[s].read(row[start:stop][take])
+            feats, aug_feats, item_stats = sources[s].read(row[start:stop][take])
             out[take] = feats
             if out_aug is not None:
                 out_aug[take] = aug_feats
+            if stats is not None:
+                out_stats[take] = item_stats
         features[start:stop] = out
         if aug is not None:
             aug[start:stop] = out_aug
+        if stats is not None:
+            stats[start:stop] = out_stats
 
 
 # ---------------------------------------------------------------- listing

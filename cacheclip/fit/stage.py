@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ import torch
 
 from cacheclip.common import COOP_CROP_SCALE, package_versions
 from cacheclip.datasets.fewshot import FewShotSplit, sample_run, sample_run_with_holdout
-from cacheclip.errors import ConfigError, MissingFeaturesError, StoreError
+from cacheclip.errors import (
+    ConfigError,
+    MissingFeaturesError,
+    StoreError,
+    StoreMismatchError,
+    require_writable_dir,
+)
+from cacheclip.features.freshness import check_freshness
 from cacheclip.features.models import ModelRef
 from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
@@ -30,6 +38,8 @@ from cacheclip.settings import setting
 
 NO_VAL_POLICIES = ("none", "holdout")
 VIEW_MODES = ("aug", "clean")
+PROTOCOLS = ("fewshot", "official")
+EPOCH_RULES = ("last", "best-val")
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,17 @@ class FitConfig:
         "aug", "aug: a cached augmented view per image per epoch; clean: no augmentation", flag="--views"
     )
     no_val: str = setting("none", "datasets without val (ImageNet): none (no selection) or holdout", flag="--no-val")
+    protocol: str = setting(
+        "fewshot",
+        "fewshot: choose on the few-shot val only; official: each method's published protocol (its val "
+        "set, grids and settings), never choosing on test",
+        flag="--protocol",
+    )
+    epoch: str = setting(
+        "last",
+        "trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)",
+        flag="--epoch",
+    )
     cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
     results_dir: str = setting("results", "result JSONs, adapters and batch logs", flag="--results-dir")
     device: str = setting("cpu", "cpu, cuda or cuda:N (batch: auto, CUDA when available)", flag="--device")
@@ -61,6 +82,10 @@ class FitConfig:
             raise ConfigError(f"--no-val {self.no_val} is not supported", "use none or holdout")
         if self.views not in VIEW_MODES:
             raise ConfigError(f"--views {self.views} is not supported", "use aug or clean")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol {self.protocol} is not supported", "use fewshot or official")
+        if self.epoch not in EPOCH_RULES:
+            raise ConfigError(f"--epoch {self.epoch} is not supported", "use last or best-val")
         if not self.shots or min(self.shots) < 1 or not self.seeds:
             raise ConfigError(
                 "--shots must be positive integers and --seeds non-empty", "e.g. --shots 1,2,4,8,16 --seeds 1,2,3"
@@ -107,6 +132,8 @@ def extract_command(dataset: str, model_arg: str, pretrained_arg: str, cfg: FitC
             parts.append("--aug-scale " + ",".join(str(s) for s in scale))
         if attrs.get("templates_spec", "default") != "default":
             parts.append(f"--templates {attrs['templates_spec']}")
+        if attrs.get("preprocess_protocol", "default") != "default":
+            parts.append(f"--preprocess {attrs['preprocess_protocol']}")
     if cfg.no_val == "holdout":
         parts.append("--holdout-val")
     return " ".join(parts)
@@ -147,6 +174,8 @@ def fit_context(
         device=cfg.device,
         extract_hint=extract_hint,
         progress=progress,
+        protocol=cfg.protocol,
+        epoch=cfg.epoch,
     )
 
 
@@ -163,7 +192,23 @@ def run_payload(ctx: FitContext, seed: int, cfg: FitConfig) -> dict[str, Any]:
         "classifier": data.classifier,
         "templates": data.attrs.get("templates_spec"),
         "store": {k: data.attrs.get(k) for k in IDENTITY_KEYS},
+        # only when not the default, so runs made before these settings keep their keys
+        **({"protocol": cfg.protocol} if cfg.protocol != "fewshot" else {}),
+        **({"epoch": ctx.epoch_rule} if ctx.epoch_rule != "last" and follows_epoch(cfg.method) else {}),
     }
+
+
+def follows_epoch(method: str) -> bool:
+    """Whether ``--epoch`` applies to ``method`` (it trains by epochs)."""
+    return not get_method(method).epoch_note
+
+
+def epoch_setting(ctx: FitContext, cfg: FitConfig) -> str:
+    """--epoch as a result records it: the rule the run followed, or why it does not apply."""
+    note = get_method(cfg.method).epoch_note
+    if note:
+        return f"{cfg.epoch} (does not apply: {cfg.method} {note})"
+    return ctx.epoch_rule + (f" ({ctx.epoch_fallback})" if ctx.epoch_fallback else "")
 
 
 def plan_runs(data: FitData, shots: int, cfg: FitConfig) -> tuple[list[RunPlan], list[Path]]:
@@ -203,6 +248,7 @@ def fit_dataset(
 ) -> list[dict[str, Any]]:
     """All runs of ``cfg`` on one dataset's store; returns their results (skipped runs read back)."""
     cfg.validate()
+    require_writable_dir(cfg.results_dir, "--results-dir")  # before training, not after
     method = get_method(cfg.method)
     path = store_path(cfg.cache_dir, ref.model_id, ref.weights_id, dataset)
     if parts_dir(path).exists() or not path.is_file():
@@ -211,21 +257,40 @@ def fit_dataset(
             f"the feature store {path} {what}", f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}"
         )
     results = []
-    with open_store(path) as store:
+    fix = f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}"
+    with open_store(path, {"dataset": dataset, **ref.identity()}, fix) as store:
         data = load_fit_data(store, dataset)
         hint = extract_command(dataset, model_arg, pretrained_arg, cfg, data.attrs)
+        inputs = verify_inputs(store, hint)
         for shots in cfg.shots:
             todo, done = plan_runs(data, shots, cfg)
             results += [rr.read_result(folder) for folder in done]
             if todo:
                 ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress)
                 trained = method.train(ctx, todo)
-                results += evaluate_on_test(store, ctx, trained, cfg)
+                results += evaluate_on_test(store, ctx, trained, cfg, inputs=inputs)
     return results
 
 
+def shots_per_class(data: FitData, split) -> dict[str, int]:
+    """Train images per class actually sampled: CoOp takes every image of a class smaller than
+    the shot count, so ``--shots 16`` on a class of 9 gives 9 (the min shows it)."""
+    counts = Counter(data.train_labels[i] for i in split.train)
+    per_class = [counts.get(k, 0) for k in range(data.num_classes)]
+    return {"min": min(per_class), "max": max(per_class)}
+
+
+def verify_inputs(store: FeatureStore, extract_hint: str) -> str:
+    """Refuse a store whose split files or images changed since extraction; returns what
+    was verified, in words, for the results."""
+    fresh = check_freshness(store)
+    if fresh.stale:
+        raise StoreMismatchError(f"{store.path} is stale: {fresh.describe()}", f"bring it up to date: {extract_hint}")
+    return fresh.describe()
+
+
 def evaluate_on_test(
-    store: FeatureStore, ctx: FitContext, trained: list[Trained], cfg: FitConfig
+    store: FeatureStore, ctx: FitContext, trained: list[Trained], cfg: FitConfig, *, inputs: str = ""
 ) -> list[dict[str, Any]]:
     """The final evaluation: read test once, score each selected run and zero-shot, write results."""
     data, shots = ctx.data, ctx.shots
@@ -257,6 +322,8 @@ def evaluate_on_test(
             )
         result = build_result(ctx, t, cfg, zs_val, zs_test, test_metrics)
         result["wall_time_s"] = round(t.seconds + (time.perf_counter() - start) / len(trained), 3)
+        result["store"]["inputs"] = inputs or "not verified"
+        result["fewshot"]["shots_per_class"] = shots_per_class(data, t.plan.split)
         rr.write_result(t.plan.folder, result)
         results.append(result)
     return results
@@ -272,6 +339,7 @@ def model_identity(data: FitData) -> dict[str, Any]:
         "model_config_path",
         "pretrained",
         "weights_sha256",
+        "state_sha256",
         "quick_gelu",
         "preprocess",
         "checkpoint_path",
@@ -297,7 +365,19 @@ def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
         diffs.append(f"features encoded with {data.attrs.get('precision')} autocast")
     if not data.val_labels and cfg.no_val == "holdout":
         diffs.append("val held out from the train split (CoOp's ImageNet has no val)")
+    if ctx.epoch_fallback and follows_epoch(cfg.method):
+        diffs.append(ctx.epoch_fallback)
     return diffs
+
+
+def val_record(ctx: FitContext, t: Trained, val_paths: list[str]) -> dict[str, Any]:
+    """The val a run chose on: the split's few-shot val, the whole val split (--protocol official for
+    Tip-Adapter, GDA, ProKeR) or its own per-class sample of it (LP++'s K-shot val)."""
+    if t.val_set == "full":
+        return {"val_paths": f"all {len(ctx.data.val_paths)} images of the val split", "val_source": "full val split"}
+    if t.val_set == "per-class":
+        return {"val_paths": [val_paths[i] for i in t.val_indices], "val_source": f"{ctx.shots} val images per class"}
+    return {"val_paths": [val_paths[i] for i in t.plan.split.val], "val_source": ctx.selection_source}
 
 
 def build_result(
@@ -315,16 +395,21 @@ def build_result(
         "seed": t.plan.seed,
         "model": data.attrs.get("model"),
         "pretrained": pretrained_label(data.attrs),
-        "config": {**t.config, "no_val": cfg.no_val, "device": cfg.device},
+        "config": {
+            **t.config,
+            "no_val": cfg.no_val,
+            "device": cfg.device,
+            "protocol": cfg.protocol,
+            "epoch": epoch_setting(ctx, cfg),
+        },
         "selection": t.selection,
         "store": {"path": str(data.store), "attrs": data.attrs},
         "versions": package_versions(),
         "fewshot": {
             "train_paths": [data.train_paths[i] for i in t.plan.split.train],
-            "val_paths": [val_paths[i] for i in t.plan.split.val],
-            "val_source": ctx.selection_source,
+            **val_record(ctx, t, val_paths),
         },
-        "protocol": {"matches_paper": not diffs, "differences": diffs},
+        "protocol": {"name": cfg.protocol, "matches_paper": not diffs, "differences": diffs},
         "zero_shot": {"val": zs_val, "test": zs_test},
         "metrics": {"val": t.val_metrics, "test": test_metrics},
         "adapter_file": "adapter.safetensors" if t.artifact is not None else None,

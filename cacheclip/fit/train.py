@@ -28,7 +28,9 @@ Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
   all N images (Dassl's ``drop_last = len(data) >= batch_size``).
 * Views: each epoch, per image, one of its V cached views drawn uniformly
   (``views="aug"``); ``views="clean"`` (or V = 1) always uses view 0.
-* The returned model is the last epoch's.
+* The returned model is the last epoch's; ``train_runs_best_val`` instead keeps, per run, the
+  first epoch with the best val top-1 (CoOp's release configs: best-val model), scored after
+  every epoch on the stacked weights, with no retraining (see :class:`BestEpoch`).
 
 Randomness: each run owns ``torch.Generator().manual_seed(seed)`` (CPU).
 Order of draws: the initial weights (visual.w1, visual.w2, text.w1, text.w2,
@@ -202,12 +204,21 @@ class StackedTrainer:
         out = torch.matmul(torch.matmul(x, w1).relu(), w2)
         return out.relu() if self.official else out
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        """One SGD step on x (R, B, D) float32, y (R, B) int64."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every run's logits (R, B, K) for its own inputs x (R, B, D) float32."""
         p = self.params
         f = torch.lerp(x, self._adapt(x, p["visual.w1"], p["visual.w2"]), self.alpha) if self.visual else x
         w = torch.lerp(self.cw, self._adapt(self.cw, p["text.w1"], p["text.w2"]), self.beta) if self.text else self.cw
-        z = self.scale * torch.matmul(F.normalize(f, dim=-1), F.normalize(w, dim=-1).transpose(-1, -2))  # (R, B, K)
+        return self.scale * torch.matmul(F.normalize(f, dim=-1), F.normalize(w, dim=-1).transpose(-1, -2))
+
+    def correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Right top-1 answers per run (R,) on x (R, M, D), y (R, M) (padding rows labelled -1)."""
+        with torch.no_grad():
+            return self.logits(x).argmax(dim=-1).eq(y).sum(dim=1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        """One SGD step on x (R, B, D) float32, y (R, B) int64."""
+        z = self.logits(x)  # (R, B, K)
         loss = F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1).sum()
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -218,6 +229,47 @@ class StackedTrainer:
     def states(self) -> list[dict[str, torch.Tensor]]:
         r = next(iter(self.params.values())).shape[0]
         return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
+
+
+class BestEpoch:
+    """Per run of a stack, the weights of the FIRST epoch with the highest val score: a later
+    epoch replaces the kept one only when strictly better (CoOp's best-val checkpoint rule).
+    Shared by every method trained by epochs (R = 1 for a single run)."""
+
+    def __init__(self, runs: int):
+        self.best = torch.full((runs,), -math.inf, dtype=torch.float64)
+        self.epoch = torch.zeros(runs, dtype=torch.long)
+        self.curves: list[list[float]] = [[] for _ in range(runs)]
+        self.state: dict[str, torch.Tensor] = {}
+
+    def observe(self, epoch: int, scores: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        """After ``epoch`` (1-based): scores (R,) (val top-1 %), state name -> (R, ...) weights."""
+        scores = scores.detach().to("cpu", torch.float64)
+        better = scores > self.best
+        for r, score in enumerate(scores.tolist()):
+            self.curves[r].append(round(score, 4))
+        if not self.state:
+            self.state = {k: w.detach().clone() for k, w in state.items()}
+        elif bool(better.any()):
+            for k, w in state.items():
+                rows = better.nonzero().squeeze(1).to(w.device)
+                self.state[k][rows] = w.detach()[rows]
+        self.best = torch.where(better, scores, self.best)
+        self.epoch[better] = epoch
+
+    def record(self, r: int = 0) -> dict:
+        """Run r's choice for its result's selection: the epoch kept and every epoch's val top-1."""
+        return {"rule": "best-val", "chosen": int(self.epoch[r]), "val_top1": self.curves[r]}
+
+
+def top1_percent(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 % of logits (M, K) against labels (M,): the score ``BestEpoch`` compares."""
+    return 100.0 * float(preds.argmax(dim=-1).eq(labels.to(preds.device)).sum()) / max(1, len(labels))
+
+
+def last_epoch_record(epochs: int, reason: str = "") -> dict:
+    """The selection record of a run that keeps its last epoch (``--epoch last``, or no val)."""
+    return {"rule": "last", "chosen": epochs, **({"reason": reason} if reason else {})}
 
 
 def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:
@@ -250,12 +302,36 @@ def train_runs(
     scale s. Views may be any float dtype (cast to float32 per epoch),
     labels int. ``progress(done, total)`` counts epochs over all groups.
     """
+    return _train_all(runs, None, class_weights, logit_scale, cfg, epochs, device, progress)[0]
+
+
+def train_runs_best_val(
+    runs: Sequence[RunSpec],
+    vals: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    class_weights: torch.Tensor,
+    logit_scale: float,
+    cfg: TrainConfig,
+    epochs: int,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
+    """As :func:`train_runs`, but each run keeps the first epoch with its best top-1 on its own
+    val (features (M, D), labels (M,)), scored on the stacked weights after every epoch. The
+    training itself (every random draw and step) is exactly :func:`train_runs`'.
+    Returns (states, per run {"rule", "chosen" epoch (1-based), "val_top1" per epoch})."""
+    if len(vals) != len(runs):
+        raise ConfigError(f"{len(runs)} runs but {len(vals)} val sets", "give one val set per run")
+    return _train_all(runs, vals, class_weights, logit_scale, cfg, epochs, device, progress)
+
+
+def _train_all(runs, vals, class_weights, logit_scale, cfg, epochs, device, progress):
     cfg.validate()
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}", "")
     _check_runs(runs, class_weights)
     groups = group_runs(runs)
     states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+    records: list[dict] = [last_epoch_record(epochs) for _ in runs]
     for g, members in enumerate(groups):
         tick = None
         if progress is not None:
@@ -264,14 +340,29 @@ def train_runs(
                 progress(offset + epoch, len(groups) * epochs)
 
         group = [runs[i] for i in members]
-        trained = _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick)
-        for i, state in zip(members, trained, strict=True):
-            states[i] = state
-    return states
+        group_vals = None if vals is None else [vals[i] for i in members]
+        trained, kept = _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick, group_vals)
+        for i, state, record in zip(members, trained, kept, strict=True):
+            states[i], records[i] = state, record
+    return states, records
 
 
-def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress):
-    """train_runs for runs of one shape: one stacked trainer, one pass.
+def _stack_vals(vals, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x (R, M, D) float32, y (R, M), sizes (R,)): each run's val, zero-padded to the largest with
+    labels -1 (never an argmax) so one batched forward scores every run."""
+    m = max(len(v[1]) for v in vals)
+    d = vals[0][0].shape[1]
+    x = torch.zeros(len(vals), m, d, device=device)
+    y = torch.full((len(vals), m), -1, dtype=torch.int64, device=device)
+    for r, (feats, labels) in enumerate(vals):
+        x[r, : len(labels)] = feats.to(device=device, dtype=torch.float32)
+        y[r, : len(labels)] = labels.to(device=device, dtype=torch.int64)
+    return x, y, torch.tensor([max(1, len(v[1])) for v in vals], dtype=torch.float64)
+
+
+def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals=None):
+    """train_runs for runs of one shape: one stacked trainer, one pass (with ``vals``: the
+    first best val epoch kept per run, else the last epoch).
 
     Each step gathers its (R, B, D) input straight from the runs' cached views, one
     ``index_select`` per distinct views tensor (runs that share one, e.g. the alphas of a
@@ -287,6 +378,9 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
         start = sources[-1][2] if sources else 0
         sources.append((runs[members[0]].views.to(device).reshape(n * v, d), start, start + len(members)))
     runs = [runs[i] for i in order]
+    keeper = scored = None
+    if vals is not None:
+        keeper, scored = BestEpoch(len(runs)), _stack_vals([vals[i] for i in order], device)
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     trainer = StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
     plan = batch_plan(n, cfg.batch_size)
@@ -301,12 +395,20 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
             for views, r0, r1 in sources:
                 _gather(views, rows_dev[i, r0:r1].reshape(-1), x[r0:r1].view(-1, d))
             trainer.step(x, y_dev[i], lr)
+        if keeper is not None:
+            val_x, val_y, sizes = scored
+            keeper.observe(epoch + 1, 100.0 * trainer.correct(val_x, val_y).cpu().double() / sizes, trainer.params)
         if progress is not None:
             progress(epoch + 1, epochs)
+    if keeper is not None:
+        trainer.params = keeper.state
     states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
-    for state, i in zip(trainer.states(), order, strict=False):  # back to the caller's order
+    records: list[dict] = [last_epoch_record(epochs) for _ in runs]
+    for r, (state, i) in enumerate(zip(trainer.states(), order, strict=False)):  # back to the caller's order
         states[i] = state
-    return states
+        if keeper is not None:
+            records[i] = keeper.record(r)
+    return states, records
 
 
 def _gather(source: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:

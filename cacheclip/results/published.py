@@ -89,3 +89,37 @@ def published_zero_shot(dataset: str) -> float | None:
     """Published zero-shot top-1 for ``dataset``, or None when unknown."""
     entry = _load().get(dataset) if not dataset.startswith("_") else None
     return None if entry is None else float(entry["zs"])
+
+
+# ----------------------------------------------------------------------------- distribution shift
+
+
+def published_shift(method: str) -> dict[str, float] | None:
+    """Published top-1 of ``method`` fitted on ImageNet (``_shift.shots`` shots) and tested on
+    ImageNet and its shift sets, keyed by dataset name; None when no number is verified.
+
+    ``_shift.methods.<method>`` holds ``{"top1": {dataset: float}, "source": ..., "protocol": ...}``.
+    """
+    entry = _load().get("_shift", {}).get("methods", {}).get(method)
+    return None if entry is None else {d: float(v) for d, v in entry["top1"].items()}
+
+
+def published_shift_setting() -> tuple[str, int]:
+    """(source dataset, shots) the published shift numbers were fitted with: ('imagenet', 16)."""
+    shift = _load().get("_shift", {})
+    return str(shift.get("source", "imagenet")), int(shift.get("shots", 16))
+
+
+def published_shift_methods() -> list[str]:
+    """Methods with verified shift numbers (possibly none of ours, e.g. a paper-only row)."""
+    return list(_load().get("_shift", {}).get("methods", {}))
+
+
+def published_shift_provenance(method: str) -> str | None:
+    """Where ``method``'s published shift numbers come from, with their protocol (templates,
+    seeds), in one line; or what is known of them when none is verified; None if nothing."""
+    shift = _load().get("_shift", {})
+    entry = shift.get("methods", {}).get(method)
+    if entry is not None:
+        return f"{entry['source']}; protocol: {entry['protocol']}"
+    return shift.get("_unverified", {}).get(method)

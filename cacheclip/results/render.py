@@ -8,7 +8,24 @@ import io
 import math
 from collections.abc import Sequence
 
-from cacheclip.results.report import CSV_COLUMNS, MISSING, Cell, Report, average_row, mean_over
+from cacheclip.results.published import (
+    published_available,
+    published_shift,
+    published_shift_methods,
+    published_shift_provenance,
+    published_shift_setting,
+)
+from cacheclip.results.report import (
+    CSV_COLUMNS,
+    METHOD_LABELS,
+    MISSING,
+    Cell,
+    Report,
+    ShiftRow,
+    average_row,
+    mean_over,
+    target_order,
+)
 
 # ----------------------------------------------------------------------------- rendering
 
@@ -112,8 +129,8 @@ def _warning_lines(warnings: Sequence[str]) -> list[str]:
 
 
 def to_markdown(report: Report) -> str:
-    """One report as Markdown: results table, CI table, missing runs, warnings."""
-    return "\n".join(_section(report) + _warning_lines(report.warnings)) + "\n"
+    """One report as Markdown: results table, CI table, missing runs, distribution shift, warnings."""
+    return "\n".join(_section(report) + shift_markdown([report], level=3) + _warning_lines(report.warnings)) + "\n"
 
 
 def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> str:
@@ -122,6 +139,7 @@ def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> 
     lines.append(f"Method groups: {len(reports)}; runs: {sum(r.n_runs for r in reports)}.")
     if len(reports) > 1:
         lines += [""] + _side_by_side(reports)
+    lines += shift_markdown(reports)
     for report in reports:
         lines += [""] + _section(report)
     every = list(warnings) + [w for r in reports for w in r.warnings]
@@ -178,4 +196,130 @@ def to_csv(report: Report, header: bool = True) -> str:
                     _num(diff),
                 ]
             )
+    writer.writerows(shift_csv_rows(report))
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- distribution shift
+
+SHIFT_MEAN = "imagenet-shift"  # the CSV's dataset name for the mean over the shift sets
+_SHIFT_HEADERS = {
+    "imagenet": "ImageNet",
+    "imagenet-v2": "-V2",
+    "imagenet-sketch": "-Sketch",
+    "imagenet-a": "-A",
+    "imagenet-r": "-R",
+}
+
+ShiftGroup = tuple[str, str, str, int]  # (model, pretrained, source, shots)
+
+
+def _shift_groups(reports: Sequence[Report]) -> dict[ShiftGroup, list[tuple[Report, ShiftRow]]]:
+    """(model, pretrained, source, shots) -> the (report, row) of every method with targets there."""
+    groups: dict[ShiftGroup, list[tuple[Report, ShiftRow]]] = {}
+    for report in reports:
+        for (source, shots), row in report.shift.items():
+            groups.setdefault((report.model, report.pretrained, source, shots), []).append((report, row))
+    return groups
+
+
+def _shift_text(cell: Cell | None, paper: float | None, n_expected: int) -> str:
+    if cell is None:
+        return MISSING if paper is None else f"{MISSING} (paper {paper:.2f})"
+    text = _with_paper(_mean_text(cell), cell.mean, paper)
+    return text + (f" [{cell.n}/{n_expected} seeds]" if cell.n < n_expected else "")
+
+
+def _named_rows(pairs: list[tuple[Report, ShiftRow]]) -> list[tuple[str, ShiftRow, Report]]:
+    """Zero-shot first (the zero-shot method's runs, else the zero-shot classifier recorded with
+    the first method's runs: the same classifier on the same sets), then each method."""
+    named = [(r.label, row, r) for r, row in pairs if r.method == "zero-shot"]
+    first, row = pairs[0]
+    if not named and row.zero_shot:
+        zs = ShiftRow(row.source, row.shots, row.targets, row.zero_shot, row.zero_shot_mean, {}, None, row.templates)
+        named.append((f"Zero-shot CLIP (recorded with the {first.label} runs)", zs, first))
+    return named + [(r.label, row, r) for r, row in pairs if r.method != "zero-shot"]
+
+
+def _paper_only(key: ShiftGroup, ours: set[str]) -> list[str]:
+    """Methods with verified published numbers for this setting but no runs of ours."""
+    model, pretrained, source, shots = key
+    if not published_available(model, pretrained) or (source, shots) != published_shift_setting():
+        return []
+    return [m for m in published_shift_methods() if m not in ours]
+
+
+def _shift_table(key: ShiftGroup, pairs: list[tuple[Report, ShiftRow]], level: int) -> list[str]:
+    model, pretrained, source, shots = key
+    targets = target_order({t for _, row in pairs for t in row.targets})
+    columns = [source, *targets]
+    headers = [_SHIFT_HEADERS.get(c, c) for c in columns] + [f"Mean ({len(targets)} targets)"]
+    named = _named_rows(pairs)
+    lines = [f"{'#' * level} Distribution shift — {model} / {pretrained}, fitted on {source} ({shots}-shot)", ""]
+    lines.append(
+        f"Test top-1 accuracy (%) of the classifier fitted on {source}, tested unchanged on each target "
+        "(classes matched by wnid); mean ± std over seeds (n - 1). Mean: over the targets per seed, then over seeds."
+    )
+    paper_only = _paper_only(key, {r.method for _, _, r in named})
+    if paper_only or any(row.published for _, row, _ in named):
+        lines.append("In brackets: the published number and ours minus it (sources and protocols below).")
+    lines.append("")
+    rows, ci_rows = [], []
+    for label, row, report in named:
+        n_expected = len(report.expected_seeds)
+        texts = [_shift_text(row.cells.get(c), row.published.get(c), n_expected) for c in columns]
+        texts.append(_shift_text(row.mean, mean_over(row.published, targets), n_expected))
+        rows.append([label, ", ".join(row.templates)] + texts)
+        ci_rows.append([label] + [_ci_text(row.cells.get(c)) for c in columns] + [_ci_text(row.mean)])
+    for method in paper_only:
+        paper = published_shift(method) or {}
+        texts = [_shift_text(None, paper.get(c), 0) for c in columns] + [
+            _shift_text(None, mean_over(paper, targets), 0)
+        ]
+        rows.append([f"{METHOD_LABELS.get(method, method)} (published only)", MISSING] + texts)
+    lines += _table(["Method", "Templates"] + headers, rows)
+    lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
+    lines += _table(["Method"] + headers, ci_rows)
+    notes = {r.label: r.shift_provenance for _, _, r in named if r.shift_provenance}
+    notes.update({METHOD_LABELS.get(m, m): published_shift_provenance(m) or "" for m in paper_only})
+    if notes:
+        lines += ["", "Published numbers (source; protocol: templates, seeds), or why none is shown:", ""]
+        lines += [f"- {label}: {text}" for label, text in notes.items()]
+    return lines
+
+
+def shift_markdown(reports: Sequence[Report], level: int = 2) -> list[str]:
+    """The distribution-shift tables (one per model, weights, source and shots), or nothing."""
+    lines: list[str] = []
+    for key, pairs in sorted(_shift_groups(reports).items()):
+        lines += [""] + _shift_table(key, pairs, level)
+    return lines
+
+
+def shift_csv_rows(report: Report) -> list[list]:
+    """CSV rows (``CSV_COLUMNS``) for each target and their mean (dataset ``imagenet-shift``);
+    the source's own row is the main table's."""
+    out = []
+    for row in report.shift.values():
+        cells = [(t, row.cells.get(t), row.zero_shot.get(t), row.published.get(t)) for t in row.targets]
+        cells.append((SHIFT_MEAN, row.mean, row.zero_shot_mean, mean_over(row.published, row.targets)))
+        for name, cell, zs, paper in cells:
+            diff = None if cell is None or paper is None else cell.mean - paper
+            out.append(
+                [
+                    report.model,
+                    report.pretrained,
+                    report.method,
+                    name,
+                    row.shots,
+                    0 if cell is None else cell.n,
+                    "" if cell is None else " ".join(map(str, cell.seeds)),
+                    _num(cell and cell.mean),
+                    _num(cell and cell.std),
+                    _num(cell and cell.ci95),
+                    _num(zs and zs.mean),
+                    _num(paper),
+                    _num(diff),
+                ]
+            )
+    return out

@@ -13,12 +13,16 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cacheclip.datasets.catalog import IMAGENET_SHIFT
 from cacheclip.results.loading import result_problem, result_source, test_top1
 from cacheclip.results.published import (
     PAPER_DATASETS,
     published_available,
     published_curve,
     published_provenance,
+    published_shift,
+    published_shift_provenance,
+    published_shift_setting,
     published_zero_shot,
 )
 
@@ -139,6 +143,31 @@ def summarize(values: Sequence[float], seeds: Sequence[int]) -> Cell:
 
 
 @dataclass
+class ShiftRow:
+    """One method fitted on ``source`` with ``shots`` and tested unchanged on shift sets.
+
+    ``cells`` holds the top-1 over seeds on the source's test split and on each target;
+    ``mean`` the mean over ``targets`` (the source left out) taken per seed, over the seeds
+    that have every target, then summarised like any cell. ``zero_shot``/``zero_shot_mean``
+    are the same for the zero-shot classifier recorded with these runs.
+    """
+
+    source: str
+    shots: int
+    targets: list[str]
+    cells: dict[str, Cell]
+    mean: Cell | None
+    zero_shot: dict[str, Cell]
+    zero_shot_mean: Cell | None
+    templates: tuple[str, ...]  # the runs' template sets (store attribute templates_spec)
+    published: dict[str, float] = field(default_factory=dict)  # dataset -> published top-1
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.source, *self.targets]
+
+
+@dataclass
 class Report:
     """All runs of one (model, pretrained, method): test top-1 per (dataset, shots)."""
 
@@ -158,6 +187,8 @@ class Report:
     protocol_differences: dict[str, int] = field(default_factory=dict)  # text -> number of runs
     n_runs: int = 0
     provenance: str = ""  # where the published numbers come from and their protocol, or what is missing
+    shift: dict[tuple[str, int], ShiftRow] = field(default_factory=dict)  # (source, shots) -> shift row
+    shift_provenance: str = ""  # the same for the published distribution-shift numbers
 
     @property
     def label(self) -> str:
@@ -262,6 +293,7 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
         n_expected_datasets=n_expected,
         protocol_differences=_protocol_differences(runs),
         n_runs=len(runs),
+        shift=_shift_rows(runs),
     )
     if published_available(model, pretrained):
         _attach_published(report)
@@ -288,6 +320,10 @@ def _protocol_differences(runs: dict) -> dict[str, int]:
 
 def _attach_published(report: Report) -> None:
     report.provenance = published_provenance(report.method) or ""
+    report.shift_provenance = published_shift_provenance(report.method) or ""
+    row = report.shift.get(published_shift_setting())
+    if row is not None:
+        row.published = published_shift(report.method) or {}
     for d in report.datasets:
         zs = published_zero_shot(d)
         if zs is not None:
@@ -297,6 +333,73 @@ def _attach_published(report: Report) -> None:
             value = zs if report.method == "zero-shot" else curve.get(s)
             if value is not None:
                 report.published[(d, s)] = value
+
+
+# ----------------------------------------------------------------------------- distribution shift
+
+
+def target_top1(block: object, target: str) -> float | None:
+    """``block["targets"][target]["top1"]`` (a result's ``metrics`` or ``zero_shot``), or None."""
+    try:
+        return test_top1({"test": block["targets"][target]})  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None
+
+
+def _targets_of(block: object) -> set[str]:
+    targets = block.get("targets") if isinstance(block, dict) else None
+    return set(targets) if isinstance(targets, dict) else set()
+
+
+def target_order(names: set[str] | Sequence[str]) -> list[str]:
+    """ImageNet's shift sets in CoOp's table order (V2, Sketch, A, R), then any others sorted."""
+    unique = set(names)
+    return [t for t in IMAGENET_SHIFT if t in unique] + sorted(unique - set(IMAGENET_SHIFT))
+
+
+def _column_cell(per_seed: dict[int, dict], block: str, column: str, source: str) -> Cell | None:
+    values = {}
+    for seed, result in sorted(per_seed.items()):
+        top1 = test_top1(result.get(block)) if column == source else target_top1(result.get(block), column)
+        if top1 is not None:
+            values[seed] = top1
+    return summarize(list(values.values()), list(values)) if values else None
+
+
+def _mean_cell(per_seed: dict[int, dict], block: str, targets: list[str]) -> Cell | None:
+    """Per seed the mean over every target (seeds lacking one are left out), then over seeds."""
+    means = {}
+    for seed, result in sorted(per_seed.items()):
+        values = [target_top1(result.get(block), t) for t in targets]
+        if targets and all(v is not None for v in values):
+            means[seed] = math.fsum(values) / len(values)
+    return summarize(list(means.values()), list(means)) if means else None
+
+
+def _shift_rows(runs: dict) -> dict[tuple[str, int], ShiftRow]:
+    """The runs that recorded targets, one row per (source dataset, shots)."""
+    grouped: dict[tuple[str, int], dict[int, dict]] = {}
+    for (dataset, shots, seed), result in runs.items():
+        if _targets_of(result.get("metrics")):
+            grouped.setdefault((dataset, shots), {})[seed] = result
+    rows = {}
+    for (source, shots), per_seed in sorted(grouped.items()):
+        targets = target_order(set().union(*(_targets_of(r.get("metrics")) for r in per_seed.values())))
+        columns = [source, *targets]
+        templates = {
+            ((r.get("store") or {}).get("attrs") or {}).get("templates_spec", "default") for r in per_seed.values()
+        }
+        rows[(source, shots)] = ShiftRow(
+            source,
+            shots,
+            targets,
+            {c: cell for c in columns if (cell := _column_cell(per_seed, "metrics", c, source)) is not None},
+            _mean_cell(per_seed, "metrics", targets),
+            {c: cell for c in columns if (cell := _column_cell(per_seed, "zero_shot", c, source)) is not None},
+            _mean_cell(per_seed, "zero_shot", targets),
+            tuple(sorted(map(str, templates))),
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------- averages

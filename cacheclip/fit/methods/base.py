@@ -8,6 +8,7 @@ after every run of the shot count has been trained and selected.
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cacheclip.datasets.fewshot import FewShotSplit
+from cacheclip.datasets.fewshot import FewShotSplit, sample_fewshot
 from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
 from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.metrics import classification_metrics
@@ -80,6 +81,8 @@ class Trained:
     config: dict[str, Any]  # the method's resolved settings
     artifact: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None  # saved as adapter.safetensors
     seconds: float = 0.0
+    val_set: str = "fewshot"  # the val the run chose on: fewshot (the split's), full (the whole val split), per-class
+    val_indices: tuple[int, ...] | None = None  # per-class: its indices into the val split
 
 
 class FitContext:
@@ -98,8 +101,12 @@ class FitContext:
         device: str = "cpu",
         extract_hint: str = "",
         progress: Progress | None = None,
+        protocol: str = "fewshot",
+        epoch: str = "last",
     ):
         self._store, self.data, self.config, self.shots = store, data, config, shots
+        self.protocol = protocol  # fewshot | official (each method's published protocol, never tuned on test)
+        self.epoch = epoch  # last | best-val, as asked (see ``epoch_rule``)
         self.views_requested = views  # aug | clean, as asked
         self.views = "aug" if views == "aug" and data.aug_views > 0 else "clean"  # what the store allows
         self.selection_source = selection  # val | holdout | none
@@ -108,6 +115,28 @@ class FitContext:
     @property
     def has_val(self) -> bool:
         return self.selection_source != "none"
+
+    @property
+    def official(self) -> bool:
+        return self.protocol == "official"
+
+    @property
+    def epoch_rule(self) -> str:
+        """best-val when asked and a val split exists, else last (the documented fallback: a run
+        without val keeps its last epoch and records why, see ``epoch_fallback``)."""
+        return "best-val" if self.epoch == "best-val" and self.has_val else "last"
+
+    @property
+    def epoch_fallback(self) -> str:
+        """Why --epoch best-val was not followed ("" when it was, or was not asked)."""
+        if self.epoch == "best-val" and not self.has_val:
+            return "--epoch best-val without a val split: the last epoch is kept (--no-val holdout gives one)"
+        return ""
+
+    @property
+    def has_full_val(self) -> bool:
+        """Whether the dataset has a val split of its own (ImageNet under CoOp's splits has none)."""
+        return bool(self.data.val_labels)
 
     def train_features(self, split: FewShotSplit, aug: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Clean features (N, D), labels (N,), and augmented views (N, V, D) when ``aug``."""
@@ -128,6 +157,30 @@ class FitContext:
         source = "val" if self.data.val_labels else "train"  # a hold-out val lives in the train split
         feats, labels, _ = self._read(source, split.val, False)
         return torch.from_numpy(feats), torch.from_numpy(labels)
+
+    def full_val_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every image of the dataset's val split (M, D) and labels, as the official protocols of
+        Tip-Adapter, GDA and ProKeR select on; None when the dataset has no val split."""
+        if not self.data.val_labels:
+            return None
+        feats, labels, _ = self._read("val", range(len(self.data.val_labels)), False)
+        return torch.from_numpy(feats), torch.from_numpy(labels)
+
+    def val_per_class(
+        self, split: FewShotSplit, shots: int
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, ...]]:
+        """((features, labels), indices) of ``shots`` val images per class (LP++'s K-shot val), drawn
+        by the few-shot sampler from ``random.Random(split.seed)``; the dataset must have a val split."""
+        indices = tuple(sample_fewshot(self.data.val_labels, shots, random.Random(split.seed)))
+        feats, labels, _ = self._read("val", indices, False)
+        return (torch.from_numpy(feats), torch.from_numpy(labels)), indices
+
+    def official_val(self, split: FewShotSplit) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+        """(val, which): the whole val split under --protocol official when the dataset has one,
+        else the few-shot (or held-out) val; which is "full" or "fewshot"."""
+        if self.official and self.has_full_val:
+            return self.full_val_features(), "full"
+        return self.val_features(split), "fewshot"
 
     def tick(self, done: int, total: int) -> None:
         if self.progress:
@@ -209,6 +262,8 @@ class Method:
     # True when ``differences`` judges the store's templates against the method's own paper; else
     # ``fit`` compares them with CoOp's single template per dataset
     judges_templates: bool = False
+    # "" when the method trains by epochs and follows --epoch; else why --epoch does not apply
+    epoch_note: str = "trains no epochs"
 
     def validate(self, config: Any) -> None:
         """ConfigError unless ``config`` is this method's config with workable values."""

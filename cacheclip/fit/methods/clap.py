@@ -40,7 +40,7 @@ from cacheclip.fit.methods.base import (
     view_differences,
 )
 from cacheclip.fit.metrics import classification_metrics
-from cacheclip.fit.train import batch_plan
+from cacheclip.fit.train import BestEpoch, batch_plan, last_epoch_record, top1_percent
 from cacheclip.settings import setting
 
 CLAP_VIEWS = 20  # augmented views per image encoded by CLAP's code
@@ -167,8 +167,10 @@ def train_probe(
     gen: torch.Generator,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """W (K, D) after cfg.epochs epochs from W = base; lambdas None: ZS-LP, (K,): CLAP's penalty.
+    ``on_epoch(epoch, W)`` sees W after every epoch (1-based), e.g. to keep the best val epoch.
 
     views (N, V, D) raw, labels (N,). Generator draws stay on the CPU, so a seed gives the same
     batches on any device. Returns the last epoch's W on the CPU."""
@@ -186,6 +188,8 @@ def train_probe(
                 if lam is not None:
                     grad += penalty_grad(w, t, lam)
                 sgd_step_(w, grad, buf, lr, cfg.momentum, cfg.weight_decay)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, w.detach())
         if progress is not None:
             progress(epoch + 1, cfg.epochs)
     return w.detach().cpu()
@@ -207,7 +211,7 @@ def payload(ctx: FitContext, clap: bool) -> dict[str, Any]:
         "sampling": cfg.sampling,
         "views_used": ctx.views,
         "base": f"raw mean of {data.per_template.shape[0]} per-template text embedding(s)",
-        "model": "last epoch",
+        "model": "first best val epoch" if ctx.epoch_rule == "best-val" else "last epoch",
     }
     if clap:
         views = f"{data.aug_views} cached views" if ctx.views == "aug" else "the clean view"
@@ -229,20 +233,37 @@ def _train(ctx: FitContext, plans: list[RunPlan], clap: bool) -> list[Trained]:
             ctx.tick(offset + epoch, len(plans) * total)
 
         gen = torch.Generator().manual_seed(plan.seed)
+        val = ctx.val_features(plan.split)  # only reported, unless --epoch best-val chooses the epoch on it
+        keeper = BestEpoch(1) if ctx.epoch_rule == "best-val" else None
+        on_epoch = None if keeper is None else _scorer(keeper, val, data.logit_scale)
         weight = train_probe(
-            views, labels, base, lambdas, cfg, scale=data.logit_scale, gen=gen, device=ctx.device, progress=tick
+            views,
+            labels,
+            base,
+            lambdas,
+            cfg,
+            scale=data.logit_scale,
+            gen=gen,
+            device=ctx.device,
+            progress=tick,
+            on_epoch=on_epoch,
         )
+        if keeper is not None:
+            weight, kept = keeper.state["weight"][0].cpu(), keeper.record()
+            selection = {"on": ctx.selection_source, "candidates": {"epochs": cfg.epochs}, "chosen": {}}
+        else:
+            kept = last_epoch_record(cfg.epochs, ctx.epoch_fallback)
+            selection = {
+                "on": "none",
+                "candidates": [{"epoch": cfg.epochs}],
+                "chosen": {},
+                "reason": "the paper selects nothing: the last epoch is kept"
+                + ("; val is only reported" if val else "; no val split"),
+            }
+        chosen = {"epoch": kept["chosen"]}
+        selection["chosen"], selection["epoch"] = chosen, kept
         predict = _predictor(weight, data.logit_scale)
-        val = ctx.val_features(plan.split)  # reported only: nothing is chosen on it
         val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
-        chosen = {"epoch": cfg.epochs}
-        selection = {
-            "on": "none",
-            "candidates": [dict(chosen)],
-            "chosen": chosen,
-            "reason": "the paper selects nothing: the last epoch is kept"
-            + ("; val is only reported" if val else "; no val split"),
-        }
         config = {**payload(ctx, clap), "chosen": chosen, "classifier": "learned cosine classifier (K, D), from t"}
         tensors = {"weight": weight, "base": base.clone()}
         if lambdas is not None:
@@ -259,6 +280,16 @@ def _train(ctx: FitContext, plans: list[RunPlan], clap: bool) -> list[Trained]:
 
 def _predictor(weight: torch.Tensor, scale: float):
     return lambda feats: cosine_logits(feats, weight, scale).cpu()
+
+
+def _scorer(keeper: BestEpoch, val: tuple[torch.Tensor, torch.Tensor], scale: float):
+    """on_epoch for ``train_probe``: W's val top-1, kept by ``keeper`` when best so far."""
+
+    def on_epoch(epoch: int, weight: torch.Tensor) -> None:
+        preds = cosine_logits(val[0].to(weight.device), weight, scale)
+        keeper.observe(epoch, torch.tensor([top1_percent(preds, val[1])]), {"weight": weight[None]})
+
+    return on_epoch
 
 
 def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_scale: float, device: str):
@@ -291,6 +322,8 @@ def differences(ctx: FitContext, clap: bool) -> list[str]:
             f"(CLAP: min({cfg.batch_size}, {CLAP_VIEWS}·N) = {min(cfg.batch_size, CLAP_VIEWS * n)} views from its pool)"
         )
     diffs += _template_differences(data) + _hyper_differences(cfg)
+    if ctx.epoch_rule == "best-val":
+        diffs.append("the first best val epoch kept (CLAP: the last epoch, no val)")
     return diffs
 
 
@@ -332,6 +365,7 @@ register_method(
         differences=lambda ctx: differences(ctx, clap=False),
         from_artifact=from_artifact,
         judges_templates=True,
+        epoch_note="",
     )
 )
 
@@ -346,5 +380,6 @@ register_method(
         differences=lambda ctx: differences(ctx, clap=True),
         from_artifact=from_artifact,
         judges_templates=True,
+        epoch_note="",
     )
 )

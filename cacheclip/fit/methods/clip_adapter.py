@@ -13,7 +13,15 @@ import torch
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import AdapterConfig
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
-from cacheclip.fit.train import RunSpec, TrainConfig, predict, resolve_epochs, train_runs
+from cacheclip.fit.train import (
+    RunSpec,
+    TrainConfig,
+    last_epoch_record,
+    predict,
+    resolve_epochs,
+    train_runs,
+    train_runs_best_val,
+)
 from cacheclip.settings import setting
 
 PAPER_ALPHA = 0.2  # the official code's fixed ratio, behind the published numbers
@@ -74,12 +82,19 @@ class ClipAdapterConfig:
         self.train_config().validate()
 
 
+def candidates(ctx: FitContext) -> list[AdapterConfig]:
+    """The grid to train; --protocol official: the official code's fixed ratio only (no selection)."""
+    if ctx.official:
+        return [replace(ctx.config.kind, alpha=PAPER_ALPHA, beta=PAPER_ALPHA)]
+    return ctx.config.candidates()
+
+
 def payload(ctx: FitContext) -> dict[str, Any]:
-    cfg = ctx.config
+    cfg, grid = ctx.config, candidates(ctx)
     return {
         "adapter": {k: v for k, v in asdict(cfg.kind).items() if k not in ("alpha", "beta")},
-        "alphas": list(cfg.alphas),
-        "betas": list(cfg.betas),
+        "alphas": sorted({c.alpha for c in grid}) if ctx.official else list(cfg.alphas),
+        "betas": sorted({c.beta for c in grid}) if ctx.official else list(cfg.betas),
         "train": {
             **asdict(cfg.train_config(ctx.views_requested)),
             "epochs": resolve_epochs(cfg.train_config(), ctx.shots, ctx.data.dataset),
@@ -90,30 +105,39 @@ def payload(ctx: FitContext) -> dict[str, Any]:
 
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     cfg, data, mode = ctx.config, ctx.data, ctx.views
-    if not ctx.has_val and len(cfg.candidates()) > 1:
+    grid = candidates(ctx)
+    if not ctx.has_val and len(grid) > 1:
         raise ConfigError(
-            f"{data.dataset} has no few-shot val split, so {len(cfg.candidates())} alpha/beta "
+            f"{data.dataset} has no few-shot val split, so {len(grid)} alpha/beta "
             "values cannot be chosen without the test set",
             "pass a single --alpha (and --beta), or --no-val holdout to hold out val from train",
         )
     start = time.perf_counter()
-    candidates = cfg.candidates()
     specs, vals = [], []
     for plan in plans:
         _, views, labels = ctx.train_views(plan.split)  # views (N, V, D)
         vals.append(ctx.val_features(plan.split))
-        specs += [RunSpec(plan.seed, c, views, labels) for c in candidates]
+        specs += [RunSpec(plan.seed, c, views, labels) for c in grid]
     epochs = resolve_epochs(cfg.train_config(), ctx.shots, data.dataset)
-    states = train_runs(
-        specs, data.class_weights, data.logit_scale, cfg.train_config(mode), epochs, ctx.device, ctx.tick
-    )
+    train_args = (data.class_weights, data.logit_scale, cfg.train_config(mode), epochs, ctx.device, ctx.tick)
+    if ctx.epoch_rule == "best-val":  # each (seed, ratio) run keeps its first best epoch on its seed's val
+        spec_vals = [vals[i // len(grid)] for i in range(len(specs))]
+        states, kept = train_runs_best_val(specs, spec_vals, *train_args)
+    else:
+        states = train_runs(specs, *train_args)
+        kept = [last_epoch_record(epochs, ctx.epoch_fallback) for _ in specs]
     seconds = (time.perf_counter() - start) / len(plans)
-    out, n = [], len(candidates)
+    out, n = [], len(grid)
     for i, plan in enumerate(plans):
         run_specs, run_states = specs[i * n : (i + 1) * n], states[i * n : (i + 1) * n]
         predictors = [_predictor(s, st, data, ctx.device) for s, st in zip(run_specs, run_states, strict=False)]
         ratios = [_ratios(s.adapter) for s in run_specs]
         best, selection, val_metrics = select_on_val(ratios, predictors, vals[i], data, ctx.selection_source)
+        if ctx.official:  # one fixed candidate: nothing chosen, val (if any) only reported
+            fixed = ratios[0]
+            why = f"--protocol official: the official code's fixed ratio {PAPER_ALPHA}, no selection"
+            selection = {"on": "none", "candidates": [dict(fixed)], "chosen": dict(fixed), "reason": why}
+        selection["epoch"] = kept[i * n + best]
         chosen = run_specs[best].adapter
         config = {
             **payload(ctx),
@@ -148,8 +172,15 @@ def differences(ctx: FitContext) -> list[str]:
         diffs.append("paper block without trailing ReLU (published numbers: official block)")
     if a.reduction != 4:
         diffs.append(f"reduction {a.reduction} (paper: 4)")
-    if a.visual and list(cfg.alphas) != [PAPER_ALPHA]:
+    if a.visual and not ctx.official and list(cfg.alphas) != [PAPER_ALPHA]:
         diffs.append(f"alpha from {list(cfg.alphas)} (official code: fixed {PAPER_ALPHA})")
+    if a.text and ctx.official:
+        diffs.append(f"text ratio fixed at {PAPER_ALPHA} like the visual one (the official code has no text adapter)")
+    if ctx.epoch_rule == "best-val":
+        diffs.append(
+            "the first best val epoch kept (the CoOp configs of Oct 2021 kept the best val epoch, later ones "
+            "the last; which one the published numbers used is uncertain)"
+        )
     for name in ("lr", "batch_size", "weight_decay", "momentum", "warmup_epochs", "warmup_lr"):
         if getattr(cfg, name) != getattr(ref, name):
             diffs.append(f"{name} {getattr(cfg, name)} (CoOp: {getattr(ref, name)})")
@@ -180,5 +211,6 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        epoch_note="",
     )
 )

@@ -422,5 +422,6 @@ register_method(
         differences=differences,
         from_artifact=from_artifact,
         judges_templates=True,
+        epoch_note="trains by iterations and keeps its earliest best val iteration (the official early stopping)",
     )
 )

@@ -190,7 +190,8 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         _, views, labels = ctx.train_views(plan.split)  # (N, V, D); V = 1 for the clean view
         n, v, d = views.shape
         fit = fit_gda(views.reshape(n * v, d), labels.repeat_interleave(v), data.num_classes)
-        val = ctx.val_features(plan.split)
+        val, val_set = ctx.official_val(plan.split)  # official: the whole val split, as GDA
+        source = "full val split" if val_set == "full" else ctx.selection_source
         if fit.degenerate:  # every alpha gives the zero-shot argmax: nothing to choose
             alphas, best = [0.0], 0
             predictors = [_predictor(fit, data, 0.0)]
@@ -203,9 +204,7 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         else:
             alphas = candidate_alphas(cfg, val is not None)
             predictors = [_predictor(fit, data, a) for a in alphas]
-            best, selection, val_metrics = select_on_val(
-                [{"alpha": a} for a in alphas], predictors, val, data, ctx.selection_source
-            )
+            best, selection, val_metrics = select_on_val([{"alpha": a} for a in alphas], predictors, val, data, source)
             if val is None:
                 why = "as given" if len(cfg.alphas) == 1 else "--gda-alpha-no-val; GDA chose its ImageNet alpha on test"
                 selection["reason"] = f"no val split: alpha fixed at {alphas[0]:g} ({why})"
@@ -226,7 +225,7 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
             "+ alpha * (normalize(f) @ weight.T + bias)",
         }
         seconds = time.perf_counter() - start
-        out.append(Trained(plan, predictors[best], selection, val_metrics, config, (tensors, meta), seconds))
+        out.append(Trained(plan, predictors[best], selection, val_metrics, config, (tensors, meta), seconds, val_set))
         ctx.tick(done + 1, len(plans))
     return out
 
@@ -271,13 +270,15 @@ def selection_differences(ctx: FitContext, what: str, paper: str, fixed: str) ->
     imagenet, k = ctx.data.dataset == "imagenet", min(ctx.shots, 4)
     per_class = f"{k} image{'s' if k > 1 else ''} per class"
     theirs = "ImageNet's chosen on test, run by run" if imagenet else "chosen on the full val split"
+    sampling = f"few-shot images sampled by cacheclip, CoOp's procedure ({paper}: random.sample, one RNG stream)"
+    if ctx.official and ctx.has_full_val:  # --protocol official: the full val split, as theirs
+        return [sampling]
     if ctx.selection_source == "val":
         line = f"{what} chosen on the few-shot val split, {per_class} ({paper}: {theirs})"
     elif ctx.selection_source == "holdout":
         line = f"{what} chosen on {per_class} held out of train ({paper}: {theirs})"
     else:
         line = f"{what} fixed without val: {fixed} ({paper}: {theirs})"
-    sampling = f"few-shot images sampled by cacheclip, CoOp's procedure ({paper}: random.sample, one RNG stream)"
     return [line, sampling]
 
 

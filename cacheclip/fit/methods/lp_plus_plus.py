@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cacheclip.datasets.fewshot import VAL_SHOTS_CAP
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, view_differences
@@ -194,7 +195,7 @@ def train_lpp(
 
 def payload(ctx: FitContext) -> dict[str, Any]:
     cfg, data = ctx.config, ctx.data
-    select = cfg.select == "val" and ctx.has_val
+    select = (cfg.select == "val" or ctx.official) and ctx.has_val
     return {
         "epochs": cfg.epochs,
         "momentum": cfg.momentum,
@@ -220,8 +221,11 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     for done, plan in enumerate(plans):
         start = time.perf_counter()
         _, views, labels = ctx.train_views(plan.split)  # views (N, V, D) raw
-        val = ctx.val_features(plan.split)
-        select = val is not None and cfg.select == "val"
+        if ctx.official and ctx.has_full_val and ctx.shots > VAL_SHOTS_CAP:  # the few-shot val: min(K, 4) per class
+            (val, val_indices), val_set = ctx.val_per_class(plan.split, ctx.shots), "per-class"  # LP++: K per class
+        else:
+            val, val_set, val_indices = ctx.val_features(plan.split), "fewshot", None
+        select = val is not None and (cfg.select == "val" or ctx.official)
 
         def tick(epoch: int, total: int, offset: int = done * cfg.epochs) -> None:
             ctx.tick(offset + epoch, len(plans) * total)
@@ -242,7 +246,7 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         chosen = {"epoch": fit.epoch}
         if select:
             selection = {
-                "on": ctx.selection_source,
+                "on": f"{ctx.shots} val images per class" if val_set == "per-class" else ctx.selection_source,
                 "candidates": {"epochs": cfg.epochs},
                 "val_top1": [round(x, 4) for x in fit.val_top1],  # index i: after epoch i + 1
                 "rule": "the last epoch with the best val top-1 (>=, as LP++'s code)",
@@ -260,7 +264,9 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
             "logit_scale": data.logit_scale,  # unused by LP++'s logits (no scale), kept for the file format
             "logits": "normalize(f) @ weight.T + bias + alpha * (normalize(f) @ text_hat.T)",
         }
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        trained = Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set, val_indices)
+        out.append(trained)
     return out
 
 
@@ -307,7 +313,9 @@ def _selection_differences(ctx: FitContext) -> list[str]:
     paper = f"the last best epoch on a {k}-shot val; ImageNet: {k} extra train images per class, training transform"
     if source == "none":
         return [f"the last epoch, no val (LP++: {paper})"]
-    if ctx.config.select == "last":
+    if ctx.official and ctx.has_full_val:  # K per class from the val split (min(K, 4) = K when K <= 4)
+        return []
+    if ctx.config.select == "last" and not ctx.official:
         return [f"the last epoch, val only reported (LP++: {paper})"]
     if source == "holdout":
         return [f"best epoch on {min(k, 4)} held-out train images per class, clean view (LP++: {paper})"]
@@ -337,5 +345,6 @@ register_method(
         differences=differences,
         from_artifact=from_artifact,
         judges_templates=True,
+        epoch_note="chooses its epoch by --lpp-select (val: the last best val epoch, as LP++'s code)",
     )
 )

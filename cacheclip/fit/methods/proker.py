@@ -135,6 +135,8 @@ def candidate_grid(ctx: FitContext) -> tuple[list[float], list[float]]:
         beta, lam, _ = fixed_values(cfg, ctx.shots)
         return [beta], [lam]
     betas, lambdas = official_grid(ctx.data.dataset)
+    if ctx.official:  # --protocol official: ProKeR's config grids, whatever was given
+        return betas, lambdas
     return (
         [float(b) for b in cfg.betas] if cfg.betas is not None else betas,
         [float(x) for x in cfg.lambdas] if cfg.lambdas is not None else lambdas,
@@ -193,7 +195,8 @@ def check_memory(ctx: FitContext, plan: RunPlan, lambdas: int) -> None:
     if given is None and have is None:
         return  # nothing to compare with
     budget = given * 1e9 if given is not None else HEADROOM * have
-    n, n_val, k, d = len(plan.split.train), len(plan.split.val), ctx.data.num_classes, ctx.data.class_weights.shape[1]
+    n, k, d = len(plan.split.train), ctx.data.num_classes, ctx.data.class_weights.shape[1]
+    n_val = len(ctx.data.val_labels) if ctx.official and ctx.has_full_val else len(plan.split.val)  # official: all val
     views, read = support_views(ctx), 4 * n * ctx.data.aug_views * d  # every cached view is read, then sliced
     need = memory_bytes(n * max(views, 1), k, d, n_val, lambdas) + (read if views else 0)
     if need <= budget:
@@ -365,13 +368,14 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     for p, plan in enumerate(plans):
         start = time.perf_counter()
         x, labels = _support(ctx, plan, views)
-        val = ctx.val_features(plan.split)
+        val, val_set = ctx.official_val(plan.split)  # official: the whole val split (--hp-selection tip-adapter)
         tick = lambda done, total, p=p: ctx.tick(p * total + done, len(plans) * total)  # noqa: E731
         fit = fit_grid(x, labels, text, betas, lambdas, val, tick)
         predict = partial(proker_logits, support=fit.support, coef=fit.coef, text=text, beta=fit.beta)
         chosen = {"beta": fit.beta, "lambda": fit.lam}
         if val is not None:
-            selection = {"on": ctx.selection_source, "candidates": {"beta": betas, "lambda": lambdas}}
+            source = "full val split" if val_set == "full" else ctx.selection_source
+            selection = {"on": source, "candidates": {"beta": betas, "lambda": lambdas}}
             selection |= {"val_top1": fit.scores, "val_top1_axes": ["beta", "lambda"], "chosen": chosen}
         else:
             selection = {"on": "none", "candidates": [dict(chosen)], "chosen": chosen}
@@ -386,7 +390,7 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
             "logits": "normalize(f) @ text.T + exp(beta * (normalize(f) @ support.T - 1)) @ coef",
         }
         seconds = time.perf_counter() - start
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds))
+        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set))
     return out
 
 
@@ -405,7 +409,7 @@ def differences(ctx: FitContext) -> list[str]:
     theirs = "{} x {}".format(*map(len, official_grid(data.dataset)))
     if ctx.has_val and data.dataset not in PROKER_GRID_SPECS:
         diffs.append(f"{data.dataset} has no ProKeR config: {GENERIC_GRID}'s grid, {theirs}")
-    elif ctx.has_val and (cfg.betas is not None or cfg.lambdas is not None):
+    elif ctx.has_val and not ctx.official and (cfg.betas is not None or cfg.lambdas is not None):
         diffs.append(f"grid of {len(betas)} betas x {len(lambdas)} lambdas (ProKeR's config: {theirs})")
     diffs += _view_differences(ctx) + template_differences(data, "ProKeR")
     diffs.append(f"coefficients by a {_solver(len(lambdas))} (ProKeR: a solve per (beta, lambda), on GPU)")

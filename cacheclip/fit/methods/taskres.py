@@ -24,7 +24,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from cacheclip.datasets.templates import TEMPLATE_SETS
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.fit.train import BestEpoch, last_epoch_record, top1_percent
 from cacheclip.settings import setting
 
 COOP_DATASETS = (
@@ -177,9 +178,11 @@ def train_residual(
     generator: torch.Generator,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The last epoch's residual x (K, D), on the CPU. views (N, V, D) raw (any float dtype),
-    labels (N,), base t (K, D); batches of ``cfg.batch_size``, Adam with ``cfg``'s decay and betas."""
+    labels (N,), base t (K, D); batches of ``cfg.batch_size``, Adam with ``cfg``'s decay and betas.
+    ``on_epoch(epoch, x)`` sees x after every epoch (1-based), e.g. to keep the best val epoch."""
     n, v, d = views.shape
     dtype = torch.promote_types(base.dtype, torch.float32)
     rows_src = views.to(device).reshape(n * v, d)  # row i V + j: image i, view j (stored dtype)
@@ -199,6 +202,8 @@ def train_residual(
                 f_hat = F.normalize(rows_src.index_select(0, idx).to(dtype), dim=-1)
                 x.grad = residual_grad(f_hat, y_all[idx // v], t, x, alpha, scale)
                 opt.step()
+            if on_epoch is not None:
+                on_epoch(epoch + 1, x.detach())
             if progress is not None:
                 progress(epoch + 1, epochs)
     return x.detach().cpu()
@@ -218,7 +223,10 @@ def candidate_alphas(cfg: TaskResConfig, official: Official, has_val: bool) -> l
 
 
 def _resolved(ctx: FitContext) -> tuple[Official, list[float], float, int]:
+    """(official values, alphas, lr, epochs); --protocol official: the scripts' values, whatever was given."""
     cfg, official = ctx.config, official_values(ctx.data.dataset, ctx.shots)
+    if ctx.official:
+        cfg = replace(cfg, alphas=None, lr=None, epochs=None)
     lr = cfg.lr if cfg.lr is not None else official.lr
     epochs = cfg.epochs if cfg.epochs is not None else official.epochs
     return official, candidate_alphas(cfg, official, ctx.has_val), lr, epochs
@@ -245,7 +253,7 @@ def payload(ctx: FitContext) -> dict[str, Any]:
         "values_from": "train_regular.sh" if official.scripted else "generic (dataset not in TaskRes's scripts)",
         "base": _base_description(ctx.data),
         "views_used": ctx.views,
-        "model": "last epoch",
+        "model": "first best val epoch" if ctx.epoch_rule == "best-val" else "last epoch",
     }
 
 
@@ -257,19 +265,30 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
     for p, plan in enumerate(plans):
         start = time.perf_counter()
         _, views, labels = ctx.train_views(plan.split)  # (N, V, D); V = 1 for the clean view
-        residuals = []
+        residuals, kept = [], []
+        val = ctx.val_features(plan.split)
         for a, alpha in enumerate(alphas):
             gen = torch.Generator().manual_seed(plan.seed)
             tick = partial(_tick, ctx, (p * len(alphas) + a) * epochs, total)
-            residuals.append(train_residual(views, labels, base, scale, alpha, lr, epochs, cfg, gen, ctx.device, tick))
-        val = ctx.val_features(plan.split)
+            keeper = BestEpoch(1) if ctx.epoch_rule == "best-val" else None
+            on_epoch = None if keeper is None else _scorer(keeper, val, base, alpha, scale)
+            x = train_residual(views, labels, base, scale, alpha, lr, epochs, cfg, gen, ctx.device, tick, on_epoch)
+            if keeper is not None:
+                x = keeper.state["residual"][0].cpu()
+            residuals.append(x)
+            kept.append(keeper.record() if keeper is not None else last_epoch_record(epochs, ctx.epoch_fallback))
         predictors = [_predictor(base, r, a, scale) for r, a in zip(residuals, alphas, strict=True)]
         best, selection, val_metrics = select_on_val(
             [{"alpha": a} for a in alphas], predictors, val, data, ctx.selection_source
         )
         if val is None:
-            why = "as given" if cfg.alphas is not None and len(cfg.alphas) == 1 else "the official value"
+            why = (
+                "as given"
+                if not ctx.official and cfg.alphas is not None and len(cfg.alphas) == 1
+                else "the official value"
+            )
             selection["reason"] = f"no val split: alpha fixed at {alphas[0]:g} ({why})"
+        selection["epoch"] = kept[best]
         chosen = {"alpha": alphas[best], "lr": lr, "epochs": epochs}
         config = {
             **payload(ctx),
@@ -290,6 +309,16 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
 
 def _tick(ctx: FitContext, done: int, total: int, epoch: int, _epochs: int) -> None:
     ctx.tick(done + epoch, total)
+
+
+def _scorer(keeper: BestEpoch, val, base: torch.Tensor, alpha: float, scale: float):
+    """on_epoch for ``train_residual``: the residual's val top-1, kept by ``keeper`` when best so far."""
+
+    def on_epoch(epoch: int, residual: torch.Tensor) -> None:
+        preds = taskres_logits(val[0].to(residual.device), base.to(residual.device), residual, alpha, scale)
+        keeper.observe(epoch, torch.tensor([top1_percent(preds, val[1])]), {"residual": residual[None]})
+
+    return on_epoch
 
 
 def _predictor(base: torch.Tensor, residual: torch.Tensor, alpha: float, scale: float):
@@ -316,7 +345,7 @@ def differences(ctx: FitContext) -> list[str]:
         diffs.append("no augmentation: the clean view every epoch (official: a fresh RandomResizedCrop + flip)")
     if not official.scripted:
         diffs.append(f"{data.dataset} is not in TaskRes's scripts: generic alpha {GENERIC_ALPHA}, lr {GENERIC_LR:g}")
-    if ctx.has_val and cfg.alphas is not None and len(cfg.alphas) > 1:
+    if ctx.has_val and not ctx.official and cfg.alphas is not None and len(cfg.alphas) > 1:
         diffs.append(
             f"alpha chosen on the few-shot val split from {alphas} "
             f"(official: fixed at {official.alpha:g} for this dataset, no validation)"
@@ -331,6 +360,8 @@ def differences(ctx: FitContext) -> list[str]:
     ):
         if ours != theirs:
             diffs.append(f"{name} {ours:g} (official: {theirs:g})")
+    if ctx.epoch_rule == "best-val":
+        diffs.append("the first best val epoch kept (official: the last epoch, no val)")
     diffs.append(
         f"Adam betas {tuple(cfg.betas)} (TaskRes does not pin its Dassl: (0.9, 0.999) at Dassl HEAD, "
         f"{OLD_DASSL_BETAS} in older versions)"
@@ -365,5 +396,6 @@ register_method(
         differences=differences,
         from_artifact=from_artifact,
         judges_templates=True,
+        epoch_note="",
     )
 )

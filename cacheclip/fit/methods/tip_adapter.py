@@ -10,15 +10,19 @@ of the few-shot train features whose retrieval scores are added to CLIP's zero-s
 ``tip-adapter`` is training-free. ``tip-adapter-f`` makes F learnable (values stay fixed) and
 trains it with cross-entropy on those logits. Both choose (alpha, beta) on the few-shot val
 split only, over a grid scored in a few matrix products; without val they keep fixed values.
+``--protocol official`` follows Tip-Adapter's configs instead (data/tip_adapter_configs.json): the
+whole val split, the dataset's grid, Tip-Adapter-F's initial alpha/beta, epochs and lr; never test.
 Since L is one-hot, ``A @ L`` is computed as a per-class sum of A's columns (``index_add``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +32,7 @@ from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
 from cacheclip.fit.metrics import classification_metrics
+from cacheclip.fit.train import BestEpoch, last_epoch_record, top1_percent
 from cacheclip.settings import setting
 
 TIP_SCALE = (0.5, 1.0)  # Tip-Adapter's RandomResizedCrop scale for its cache views
@@ -36,6 +41,9 @@ TIPF_WEIGHT_DECAY = 0.01  # torch AdamW's default, which Tip-Adapter-F's optimis
 TIPF_EPS = 1e-4  # Tip-Adapter-F's AdamW eps
 CHUNK = 4096  # rows of features scored at once (bounds the (rows, NK) affinity)
 TIP_GRID = tuple(round(0.1 + 0.3 * i, 2) for i in range(34))  # 0.1 .. 10 in steps of 0.3 (34 values)
+# Tip-Adapter's per-dataset configs (grids, Tip-Adapter-F's init, epochs, lr), applied by --protocol official;
+# the file names the repository, commit and config file of every value
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "tip_adapter_configs.json").read_text())["datasets"]
 
 
 @dataclass(frozen=True)
@@ -151,9 +159,11 @@ def finetune_keys(
     seed: int,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Tip-Adapter-F: train the keys (NK, D) on views (N, V, D) of the N cache images; returns the last
-    epoch's keys. AdamW (eps 1e-4, weight decay 0.01), cosine lr over all steps (stepped per
+    epoch's keys (``on_epoch(epoch, keys)`` sees them after every epoch, 1-based, e.g. to keep the
+    best). AdamW (eps 1e-4, weight decay 0.01), cosine lr over all steps (stepped per
     step, to 0), CE on ``tip_logits``. Each epoch draws one view per image (``randint``) then a
     permutation (``randperm``) from ``torch.Generator().manual_seed(seed)``; every image is seen
     once per epoch (the last batch may be smaller)."""
@@ -178,6 +188,8 @@ def finetune_keys(
             loss.backward()
             opt.step()
             sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, weights.detach())
         if progress is not None:
             progress(epoch + 1, epochs)
     return weights.detach().cpu()
@@ -190,6 +202,32 @@ def _adamw(params: list[torch.Tensor], **settings) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **settings)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(params, **settings)
+
+
+# ---------------------------------------------------------------- the official configs
+
+
+def official_grid(entry: dict) -> tuple[list[float], list[float]]:
+    """(alphas, betas) of a Tip-Adapter config: for each of beta and alpha, ``step`` values
+    i (scale - 0.1) / step + 0.1, i = 0 .. step - 1 (from 0.1 up to just below ``scale``)."""
+    (scale_b, scale_a), (step_b, step_a) = entry["search_scale"], entry["search_step"]
+    betas = [i * (scale_b - 0.1) / step_b + 0.1 for i in range(step_b)]
+    alphas = [i * (scale_a - 0.1) / step_a + 0.1 for i in range(step_a)]
+    return alphas, betas
+
+
+def resolved(ctx: FitContext) -> TipAdapterConfig:
+    """The settings a run uses: the user's, or under --protocol official the dataset's Tip-Adapter
+    config (grid; for Tip-Adapter-F also initial alpha/beta, epochs, lr). A dataset without a
+    config keeps the user's settings (recorded as a difference)."""
+    cfg, entry = ctx.config, OFFICIAL.get(ctx.data.dataset)
+    if not ctx.official or entry is None:
+        return cfg
+    alphas, betas = official_grid(entry)
+    cfg = replace(cfg, alphas=tuple(alphas), betas=tuple(betas), init=(entry["init_alpha"], entry["init_beta"]))
+    if isinstance(cfg, TipAdapterFConfig):
+        cfg = replace(cfg, epochs=entry["train_epoch"], lr=entry["lr"])
+    return cfg
 
 
 # ---------------------------------------------------------------- selection
@@ -242,7 +280,7 @@ def candidate_grid(cfg: TipAdapterConfig, has_val: bool) -> tuple[list[float], l
 
 
 def payload(ctx: FitContext, finetune: bool = False) -> dict[str, Any]:
-    cfg, data, mode = ctx.config, ctx.data, ctx.views
+    cfg, data, mode = resolved(ctx), ctx.data, ctx.views
     alphas, betas = candidate_grid(cfg, ctx.has_val)
     out = {
         "alphas": alphas,
@@ -265,19 +303,25 @@ def payload(ctx: FitContext, finetune: bool = False) -> dict[str, Any]:
             "train_views": (
                 "one random cached view per image per epoch" if mode == "aug" else "the clean view every epoch"
             ),
-            "model": "last epoch",
+            "model": "first best val epoch" if ctx.epoch_rule == "best-val" else "last epoch",
         }
+    if ctx.official:
+        out["official_config"] = OFFICIAL.get(data.dataset, {}).get("file", "none for this dataset")
+        out["val"] = "full val split" if ctx.has_full_val else ctx.selection_source
     return out
 
 
 def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Trained]:
-    cfg, data = ctx.config, ctx.data
+    cfg, data = resolved(ctx), ctx.data
     out = []
     for done, plan in enumerate(plans):
         start = time.perf_counter()
         clean, views, labels = ctx.train_views(plan.split)  # views (N, V, D)
         keys = build_keys(clean, views if ctx.views == "aug" else None)
+        val, val_set = ctx.official_val(plan.split)  # official: the whole val split, as Tip-Adapter
+        kept = None
         if finetune:
+            keeper = BestEpoch(1) if ctx.epoch_rule == "best-val" and val is not None else None
             keys = finetune_keys(
                 views,
                 labels,
@@ -291,9 +335,16 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
                 batch_size=cfg.batch_size,
                 seed=plan.seed,
                 device=ctx.device,
+                on_epoch=None if keeper is None else _scorer(keeper, val, labels, data, cfg),
             )
-        val = ctx.val_features(plan.split)
-        alpha, beta, selection = choose(val, keys, labels, cfg, data, ctx.selection_source)
+            if keeper is not None:
+                keys, kept = keeper.state["keys"][0].cpu(), keeper.record()
+            else:
+                kept = last_epoch_record(cfg.epochs, ctx.epoch_fallback)
+        source = "full val split" if val_set == "full" else ctx.selection_source
+        alpha, beta, selection = choose(val, keys, labels, cfg, data, source)
+        if kept is not None:
+            selection["epoch"] = kept
         predict = _predictor(keys, labels, data, alpha, beta)
         val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
         chosen = {"alpha": alpha, "beta": beta}
@@ -312,9 +363,21 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
             "logits": "s * normalize(f) @ normalize(class_weights).T + alpha * exp(-beta * (1 - "
             "normalize(f) @ keys.T)) @ values",
         }
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set))
         ctx.tick(done + 1, len(plans))
     return out
+
+
+def _scorer(keeper: BestEpoch, val, cache_labels, data: FitData, cfg: TipAdapterConfig):
+    """on_epoch for ``finetune_keys``: the keys' val top-1 with the training alpha, beta."""
+    alpha, beta = float(cfg.init[0]), float(cfg.init[1])
+
+    def on_epoch(epoch: int, keys: torch.Tensor) -> None:
+        preds = tip_logits(val[0], keys.cpu(), cache_labels, data.class_weights, data.logit_scale, alpha, beta)
+        keeper.observe(epoch, torch.tensor([top1_percent(preds, val[1])]), {"keys": keys[None]})
+
+    return on_epoch
 
 
 def _predictor(keys, cache_labels, data: FitData, alpha: float, beta: float):
@@ -328,7 +391,7 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
 
 
 def differences(ctx: FitContext, finetune: bool = False) -> list[str]:
-    cfg, data, diffs = ctx.config, ctx.data, []
+    data, diffs = ctx.data, []
     if ctx.views == "aug":
         scale = data.aug_scale
         if scale is not None and list(scale) != list(TIP_SCALE):
@@ -337,35 +400,60 @@ def differences(ctx: FitContext, finetune: bool = False) -> list[str]:
             diffs.append(f"cache averages {data.aug_views} views per image (Tip-Adapter: {TIP_VIEWS})")
     else:
         diffs.append(f"cache keys from the clean view (Tip-Adapter: mean of {TIP_VIEWS} augmented views)")
-    if ctx.has_val:
-        diffs.append(
-            f"alpha, beta chosen on val from a {len(cfg.betas)} x {len(cfg.alphas)} grid "
-            "(Tip-Adapter: per-dataset grids of 200 betas x 20 alphas"
-            + ("; ImageNet's searched on test)" if data.dataset == "imagenet" else ")")
-        )
-    else:
-        diffs.append("alpha, beta fixed without val (Tip-Adapter: ImageNet's searched on test)")
+    diffs += _selection_differences(ctx)
     if finetune:
         diffs += _finetune_differences(ctx)
     return diffs
 
 
+def _selection_differences(ctx: FitContext) -> list[str]:
+    """Where the (alpha, beta) search departs from Tip-Adapter's: its val set and grid."""
+    cfg, data = resolved(ctx), ctx.data
+    on_test = data.dataset == "imagenet"  # Tip-Adapter searched ImageNet's alpha, beta on test
+    if not ctx.has_val:
+        return ["alpha, beta fixed without val (Tip-Adapter: ImageNet's searched on test)"]
+    official_grid_used = ctx.official and data.dataset in OFFICIAL
+    diffs = []
+    if not official_grid_used:
+        diffs.append(
+            f"alpha, beta searched on a {len(cfg.betas)} x {len(cfg.alphas)} grid "
+            + ("(no Tip-Adapter config for this dataset; its configs: " if ctx.official else "(Tip-Adapter: ")
+            + "per-dataset grids of 200 betas x 20 alphas)"
+        )
+    if on_test:
+        diffs.append("alpha, beta chosen on a val held out from train (Tip-Adapter: ImageNet's searched on test)")
+    elif not (ctx.official and ctx.has_full_val):
+        diffs.append("alpha, beta chosen on the few-shot val (Tip-Adapter: the full val split)")
+    return diffs
+
+
 def _finetune_differences(ctx: FitContext) -> list[str]:
-    cfg, data = ctx.config, ctx.data
+    cfg, data = resolved(ctx), ctx.data
+    entry = OFFICIAL.get(data.dataset)
+    kept = (
+        "the first best val epoch's keys" if ctx.epoch_rule == "best-val" else "the last epoch's keys"
+    ) + " (Tip-Adapter-F: the best epoch on test)"
     diffs = [
         "keys trained on cached views, one per image per epoch (Tip-Adapter-F: fresh random crops)"
         if ctx.views == "aug"
         else "keys trained on the clean view (Tip-Adapter-F: random crops)",
-        "the last epoch's keys (Tip-Adapter-F: the best epoch on test)",
-        f"trained with alpha={cfg.init[0]:g}, beta={cfg.init[1]:g} "
-        "(Tip-Adapter-F: per-dataset initial alpha 1.17-5, beta 1)",
+        kept,
         "fp32 keys (Tip-Adapter-F: fp16 on GPU)",
     ]
-    protocol_epochs = 100 if data.dataset == "eurosat" else 20
-    if cfg.epochs != protocol_epochs:
-        diffs.append(f"epochs {cfg.epochs} (Tip-Adapter-F's config: {protocol_epochs})")
-    if cfg.lr != 1e-3 or cfg.batch_size != 256:
-        diffs.append(f"lr {cfg.lr:g}, batch {cfg.batch_size} (Tip-Adapter-F: 0.001, 256)")
+    if entry is None:
+        diffs.append(
+            f"no Tip-Adapter config for {data.dataset}: trained with alpha={cfg.init[0]:g}, beta={cfg.init[1]:g}"
+        )
+        return diffs
+    if tuple(cfg.init) != (entry["init_alpha"], entry["init_beta"]):
+        diffs.append(
+            f"trained with alpha={cfg.init[0]:g}, beta={cfg.init[1]:g} "
+            f"(Tip-Adapter-F's config: alpha={entry['init_alpha']:g}, beta={entry['init_beta']:g})"
+        )
+    if cfg.epochs != entry["train_epoch"]:
+        diffs.append(f"epochs {cfg.epochs} (Tip-Adapter-F's config: {entry['train_epoch']})")
+    if cfg.lr != entry["lr"] or cfg.batch_size != 256:
+        diffs.append(f"lr {cfg.lr:g}, batch {cfg.batch_size} (Tip-Adapter-F: {entry['lr']:g}, 256)")
     return diffs
 
 
@@ -391,5 +479,6 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, finetune=True),
         differences=lambda ctx: differences(ctx, finetune=True),
         from_artifact=from_artifact,
+        epoch_note="",
     )
 )

@@ -1,0 +1,387 @@
+"""`data get`: fetch a dataset's sources, verify them, unpack into CoOp's layout, never overwrite.
+
+Transport is the standard library (urllib): resumes with HTTP Range requests, honours the
+server's Content-Range, restarts when a server ignores ranges. Downloads go to
+``<root>/.cacheclip-downloads/<dataset>/`` as ``<file>.part`` and are renamed to ``<file>`` only
+once complete and verified (a checksum mismatch deletes the part), so an interrupted run keeps
+what it finished and resumes the rest.
+Everything is unpacked into a staging folder beside them and moved into place at the end: the
+whole dataset folder in one rename when it did not exist, else only the paths it lacks.
+
+Progress goes through ``progress(stage, done, total)`` in bytes; this module never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cacheclip.datasets.catalog import DATA_ENV, get_dataset_spec, resolve_name
+from cacheclip.datasets.sources import DatasetSource, SourceFile, resolve_source
+from cacheclip.errors import CacheClipError, ConfigError, DatasetLayoutError
+
+MIRROR_ENV = "CACHECLIP_MIRROR"  # replaces the base of every source: <mirror>/<dataset>/<filename>
+DOWNLOADS = ".cacheclip-downloads"  # under the data root, so renames into place stay on one filesystem
+CHUNK = 1 << 20
+TIMEOUT_S = 60
+Progress = Callable[[str, int, int], None]
+
+
+class DownloadError(CacheClipError):
+    """A source could not be fetched or did not match its checksum."""
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    source: SourceFile
+    url: str  # the official URL, or the mirror's
+    state: str  # "present" (all its targets exist), "fetch", or "partial" (some exist)
+    have: int = 0  # bytes already downloaded (a finished or partial download)
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    name: str
+    source: DatasetSource
+    folder: Path  # <root>/<CoOp folder>
+    downloads: Path  # <root>/.cacheclip-downloads/<name>
+    files: tuple[FilePlan, ...]
+
+    @property
+    def to_fetch(self) -> tuple[FilePlan, ...]:
+        return tuple(f for f in self.files if f.state == "fetch")
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(max(f.source.size - f.have, 0) for f in self.to_fetch)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Room needed: what is left to download plus the unpacked size."""
+        return self.download_bytes + sum(f.source.unpacked for f in self.to_fetch)
+
+
+def mirror_base(mirror: str | None) -> str:
+    """--mirror, else $CACHECLIP_MIRROR, else '' (official sources)."""
+    base = mirror if mirror is not None else os.environ.get(MIRROR_ENV, "")
+    if base and "://" not in base:
+        raise ConfigError(f"mirror '{base}' is not a URL", "pass --mirror http(s)://host/path or file:///path")
+    return base.rstrip("/")
+
+
+def source_url(name: str, source: SourceFile, mirror: str) -> str:
+    return f"{mirror}/{name}/{source.filename}" if mirror else source.url
+
+
+def plan_dataset(name: str, root: Path, *, mirror: str = "", overrides: dict | None = None) -> DatasetPlan:
+    """What ``get_dataset`` would do for ``name`` under the data root ``root``; touches nothing."""
+    name = resolve_name(name)
+    source = resolve_source(name, overrides)
+    folder = Path(root) / get_dataset_spec(name).folder
+    downloads = Path(root) / DOWNLOADS / name
+    files = []
+    for sf in source.files:
+        present = [t for t in sf.targets if (folder / t).exists()]
+        state = "present" if len(present) == len(sf.targets) else "partial" if present else "fetch"
+        files.append(FilePlan(sf, source_url(name, sf, mirror), state, _have(downloads, sf)))
+    return DatasetPlan(name, source, folder, downloads, tuple(files))
+
+
+def _have(downloads: Path, sf: SourceFile) -> int:
+    for path in (downloads / sf.filename, downloads / f"{sf.filename}.part"):
+        if path.is_file():
+            return path.stat().st_size
+    return 0
+
+
+def refuse_partial(plan: DatasetPlan) -> None:
+    """A layout that holds some of a source's paths but not all: name it, never touch it."""
+    partial = [f for f in plan.files if f.state == "partial"]
+    if not partial:
+        return
+    sf = partial[0].source
+    there = [t for t in sf.targets if (plan.folder / t).exists()]
+    missing = [t for t in sf.targets if t not in there]
+    raise DatasetLayoutError(
+        f"{plan.name}: partial layout in {plan.folder}: has {', '.join(there)} but not {', '.join(missing)} "
+        f"(from {sf.filename}); not touching it",
+        f"move it aside (mv {plan.folder} {plan.folder}.old) and rerun `cacheclip data get {plan.name}`, "
+        f"or complete it by hand and run `cacheclip data check {plan.name}`",
+    )
+
+
+def check_free_space(plans: list[DatasetPlan], root: Path) -> None:
+    need = sum(p.disk_bytes for p in plans)
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise DownloadError(
+            f"not enough disk space under {root}: need about {human_bytes(need)} "
+            f"(downloads + unpacked), {human_bytes(free)} free",
+            f"free some space, or pass --root (or ${DATA_ENV}) on a larger disk",
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+# --------------------------------------------------------------------------- transport
+
+
+def fetch(url: str, part: Path, *, size_hint: int = 0, progress: Progress = _no_progress, stage: str = "") -> None:
+    """Download ``url`` into ``part``, resuming what ``part`` already holds with a Range request.
+    Returns once the whole body is there; the caller verifies and renames it. Raises
+    DownloadError (``part`` is kept, so rerunning resumes)."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "cacheclip"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing past what we have: it was complete (the checksum tells)
+            return
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}", _retry_hint(url)) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise DownloadError(f"{url}: {getattr(err, 'reason', err)}", _retry_hint(url)) from None
+    with response:
+        start = _resume_offset(response, have)
+        length = int(response.headers.get("Content-Length") or 0)
+        total = start + length if length else max(size_hint, start)
+        done = start
+        try:
+            with open(part, "r+b" if start else "wb") as out:
+                out.truncate(start)
+                out.seek(start)
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    progress(stage, done, max(total, done))
+        except (OSError, http.client.HTTPException) as err:
+            raise _stopped(url, done, total, err) from None
+        if length and done < start + length:
+            raise _stopped(url, done, total, "connection closed early")
+
+
+def _resume_offset(response, have: int) -> int:
+    """Where the body starts: ``have`` for a 206 from there, the server's own start for a 206 that
+    starts earlier, 0 when the server ignored the range (200)."""
+    if response.status != 206:
+        return 0
+    content_range = response.headers.get("Content-Range", "")  # "bytes START-END/TOTAL"
+    try:
+        start = int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return 0
+    return start if start <= have else 0
+
+
+def _stopped(url: str, done: int, total: int, why: object) -> DownloadError:
+    return DownloadError(
+        f"download of {url} stopped at {human_bytes(done)} of {human_bytes(total)} ({why})",
+        "rerun the same command: it resumes where it stopped",
+    )
+
+
+def _retry_hint(url: str) -> str:
+    return f"check the network (or the mirror: --mirror / ${MIRROR_ENV}); the URL was {url}"
+
+
+def file_digest(path: Path, algo: str, progress: Progress = _no_progress, stage: str = "") -> str:
+    h = hashlib.new(algo)
+    total, done = path.stat().st_size, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            done += len(chunk)
+            progress(stage, done, total)
+    return h.hexdigest()
+
+
+def verify(path: Path, sf: SourceFile, progress: Progress = _no_progress, stage: str = "") -> str:
+    """The file's sha256 (or its md5 when that is the published checksum) if it matches
+    ``sf.checksum``; on a mismatch the file is deleted and DownloadError raised."""
+    algo, _, want = sf.checksum.partition(":") if sf.checksum else ("sha256", "", "")
+    got = file_digest(path, algo, progress, stage)
+    if want and got != want.lower():
+        path.unlink()
+        raise DownloadError(
+            f"{sf.filename}: checksum mismatch (expected {algo}:{want}, got {algo}:{got}); the file was deleted",
+            "rerun to download it again; if your mirror repacked it, give its checksum with --sources FILE",
+        )
+    return f"{algo}:{got}"
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+def _safe_member(name: str, archive: Path) -> None:
+    parts = Path(name).parts
+    if name.startswith("/") or ".." in parts:
+        raise DownloadError(f"{archive.name}: unsafe member path '{name}'", "the archive is not the published one")
+
+
+def extract_archive(archive: Path, into: Path, progress: Progress = _no_progress, stage: str = "") -> None:
+    """Unpack a .zip or .tar(.gz) into ``into``, refusing members that would land outside it."""
+    into.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            total, done = sum(m.file_size for m in members), 0
+            for m in members:
+                _safe_member(m.filename, archive)
+                z.extract(m, into)
+                done += m.file_size
+                progress(stage, done, total)
+        return
+    try:
+        with tarfile.open(archive) as t:
+            members = t.getmembers()
+            total, done = sum(m.size for m in members), 0
+            for m in members:
+                _safe_member(m.name, archive)
+                if not (m.isfile() or m.isdir()):
+                    continue  # no links or devices from a download
+                t.extract(m, into, **_tar_filter())
+                done += m.size
+                progress(stage, done, total)
+    except tarfile.TarError as err:
+        raise DownloadError(f"{archive.name}: not a readable archive ({err})", "rerun to download it again") from None
+
+
+def _tar_filter() -> dict:
+    return {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def unpack(archive: Path, sf: SourceFile, stage_dir: Path, progress: Progress = _no_progress) -> None:
+    """Unpack ``archive`` and move each ``sf.moves`` entry into ``stage_dir`` (a dataset-folder tree)."""
+    work = stage_dir.parent / f"unpack-{sf.filename}"
+    shutil.rmtree(work, ignore_errors=True)
+    extract_archive(archive, work, progress, f"unpack {sf.filename}")
+    if sf.inner:
+        inner = work / sf.inner
+        if not inner.is_file():
+            raise DownloadError(f"{sf.filename}: {sf.inner} not found inside", "rerun to download it again")
+        inner_work = stage_dir.parent / f"unpack-{sf.filename}-inner"
+        shutil.rmtree(inner_work, ignore_errors=True)
+        extract_archive(inner, inner_work, progress, f"unpack {Path(sf.inner).name}")
+        shutil.rmtree(work)
+        work = inner_work
+    for src, dst in sf.moves:
+        origin = work / src
+        if not origin.exists():
+            raise DownloadError(f"{sf.filename}: '{src}' not found inside", "the archive is not the published one")
+        children = sorted(origin.iterdir()) if not dst else [origin]
+        for child in children:
+            target = stage_dir / (dst or child.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            child.replace(target)
+    shutil.rmtree(work)
+
+
+def move_into_place(stage_dir: Path, folder: Path) -> list[str]:
+    """Move the staged tree into ``folder``: one rename if it does not exist, else each
+    top-level entry it lacks. Never replaces an existing path. Returns the entries moved."""
+    entries = sorted(p.name for p in stage_dir.iterdir())
+    if not folder.exists():
+        stage_dir.replace(folder)
+        return entries
+    moved = []
+    for entry in entries:
+        if not (folder / entry).exists():
+            (stage_dir / entry).replace(folder / entry)
+            moved.append(entry)
+    return moved
+
+
+# --------------------------------------------------------------------------- one dataset
+
+
+@dataclass
+class GetResult:
+    name: str
+    folder: Path
+    fetched: list[str] = field(default_factory=list)  # file names downloaded (or resumed) now
+    skipped: list[str] = field(default_factory=list)  # file names whose paths were already there
+    digests: dict[str, str] = field(default_factory=dict)  # file name -> checksum seen ("algo:hex")
+    unverified: list[str] = field(default_factory=list)  # fetched files with no published checksum
+
+
+def get_dataset(plan: DatasetPlan, *, progress: Progress = _no_progress, keep_archives: bool = False) -> GetResult:
+    """Fetch, verify, unpack and move into place what ``plan`` marks "fetch"."""
+    refuse_partial(plan)
+    result = GetResult(plan.name, plan.folder)
+    result.skipped = [f.source.filename for f in plan.files if f.state == "present"]
+    todo = plan.to_fetch
+    if not todo:
+        return result
+    stage_dir = plan.downloads / "stage"
+    shutil.rmtree(stage_dir, ignore_errors=True)  # ours: leftovers of an interrupted unpack
+    stage_dir.mkdir(parents=True)
+    for fp in todo:
+        sf = fp.source
+        path = plan.downloads / sf.filename
+        if not path.is_file():  # <file> appears only once complete and verified; until then <file>.part
+            part = path.with_name(f"{sf.filename}.part")
+            fetch(fp.url, part, size_hint=sf.size, progress=progress, stage=f"{plan.name}: {sf.filename}")
+            result.digests[sf.filename] = verify(part, sf, progress, f"verify {sf.filename}")
+            part.replace(path)
+        else:
+            result.digests[sf.filename] = sf.checksum or "sha256:(kept from an earlier run)"
+        result.fetched.append(sf.filename)
+        if not sf.checksum:
+            result.unverified.append(sf.filename)
+        _refuse_html(path, sf)
+        if sf.is_archive:
+            unpack(path, sf, stage_dir, progress)
+        else:
+            target = stage_dir / sf.dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    move_into_place(stage_dir, plan.folder)
+    shutil.rmtree(stage_dir, ignore_errors=True)  # what was already there stays in place; the rest is ours
+    if not keep_archives:
+        shutil.rmtree(plan.downloads, ignore_errors=True)
+        _remove_if_empty(plan.downloads.parent)
+    return result
+
+
+def _refuse_html(path: Path, sf: SourceFile) -> None:
+    """A sign-in, quota or error page served with status 200 instead of the file (Google Drive does
+    this); only files with no published checksum can get this far."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        path.unlink()
+        raise DownloadError(
+            f"{sf.filename}: the server sent an HTML page instead of the file (a quota, sign-in or error page)",
+            f"try again later, or fetch {sf.url} in a browser into the dataset folder, then `cacheclip data check`",
+        )
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,83 @@
+"""Are a store's features still those of the files on disk? The split files are hashed
+again and every encoded image's size and mtime compared with those recorded at encoding.
+
+Fit refuses a store that is stale; extract re-encodes the items whose files changed.
+Where the data is not on this machine (features copied elsewhere) nothing can be
+compared: the result records that the store was not verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cacheclip.common import file_stats
+from cacheclip.datasets.layouts import load_dataset
+from cacheclip.errors import CacheClipError
+from cacheclip.features.store import FeatureStore
+
+
+@dataclass
+class Freshness:
+    verified: bool  # the split and the items could be compared with the files on disk
+    reason: str = ""  # why not, when not verified
+    split_changed: bool = False
+    changed: dict[str, list[int]] = field(default_factory=dict)  # split -> encoded item indices whose file changed
+
+    @property
+    def stale(self) -> bool:
+        return self.split_changed or any(self.changed.values())
+
+    def describe(self) -> str:
+        if not self.verified:
+            return f"not verified ({self.reason})"
+        if self.split_changed:
+            return "the split files changed since extraction"
+        if self.stale:
+            counts = ", ".join(f"{len(v)} {s}" for s, v in self.changed.items() if v)
+            return f"image files changed or removed since encoding ({counts})"
+        return "split files and images unchanged since encoding"
+
+
+def dataset_source(store: FeatureStore) -> tuple[str, Path | None] | None:
+    """(name for load_dataset, data root) the store was extracted from; None for stores that
+    did not record it (written before this check existed)."""
+    source = store.attrs.get("dataset_source")
+    if not source:
+        return None
+    root = store.attrs.get("data_root") or None
+    return str(source), (Path(root) if root else None)
+
+
+def check_freshness(store: FeatureStore, *, items: bool = True) -> Freshness:
+    """Compare the store with the dataset on disk (split hash, then each encoded file)."""
+    source = dataset_source(store)
+    if source is None:
+        return Freshness(False, "the store predates input tracking; re-extract to enable it")
+    name, root = source
+    if root is not None and not root.is_dir():
+        return Freshness(False, f"data root {root} is not on this machine")
+    try:
+        ds = load_dataset(name, root)
+    except CacheClipError as e:
+        return Freshness(False, f"the dataset cannot be read: {e.message}")
+    if ds.split_sha256 != store.attrs.get("split_sha256"):
+        return Freshness(True, split_changed=True)
+    return Freshness(True, changed=changed_items(store, str(ds.image_root)) if items else {})
+
+
+def changed_items(store: FeatureStore, image_root: str) -> dict[str, list[int]]:
+    """Per split, encoded item indices whose file's size or mtime differs from the record."""
+    changed = {}
+    for split in store.splits:
+        recorded = store.item_stats(split)
+        if recorded is None or not len(recorded):
+            continue
+        encoded = store.encoded(split)
+        paths = store.listing(split).paths
+        now = np.asarray(file_stats(image_root, [paths[i] for i in encoded]), dtype=np.int64)
+        differs = np.any(now != recorded, axis=1)
+        changed[split] = encoded[differs].tolist()
+    return changed

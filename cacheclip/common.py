@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
 import os
 import platform
 import signal
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -111,22 +114,49 @@ def _fsync(path: Path) -> None:
 # ---------------------------------------------------------------- file stats
 
 
-def file_stats(root: str | Path, paths: list[str]) -> list[tuple[int, int]]:
-    """(size, mtime in ns) of each ``root/path``; (-1, -1) for a file that is gone. About 3 us
-    a file (stat relative to an open folder; threads only add overhead: measured)."""
-    out = []
+def file_stats(root: str | Path, paths: list[str]) -> array:
+    """Size and mtime (ns) of each ``root/path``, flat: ``[size0, mtime0, size1, ...]`` (signed
+    64-bit); -1, -1 for a file that is gone.
+
+    About 2.5 us a file in one process (a stat relative to the open folder); long lists are
+    split over forked processes, one per core (threads only contend for the GIL: measured),
+    so the no-op re-extract of ImageNet's 1.33M files stays within its budget."""
+    workers = min(8, _cores(), len(paths) // STATS_PER_PROCESS)
+    if workers < 2 or not sys.platform.startswith("linux"):
+        return _stats_here(os.fspath(root), paths)
+    size = -(-len(paths) // workers)
+    blocks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    out = array("q")
+    with ProcessPoolExecutor(len(blocks), mp_context=multiprocessing.get_context("fork")) as pool:
+        for block in pool.map(_stats_here, [os.fspath(root)] * len(blocks), blocks):
+            out.extend(block)
+    return out
+
+
+STATS_PER_PROCESS = 50_000  # below this a forked process costs more than it saves
+
+
+def _stats_here(root: str, paths: list[str]) -> array:
+    out = array("q")
     folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for path in paths:
             try:
                 st = os.stat(path, dir_fd=folder)
             except OSError:
-                out.append((-1, -1))
+                out.extend((-1, -1))
             else:
-                out.append((st.st_size, st.st_mtime_ns))
+                out.extend((st.st_size, st.st_mtime_ns))
     finally:
         os.close(folder)
     return out
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------- child processes

@@ -227,7 +227,7 @@ def _to_chunk(ds: DatasetSplits, split: str, buffer: list[tuple], dtype: str) ->
     aug = None if buffer[0][2] is None else np.concatenate([b[2] for b in buffer]).astype(dtype)
     indices = np.concatenate([b[0] for b in buffer])
     items = ds.split(split)
-    stats = np.asarray(file_stats(ds.image_root, [items[i].path for i in indices]), dtype=np.int64)
+    stats = np.frombuffer(file_stats(ds.image_root, [items[i].path for i in indices]), np.int64).reshape(-1, 2)
     return st.Chunk(split, indices, np.concatenate([b[1] for b in buffer]).astype(dtype), aug, stats)
 
 
@@ -336,7 +336,7 @@ def _store_state(path: Path, identity: dict, templates: list[str], ds: DatasetSp
         return {s: set() for s in SPLITS}, None, {}
     with st.open_store(path) as old:
         st.check_identity(path, old.attrs, identity)
-        changed = changed_items(old, str(ds.image_root))
+        changed = changed_items(old, ds)
         have = {s: set(old.encoded(s).tolist()) - set(changed.get(s, ())) for s in SPLITS}
         return have, (old.text_features() if old.templates == templates else None), changed
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cacheclip.common import file_stats
+from cacheclip.datasets.catalog import DatasetSplits
 from cacheclip.datasets.layouts import load_dataset
 from cacheclip.errors import CacheClipError
 from cacheclip.features.store import FeatureStore
@@ -65,19 +66,19 @@ def check_freshness(store: FeatureStore, *, items: bool = True) -> Freshness:
         return Freshness(False, f"the dataset cannot be read: {e.message}")
     if ds.split_sha256 != store.attrs.get("split_sha256"):
         return Freshness(True, split_changed=True)
-    return Freshness(True, changed=changed_items(store, str(ds.image_root)) if items else {})
+    return Freshness(True, changed=changed_items(store, ds) if items else {})
 
 
-def changed_items(store: FeatureStore, image_root: str) -> dict[str, list[int]]:
-    """Per split, encoded item indices whose file's size or mtime differs from the record."""
+def changed_items(store: FeatureStore, ds: DatasetSplits) -> dict[str, list[int]]:
+    """Per split, encoded item indices whose file's size or mtime differs from the record
+    (``ds``: the dataset the store was built from, same split hash, so the same item paths)."""
     changed = {}
     for split in store.splits:
         recorded = store.item_stats(split)
         if recorded is None or not len(recorded):
             continue
         encoded = store.encoded(split)
-        paths = store.listing(split).paths
-        now = np.asarray(file_stats(image_root, [paths[i] for i in encoded]), dtype=np.int64)
-        differs = np.any(now != recorded, axis=1)
-        changed[split] = encoded[differs].tolist()
+        items = ds.split(split)
+        now = np.frombuffer(file_stats(ds.image_root, [items[i].path for i in encoded]), np.int64).reshape(-1, 2)
+        changed[split] = encoded[np.any(now != recorded, axis=1)].tolist()
     return changed

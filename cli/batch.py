@@ -189,6 +189,9 @@ def batch(
     epoch: Annotated[
         str | None, typer.Option(help="Trained methods keep the last or the best-val epoch [last].")
     ] = None,
+    targets: Annotated[
+        str | None, typer.Option(help="ImageNet fits also tested on these, e.g. imagenet-shift [none].")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Root of the feature stores [cache].")] = None,
     results_dir: Annotated[
@@ -221,6 +224,7 @@ def batch(
         "no_val": no_val,
         "protocol": protocol,
         "epoch": epoch,
+        "targets": targets and c.split_names([targets], "--targets"),
         "device": device,
         "cache_dir": cache_dir and str(cache_dir),
         "results_dir": results_dir and str(results_dir),

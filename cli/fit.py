@@ -40,6 +40,13 @@ def fit(
             help="Trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)."
         ),
     ] = "last",
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="ImageNet only: also test every run's final classifier on these (imagenet-v2, imagenet-sketch, "
+            "imagenet-a, imagenet-r, or imagenet-shift for all four), after selection."
+        ),
+    ] = None,
     model: c.ModelOpt = "RN50",
     pretrained: c.PretrainedOpt = "openai",
     cache_dir: c.CacheDirOpt = Path("cache"),
@@ -62,6 +69,7 @@ def fit(
         no_val=no_val,
         protocol=protocol,
         epoch=epoch,
+        targets=tuple(expand_names(c.split_names([targets], "--targets"))) if targets is not None else (),
         cache_dir=str(cache_dir),
         results_dir=str(results_dir),
         device=c.default_device(device),

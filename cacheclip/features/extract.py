@@ -384,4 +384,4 @@ def _contents(
         }
     )
     listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)]) for s in SPLITS}
-    return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1])
+    return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1], ds.class_ids)

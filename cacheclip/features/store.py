@@ -5,6 +5,7 @@ One store per (model, weights, dataset) at ``<cache>/<model>/<weights>/<dataset>
     /                        attrs: identity (model, weights, split file, preprocessing,
                              augmentation, dtype, schema) + provenance (versions, time)
     /classnames              (K,) str
+    /class_ids               (K,) str, each class's wnid (ImageNet family only)
     /text/templates          (T,) str
     /text/per_template       (T, K, D) float32, raw text embeddings
     /text/ensemble           (K, D) float32, normalise -> mean -> normalise
@@ -199,6 +200,13 @@ class FeatureStore:
         return [s.decode() if isinstance(s, bytes) else s for s in self._file["classnames"][()]]
 
     @property
+    def class_ids(self) -> list[str]:
+        """Each class's wnid for the ImageNet family (matches a shift set's classes to ImageNet's); else []."""
+        if "class_ids" not in self._file:
+            return []
+        return [s.decode() if isinstance(s, bytes) else s for s in self._file["class_ids"][()]]
+
+    @property
     def splits(self) -> list[str]:
         return list(self._file["splits"].keys()) if "splits" in self._file else []
 
@@ -346,6 +354,7 @@ class StoreContents:
     templates: Sequence[str]
     text_per_template: np.ndarray  # (T, K, D)
     text_ensemble: np.ndarray  # (K, D)
+    class_ids: Sequence[str] = ()  # (K,) wnids, ImageNet family only
 
 
 def commit(path: Path, contents: StoreContents, dtype: str) -> None:
@@ -375,6 +384,8 @@ def _write_contents(f: h5py.File, c: StoreContents) -> None:
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["committed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     f.create_dataset("classnames", data=_strings(c.classnames), dtype=STR)
+    if c.class_ids:
+        f.create_dataset("class_ids", data=_strings(c.class_ids), dtype=STR)
     f.create_dataset("text/templates", data=_strings(c.templates), dtype=STR)
     for name, values in (("text/per_template", c.text_per_template), ("text/ensemble", c.text_ensemble)):
         f.create_dataset(name, data=values.astype(np.float32), **checksummed(values))

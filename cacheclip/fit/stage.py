@@ -33,6 +33,7 @@ from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, pa
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
 from cacheclip.fit.methods.base import Progress, zero_shot_predictor
 from cacheclip.fit.metrics import classification_metrics
+from cacheclip.fit.targets import Target, load_targets, score_targets
 from cacheclip.results import runs as rr
 from cacheclip.settings import setting
 
@@ -65,6 +66,11 @@ class FitConfig:
         "last",
         "trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)",
         flag="--epoch",
+    )
+    targets: tuple[str, ...] = setting(
+        (),
+        "ImageNet only: test sets the final classifiers are also evaluated on (e.g. imagenet-shift)",
+        flag="--targets",
     )
     cache_dir: str = setting("cache", "root of the feature stores", flag="--cache-dir")
     results_dir: str = setting("results", "result JSONs, adapters and batch logs", flag="--results-dir")
@@ -262,14 +268,36 @@ def fit_dataset(
         data = load_fit_data(store, dataset)
         hint = extract_command(dataset, model_arg, pretrained_arg, cfg, data.attrs)
         inputs = verify_inputs(store, hint)
+        targets = load_targets(
+            cfg.targets, dataset, data.attrs, store.class_ids, cfg.cache_dir, ref.model_id, ref.weights_id, hint
+        )
         for shots in cfg.shots:
             todo, done = plan_runs(data, shots, cfg)
-            results += [rr.read_result(folder) for folder in done]
+            results += [add_missing_targets(folder, data, targets) for folder in done]
             if todo:
                 ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress)
                 trained = method.train(ctx, todo)
-                results += evaluate_on_test(store, ctx, trained, cfg, inputs=inputs)
+                results += evaluate_on_test(store, ctx, trained, cfg, inputs=inputs, targets=targets)
     return results
+
+
+def add_missing_targets(folder: Path, data: FitData, targets: list[Target]) -> dict[str, Any]:
+    """A finished run's result; targets it lacks are evaluated from its saved classifier (the
+    adapter file; zero-shot from the store's class weights), never by fitting again."""
+    result = rr.read_result(folder)
+    missing = [t for t in targets if t.name not in result.get("metrics", {}).get("targets", {})]
+    if not missing:
+        return result
+    if result["method"] == "zero-shot":
+        predict = zero_shot_predictor(data)
+    else:
+        from cacheclip.fit.predict import load_run
+
+        predict = load_run(folder).predict
+    result["metrics"].setdefault("targets", {}).update(score_targets(missing, predict))
+    result["zero_shot"].setdefault("targets", {}).update(score_targets(missing, zero_shot_predictor(data)))
+    rr.write_result(folder, result)
+    return result
 
 
 def shots_per_class(data: FitData, split) -> dict[str, int]:
@@ -290,7 +318,13 @@ def verify_inputs(store: FeatureStore, extract_hint: str) -> str:
 
 
 def evaluate_on_test(
-    store: FeatureStore, ctx: FitContext, trained: list[Trained], cfg: FitConfig, *, inputs: str = ""
+    store: FeatureStore,
+    ctx: FitContext,
+    trained: list[Trained],
+    cfg: FitConfig,
+    *,
+    inputs: str = "",
+    targets: list[Target] = (),
 ) -> list[dict[str, Any]]:
     """The final evaluation: read test once, score each selected run and zero-shot, write results."""
     data, shots = ctx.data, ctx.shots
@@ -299,6 +333,7 @@ def evaluate_on_test(
     feats, labels = torch.from_numpy(test_feats), torch.from_numpy(test_labels)
     k = data.num_classes
     zs_test = classification_metrics(zero_shot_predictor(data)(feats), labels, k)
+    zs_targets = score_targets(targets, zero_shot_predictor(data))
     results = []
     for t in trained:
         val = ctx.val_features(t.plan.split)
@@ -324,6 +359,9 @@ def evaluate_on_test(
         result["wall_time_s"] = round(t.seconds + (time.perf_counter() - start) / len(trained), 3)
         result["store"]["inputs"] = inputs or "not verified"
         result["fewshot"]["shots_per_class"] = shots_per_class(data, t.plan.split)
+        if targets:  # after selection, once: nothing is chosen on a target
+            result["metrics"]["targets"] = score_targets(targets, t.predict)
+            result["zero_shot"]["targets"] = zs_targets
         rr.write_result(t.plan.folder, result)
         results.append(result)
     return results

@@ -220,3 +220,17 @@ def test_predict_checks_the_weights_actually_loaded_even_without_a_checkpoint_fi
     renamed.write_bytes(Path(config).read_bytes())
     run = FittedRun(tmp_path, "clip-adapter", ["a"], lambda x: x, {**ident, "pretrained": "file"})
     assert load_model_for(run, model=str(renamed), pretrained=str(checkpoint)).state_sha256 == loaded.state_sha256
+
+
+def test_odd_inputs_read_as_user_errors(tmp_path, cli):
+    text = tmp_path / "weights.txt"
+    text.write_text("hello\n")
+    code, _, err = cli("extract", "-d", "eurosat", "--root", tmp_path, "-m", "RN50", "-p", text)
+    _clean_error(code, err, "not a PyTorch or safetensors checkpoint")
+    code, _, err = cli("fit", "-d", "eurosat", "--seeds", "99999999999999999999", "--pretrained", "none")
+    _clean_error(code, err, "each seed must be in 0..2147483647")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter.safetensors").write_bytes(b"garbage, not safetensors")
+    code, _, err = cli("predict", "--run", run, text)
+    _clean_error(code, err, "a saved adapter file is damaged")

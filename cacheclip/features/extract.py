@@ -88,6 +88,8 @@ class ExtractConfig:
             raise ConfigError(f"--train {self.train} is not supported", "use fewshot or all")
         if self.precision not in ("auto", "fp32", "amp"):
             raise ConfigError(f"--precision {self.precision} is not supported", "use auto, fp32 or amp")
+        if any(not 0 <= seed < 2**31 for seed in (*self.seeds, self.aug_seed)):
+            raise ConfigError("--seeds and --aug-seed must be in 0..2147483647", "e.g. --seeds 1,2,3 --aug-seed 0")
         if self.aug_views < 0 or self.batch_size < 1 or self.workers < 0:
             raise ConfigError(
                 "--aug-views, --batch-size and --workers must not be negative",

@@ -271,6 +271,8 @@ def load_model(
 
 def _load_error(name: str, pretrained: str, checkpoint: str | None, e: Exception) -> ModelLoadError:
     cause = re.sub(r"\s+", " ", str(e))
+    if checkpoint and len(cause) < 8:  # torch's unpickler says only the bad byte, e.g. "105"
+        cause = f"not a PyTorch or safetensors checkpoint ({type(e).__name__}: {cause})"
     cause = cause if len(cause) <= 400 else cause[:400].rsplit(" ", 1)[0] + " ..."
     if checkpoint:
         return ModelLoadError(

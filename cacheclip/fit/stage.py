@@ -96,6 +96,15 @@ class FitConfig:
             raise ConfigError(
                 "--shots must be positive integers and --seeds non-empty", "e.g. --shots 1,2,4,8,16 --seeds 1,2,3"
             )
+        check_seeds(self.seeds)
+
+
+def check_seeds(seeds: tuple[int, ...]) -> None:
+    """Seeds feed numpy, torch and Python generators: keep them where all three accept them."""
+    if any(not 0 <= seed < 2**31 for seed in seeds):
+        raise ConfigError(
+            f"--seeds {','.join(map(str, seeds))}: each seed must be in 0..2147483647", "e.g. --seeds 1,2,3"
+        )
 
 
 # ---------------------------------------------------------------- store -> FitData

@@ -38,7 +38,7 @@ DatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
-        help="Dataset name(s): a CoOp name (eurosat, imagenet, ...), 'all', or imagefolder:PATH. "
+        help="Dataset name(s): a CoOp name (eurosat, imagenet, ...), 'all', imagenet-shift, or imagefolder:PATH. "
         "Repeat or comma-separate.",
     ),
 ]

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from cacheclip.common import COOP_CROP_SCALE, package_versions
+from cacheclip.datasets.catalog import is_shift_set
 from cacheclip.datasets.fewshot import FewShotSplit, sample_run, sample_run_with_holdout
 from cacheclip.errors import (
     ConfigError,
     MissingFeaturesError,
     StoreError,
     StoreMismatchError,
+    UnknownNameError,
     require_writable_dir,
 )
 from cacheclip.features.freshness import check_freshness
@@ -97,6 +99,14 @@ class FitConfig:
                 "--shots must be positive integers and --seeds non-empty", "e.g. --shots 1,2,4,8,16 --seeds 1,2,3"
             )
         check_seeds(self.seeds)
+
+
+def test_only(dataset: str) -> bool:
+    """A registered test-only set (ImageNet's shift sets); stores of other names are not."""
+    try:
+        return is_shift_set(dataset)
+    except UnknownNameError:
+        return False
 
 
 def check_seeds(seeds: tuple[int, ...]) -> None:
@@ -263,6 +273,11 @@ def fit_dataset(
 ) -> list[dict[str, Any]]:
     """All runs of ``cfg`` on one dataset's store; returns their results (skipped runs read back)."""
     cfg.validate()
+    if test_only(dataset):
+        raise ConfigError(
+            f"{dataset} is a test-only set (no train split) and cannot be fitted",
+            f"fit on imagenet and evaluate on it: cacheclip fit --dataset imagenet --targets {dataset}",
+        )
     require_writable_dir(cfg.results_dir, "--results-dir")  # before training, not after
     method = get_method(cfg.method)
     path = store_path(cfg.cache_dir, ref.model_id, ref.weights_id, dataset)

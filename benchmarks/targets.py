@@ -23,6 +23,7 @@ import numpy as np
 
 from cacheclip.features import store as st
 from cacheclip.features.models import resolve_model
+from cacheclip.fit.methods import get_method
 from cacheclip.fit.stage import FitConfig, fit_dataset
 
 REF = resolve_model("RN50", "none")
@@ -91,13 +92,20 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.2)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--epochs", type=int, help="trained methods: fewer epochs (shorter fit: ratio is an upper bound)"
+    )
     args = parser.parse_args()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_stores(root / "cache", args.scale)
+        settings = get_method(args.method).config()
+        if args.epochs:
+            settings = replace(settings, epochs=args.epochs)
         cfg = FitConfig(
             method=args.method,
+            method_config=settings,
             shots=(16,),
             seeds=tuple(int(s) for s in args.seeds.split(",")),
             views="clean",
@@ -106,7 +114,8 @@ def main() -> None:
         without = best_fit(cfg, root, args.repeats)
         with_targets = best_fit(replace(cfg, targets=tuple(SIZES)), root, args.repeats)
     print(f"CPU: {cpu} ({os.cpu_count()} cores), python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
-    print(f"{args.method}, 16 shots x {len(cfg.seeds)} seeds, ImageNet-sized stores at scale {args.scale}:")
+    epochs = f" ({args.epochs} epochs)" if args.epochs else ""
+    print(f"{args.method}{epochs}, 16 shots x {len(cfg.seeds)} seeds, ImageNet-sized stores at scale {args.scale}:")
     print(f"fit without targets {without:.2f} s, with the four targets {with_targets:.2f} s")
     print(f"ratio {with_targets / without:.2f} (bound 1.2)")
 

@@ -135,3 +135,10 @@ def test_cli_fit_with_the_shift_group_names_the_missing_extract(tmp_path, shift_
     assert "unexpected" not in err
     code, out, err = cli(*args, "--targets", "imagenet-v2,imagenet-a")
     assert code == 0, err
+
+
+def test_a_test_only_set_cannot_be_fitted(tmp_path, shift_data, tiny_loaded):
+    cfg = FitConfig(shots=(1,), seeds=(1,), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="imagenet-a is a test-only set") as e:
+        fit_dataset("imagenet-a", tiny_loaded.ref, cfg)
+    assert "--targets imagenet-a" in e.value.hint

@@ -142,3 +142,14 @@ def test_a_test_only_set_cannot_be_fitted(tmp_path, shift_data, tiny_loaded):
     with pytest.raises(ConfigError, match="imagenet-a is a test-only set") as e:
         fit_dataset("imagenet-a", tiny_loaded.ref, cfg)
     assert "--targets imagenet-a" in e.value.hint
+
+
+def test_the_report_shows_the_fitted_targets(tmp_path, shift_data, tiny_loaded):
+    from cacheclip.results.write import write_report
+
+    [result] = _fit(tmp_path, tiny_loaded)
+    paths = write_report([tmp_path / "results"], tmp_path / "report")
+    markdown = paths["md"].read_text("utf-8")
+    assert "Distribution shift" in markdown
+    a_top1 = f"{result['metrics']['targets']['imagenet-a']['top1']:.2f}"
+    assert a_top1 in markdown or f"{float(a_top1):.1f}" in markdown

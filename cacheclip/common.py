@@ -63,15 +63,6 @@ def stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]
     return found
 
 
-def remove_stale_temporaries(path: str | Path) -> int:
-    """Delete the temporaries a killed writer of ``path`` left beside it; returns how many."""
-    path = Path(path)
-    stale = stale_temporaries(path.parent, path.name)
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return len(stale)
-
-
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 

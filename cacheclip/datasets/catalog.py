@@ -383,11 +383,6 @@ def imagefolder_store_name(path: Path) -> str:
     return f"imagefolder-{resolved.name}-{digest}"
 
 
-def legacy_imagefolder_store_name(path: Path) -> str:
-    """The name stores of image folders had before the path hash (cacheclip < 0.3)."""
-    return f"imagefolder-{Path(path).resolve().name}"
-
-
 def dataset_folder(name: str, data_root: Path) -> Path:
     """Where dataset ``name`` is expected: ``<data root>/<CoOp folder name>``.
 

@@ -233,9 +233,8 @@ def _to_chunk(ds: DatasetSplits, split: str, buffer: list[tuple], dtype: str) ->
     return st.Chunk(split, indices, np.concatenate([b[1] for b in buffer]).astype(dtype), aug, stats)
 
 
-def _check_parts_identity(path: Path, identity: dict, will_write: bool, notes: list[str]) -> None:
-    """Parts left by a killed run must come from the same inputs as this run. The marker
-    is written only when this run will write parts (a no-op rerun must not touch the store).
+def _check_parts_identity(path: Path, identity: dict, notes: list[str]) -> None:
+    """Parts left by a killed run must come from the same inputs as this run.
     An unreadable marker (a full disk while an older version wrote it) leaves the parts'
     inputs unknown: they are removed (only a cache) and their items encoded again."""
     marker = st.parts_dir(path) / "identity.json"
@@ -254,7 +253,13 @@ def _check_parts_identity(path: Path, identity: dict, will_write: bool, notes: l
                 e.message.replace(str(path), f"unfinished extraction {st.parts_dir(path)}"),
                 f"rerun with the same options, or delete {st.parts_dir(path)}",
             ) from None
-    elif will_write:
+
+
+def _mark_parts_identity(path: Path, identity: dict) -> None:
+    """Record the inputs of the parts this run is about to write (checked by the next run
+    if this one is killed); only then: a no-op rerun must not touch the store."""
+    marker = st.parts_dir(path) / "identity.json"
+    if not marker.exists():
         write_atomic(marker, st.json_attr(identity))
 
 
@@ -292,13 +297,14 @@ def extract_dataset(
         on_main(dist, lambda: held.enter_context(st.writer_lock(path)))
         have, old_text, changed = _store_state(path, identity, templates, ds)
         summary.changed = {s: len(v) for s, v in changed.items() if v}
-        on_main(dist, lambda: _check_parts_identity(path, identity, False, summary.notes))
+        on_main(dist, lambda: _check_parts_identity(path, identity, summary.notes))
         on_main(dist, lambda: summary.notes.extend(st.set_aside_damaged_parts(path)))
         staged = st.staged_indices(path)
         for split, done in staged.items():
             have[split] |= done
         todo = items_to_encode(ds, cfg, have)
-        on_main(dist, lambda: _check_parts_identity(path, identity, any(todo.values()), summary.notes))
+        if any(todo.values()):
+            on_main(dist, lambda: _mark_parts_identity(path, identity))
         planned = [ds.split(s)[i] for s in SPLITS for i in todo[s]]
         check_images(ds, planned)  # missing files, FIFOs and other non-files, named
         check_items(ds, planned)  # and every header decodes: fail before any encoding

@@ -189,6 +189,9 @@ def batch(
     epoch: Annotated[
         str | None, typer.Option(help="Trained methods keep the last or the best-val epoch [last].")
     ] = None,
+    classifier: Annotated[
+        str | None, typer.Option(help="Text classifier: paper, single, ensemble or single+ensemble [paper].")
+    ] = None,
     targets: Annotated[
         str | None, typer.Option(help="ImageNet fits also tested on these, e.g. imagenet-shift [none].")
     ] = None,
@@ -224,6 +227,7 @@ def batch(
         "no_val": no_val,
         "protocol": protocol,
         "epoch": epoch,
+        "classifier": classifier,
         "targets": targets and c.split_names([targets], "--targets"),
         "device": device,
         "cache_dir": cache_dir and str(cache_dir),

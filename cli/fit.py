@@ -40,6 +40,13 @@ def fit(
             help="Trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)."
         ),
     ] = "last",
+    classifier: Annotated[
+        str,
+        typer.Option(
+            help="Text classifier: paper (each method's paper's; ImageNet stores hold both), single, ensemble, "
+            "single+ensemble, or the store's --templates set."
+        ),
+    ] = "paper",
     targets: Annotated[
         str | None,
         typer.Option(
@@ -69,6 +76,7 @@ def fit(
         no_val=no_val,
         protocol=protocol,
         epoch=epoch,
+        classifier=classifier,
         targets=tuple(expand_names(c.split_names([targets], "--targets"))) if targets is not None else (),
         cache_dir=str(cache_dir),
         results_dir=str(results_dir),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from stores import REF, clustered, reads_while_training
 
+from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.features import store as st
 from cacheclip.fit.methods import FitContext, FitData, get_method
 from cacheclip.fit.methods import taskres as tr
@@ -196,8 +197,9 @@ def test_without_val_the_official_alpha_is_used_and_recorded(tmp_path):
     sel = result["selection"]
     assert sel["on"] == "none" and sel["chosen"] == {"alpha": 0.5} and "official" in sel["reason"]
     assert result["config"]["lr"] == 2e-4 and result["config"]["epochs"] == 100  # ImageNet's, 4 shots
-    base_line = next(d for d in result["protocol"]["differences"] if d.startswith("ImageNet base"))
-    assert "--templates FILE" in base_line and "cacheclip extract --dataset imagenet" in base_line
+    diffs = result["protocol"]["differences"]
+    base_line = next(d for d in diffs if d.startswith("ImageNet base"))
+    assert "single template" in base_line and "(8)" in base_line
 
 
 def _ctx(dataset: str, config: tr.TaskResConfig, *, views="aug", templates=1, spec="default") -> FitContext:
@@ -229,12 +231,13 @@ def test_differences_name_each_departure():
     changed = tr.differences(_ctx("dtd", tr.TaskResConfig(alphas=(2.0,), lr=1e-3, epochs=10, batch_size=64)))
     for text in ("alpha 2 (official: 0.5)", "lr 0.001 (official: 0.002)", "epochs 10 (official: 200)", "batch size 64"):
         assert any(d.startswith(text) for d in changed), text
-    file8 = tr.differences(_ctx("imagenet", tr.TaskResConfig(), templates=8, spec="/x/taskres.txt"))
-    assert any("not checked to be the same" in d for d in file8)
-    photo = tr.differences(_ctx("imagenet", tr.TaskResConfig(), spec="photo"))[-1]  # the fix replaces --templates
-    assert photo.endswith(
-        "run: cacheclip extract --dataset imagenet --templates FILE (FILE: those 8 templates, one a line))"
-    )
+    other8 = tr.differences(_ctx("imagenet", tr.TaskResConfig(), templates=8, spec="/x/taskres.txt"))
+    assert any(d.startswith("ImageNet base: raw mean of the 8 templates") for d in other8)
+    official8 = _ctx("imagenet", tr.TaskResConfig(), templates=8)
+    official8.data.templates = ["a photo of a {}.", *IMAGENET7]  # a default ImageNet store's 8, any order
+    assert not any(d.startswith("ImageNet base") for d in tr.differences(official8))
+    photo = tr.differences(_ctx("imagenet", tr.TaskResConfig(), spec="photo"))[-1]
+    assert photo.startswith("ImageNet base: the single template's raw embedding (official: raw mean of")
 
 
 def test_clean_views_train_on_the_clean_features(tmp_path):

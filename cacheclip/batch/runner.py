@@ -162,7 +162,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
     dtype, precision, augmentation) and the same templates, and holds every item the
     planned runs need. A differing identity is left to ``extract_dataset`` to report.
     """
-    from cacheclip.datasets.templates import get_templates
+    from cacheclip.datasets.templates import store_templates
     from cacheclip.features.extract import items_to_encode, store_identity
     from cacheclip.features.store import check_identity, open_store, parts_dir
 
@@ -178,7 +178,7 @@ def extract_todo(ds, path: Path, ref, config: BatchConfig) -> str:
         check_identity(path, store.attrs, wanted)  # the error the real extraction would give
         have = {s: set(store.encoded(s).tolist()) for s in store.splits}
         missing = {s: len(items) for s, items in items_to_encode(ds, cfg, have).items()}
-        text = store.templates != list(get_templates(cfg.templates, ds.name))
+        text = store.templates != list(store_templates(cfg.templates, ds.name))
     todo = [f"{s} {n}" for s, n in missing.items() if n]
     return ", ".join((["encode " + ", ".join(todo)] if todo else []) + (["text"] if text else []))
 
@@ -190,7 +190,7 @@ def done_runs(store: Path, store_name: str, cfg) -> set[str]:
     from cacheclip.results.runs import read_result
 
     with open_store(store) as s:
-        data = load_fit_data(s, store_name)
+        data = load_fit_data(s, store_name, cfg)
     return {read_result(folder)["run_key"] for shots in cfg.shots for folder in plan_runs(data, shots, cfg)[1]}
 
 

@@ -102,6 +102,55 @@ def get_templates(spec: str, dataset: str) -> tuple[str, ...]:
     )
 
 
+# ---------------------------------------------------------------- named text classifiers
+
+SINGLE, ENSEMBLE = "single", "ensemble"  # the dataset's CoOp template; the 7-template ImageNet ensemble
+
+
+def store_templates(spec: str, dataset: str) -> tuple[str, ...]:
+    """The templates a store of ``dataset`` encodes for ``--templates spec``: the default holds the
+    dataset's CoOp template and, for the ImageNet family, the 7-template ensemble too (text is
+    cheap; papers differ on which ImageNet classifier they use). Other specs: their own set."""
+    if spec != "default":
+        return get_templates(spec, dataset)
+    single = _dataset_template(dataset)
+    if not imagenet_family(dataset):
+        return (single,)
+    return (single, *(t for t in IMAGENET7 if t != single))
+
+
+def named_classifiers(templates: Sequence[str], dataset: str, spec: str) -> dict[str, list[int]]:
+    """Indices into ``templates`` of each text classifier they hold: ``single`` (the dataset's
+    CoOp template), ``ensemble`` (all 7 ImageNet templates) where present, and for a
+    ``--templates`` set of the user's, all of them under its own name (``spec_label``)."""
+    position = {t: i for i, t in enumerate(templates)}
+    named: dict[str, list[int]] = {}
+    single = _dataset_template(dataset) if spec != "default" or len(templates) > 1 else templates[0]
+    if single in position:
+        named[SINGLE] = [position[single]]
+    if all(t in position for t in IMAGENET7):
+        named[ENSEMBLE] = [position[t] for t in IMAGENET7]
+    if spec != "default":
+        named.setdefault(spec_label(spec), list(range(len(templates))))
+    return named
+
+
+def spec_label(spec: str) -> str:
+    """A ``--templates`` value as a classifier name: the set's name, or ``file:<name>`` for a file."""
+    return spec if spec in TEMPLATE_SETS else f"file:{Path(spec).name}"
+
+
+def imagenet_family(dataset: str) -> bool:
+    """ImageNet and its shift sets: the datasets whose default stores hold the ensemble too."""
+    if dataset.startswith((IMAGEFOLDER_PREFIX, "imagefolder-")):
+        return False
+    try:
+        spec = get_dataset_spec(dataset)
+    except UnknownNameError:
+        return False
+    return (spec.template_key or spec.name) == "imagenet"
+
+
 def format_prompts(templates: Sequence[str], classnames: Sequence[str]) -> list[list[str]]:
     """Prompts indexed [template][class]: ``template.format(name.replace("_", " "))``."""
     names = [c.replace("_", " ") for c in classnames]

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cacheclip.common import file_stats, package_versions, write_atomic
 from cacheclip.datasets.catalog import IMAGEFOLDER_PREFIX, SPLITS, DatasetSplits, check_images
 from cacheclip.datasets.check import check_items
 from cacheclip.datasets.fewshot import needed_train_indices
 from cacheclip.datasets.layouts import load_dataset
-from cacheclip.datasets.templates import format_prompts, get_templates
+from cacheclip.datasets.templates import ENSEMBLE, format_prompts, named_classifiers, store_templates
 from cacheclip.errors import ConfigError, CorruptImageError, StoreMismatchError, require_writable_dir
 from cacheclip.features import pipeline
 from cacheclip.features import store as st
@@ -31,7 +32,7 @@ from cacheclip.features.augment import COOP_SCALE, AugmentConfig
 from cacheclip.features.cpu_plan import CpuPlan
 from cacheclip.features.distributed import SINGLE, Dist, all_succeeded, on_main, shard, sum_over_ranks
 from cacheclip.features.freshness import changed_items
-from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text
+from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text, prompt_ensemble
 from cacheclip.features.preprocess import PROTOCOLS, with_protocol
 from cacheclip.settings import setting
 
@@ -291,7 +292,7 @@ def extract_dataset(
     precision = resolve_precision(cfg.precision, loaded.device)
     identity = store_identity(ds, loaded, cfg, precision)
     path = st.store_path(cfg.cache_dir, loaded.model_id, loaded.weights_id, ds.name)
-    templates = list(get_templates(cfg.templates, ds.name))
+    templates = list(store_templates(cfg.templates, ds.name))
     summary = ExtractSummary(dataset=ds.name, store=path)
     with ExitStack() as held:
         on_main(dist, lambda: held.enter_context(st.writer_lock(path)))
@@ -392,4 +393,10 @@ def _contents(
         }
     )
     listings = {s: st.SplitListing([it.path for it in ds.split(s)], [it.label for it in ds.split(s)]) for s in SPLITS}
-    return st.StoreContents(attrs, ds.classnames, listings, templates, text[0], text[1], ds.class_ids)
+    classifiers = named_classifiers(templates, ds.name, cfg.templates)
+    per_template, ensemble = text
+    if cfg.templates == "default" and ENSEMBLE in classifiers:  # ImageNet: the 7, not all 8 templates
+        ensemble = prompt_ensemble(torch.from_numpy(per_template[classifiers[ENSEMBLE]])).numpy()
+    return st.StoreContents(
+        attrs, ds.classnames, listings, templates, per_template, ensemble, ds.class_ids, classifiers
+    )

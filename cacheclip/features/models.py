@@ -338,11 +338,7 @@ def cpu_has_bf16() -> bool:
 def encode_text(
     loaded: LoadedModel, prompts: Sequence[Sequence[str]], batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompts[t][k] -> (per-template raw embeddings (T, K, D), ensemble (K, D)).
-
-    Ensemble = normalise each template's embedding, average over templates,
-    normalise again (CLIP's prompt ensembling).
-    """
+    """prompts[t][k] -> (per-template raw embeddings (T, K, D), their ``prompt_ensemble`` (K, D))."""
     per_template = []
     for template_prompts in prompts:
         chunks = []
@@ -351,8 +347,13 @@ def encode_text(
             chunks.append(loaded.model.encode_text(tokens).float().cpu())
         per_template.append(torch.cat(chunks))
     raw = torch.stack(per_template)  # (T, K, D)
-    ensemble = F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1)  # (K, D)
-    return raw, ensemble
+    return raw, prompt_ensemble(raw)
+
+
+def prompt_ensemble(raw: torch.Tensor) -> torch.Tensor:
+    """CLIP's prompt ensembling of raw text embeddings (T, K, D) -> (K, D): normalise each
+    template's embedding, average over templates, normalise again."""
+    return F.normalize(F.normalize(raw.float(), dim=-1).mean(0), dim=-1)
 
 
 def write_random_model(folder: Path, name: str, config: dict[str, Any], seed: int) -> tuple[Path, Path]:

@@ -6,9 +6,14 @@ One store per (model, weights, dataset) at ``<cache>/<model>/<weights>/<dataset>
                              augmentation, dtype, schema) + provenance (versions, time)
     /classnames              (K,) str
     /class_ids               (K,) str, each class's wnid (ImageNet family only)
+    /text                    attrs: classifiers, JSON {name: template indices} (schema 3):
+                             "single" (the dataset's CoOp template), "ensemble" (the 7
+                             ImageNet templates; ImageNet stores hold both), or the
+                             --templates set's own name
     /text/templates          (T,) str
     /text/per_template       (T, K, D) float32, raw text embeddings
-    /text/ensemble           (K, D) float32, normalise -> mean -> normalise
+    /text/ensemble           (K, D) float32, normalise -> mean -> normalise over a default
+                             store's "ensemble" classifier (else over all T templates)
     /splits/<s>/paths        (N,) str, every item of split s, relative to the image root
     /splits/<s>/labels       (N,) int32
     /splits/<s>/encoded      (M,) int64, sorted item indices that have features
@@ -16,7 +21,7 @@ One store per (model, weights, dataset) at ``<cache>/<model>/<weights>/<dataset>
     /splits/<s>/item_stats   (M, 2) int64, size and mtime (ns) of each encoded image file
     /splits/train/aug_features (M, V, D) raw features of V augmented views
 
-Numeric datasets carry HDF5's per-chunk fletcher32 checksum (schema 2), so a damaged chunk
+Numeric datasets carry HDF5's per-chunk fletcher32 checksum (schema >= 2), so a damaged chunk
 is refused on read; ``validate`` checks the structure each time a store is opened.
 
 Crash safety: the store file is never modified in place. Each encoded chunk is
@@ -35,7 +40,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ import h5py
 import numpy as np
 
 from cacheclip.common import atomic_path, stale_temporaries
+from cacheclip.datasets.templates import ENSEMBLE, SINGLE, named_classifiers
 from cacheclip.errors import StoreDamagedError, StoreError, StoreLockedError, StoreMismatchError
 from cacheclip.features.parts import (  # the store's public API includes its parts
     Chunk,
@@ -55,7 +61,7 @@ from cacheclip.features.parts import (  # the store's public API includes its pa
     staged_indices,
     write_part,
 )
-from cacheclip.features.validate import SCHEMA_VERSION, checksummed, damage_reason, structure_problems
+from cacheclip.features.validate import READABLE_SCHEMAS, SCHEMA_VERSION, checksummed, damage_reason, structure_problems
 
 __all__ = [  # with the parts' API, re-exported: callers use the store module alone
     "Chunk",
@@ -214,6 +220,26 @@ class FeatureStore:
     def templates(self) -> list[str]:
         return [s.decode() for s in self._file["text/templates"][()]] if "text" in self._file else []
 
+    @property
+    def classifiers(self) -> dict[str, list[int]]:
+        """The named text classifiers: name -> indices into ``templates`` (``/text`` attrs,
+        schema 3). Older stores hold one, named as ``named_classifiers`` names it."""
+        if "text" in self._file and "classifiers" in self._file["text"].attrs:
+            return json.loads(self._file["text"].attrs["classifiers"])
+        spec, templates = str(self.attrs.get("templates_spec", "default")), self.templates
+        if spec == "default":  # before schema 3 a default store held one classifier of all its templates
+            return {SINGLE if len(templates) == 1 else ENSEMBLE: list(range(len(templates)))}
+        return named_classifiers(templates, str(self.attrs["dataset"]), spec)
+
+    @property
+    def ensemble_rows(self) -> list[int]:
+        """The templates ``/text/ensemble`` averages: a default store's ``ensemble`` classifier
+        when it holds one, else all of them."""
+        named = self.classifiers
+        if self.attrs.get("templates_spec", "default") == "default" and ENSEMBLE in named:
+            return named[ENSEMBLE]
+        return list(range(len(self.templates)))
+
     def text_features(self) -> tuple[np.ndarray, np.ndarray]:
         """(per-template raw (T, K, D), ensemble (K, D)), float32."""
         return self._checked_read("text/per_template"), self._checked_read("text/ensemble")
@@ -332,13 +358,19 @@ def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any],
     diffs = [
         f"{k}: store has {recorded.get(k)!r}, asked {wanted[k]!r}"
         for k in IDENTITY_KEYS
-        if k in wanted and plain_attr(recorded.get(k)) != wanted[k]
+        if k in wanted and plain_attr(recorded.get(k)) != wanted[k] and not _upgradable(k, recorded.get(k))
     ]
     if diffs:
         raise StoreMismatchError(
             f"{path} was built from other inputs ({'; '.join(diffs)})",
             fix or "pass the options it was built with, use another --cache-dir, or delete the store to rebuild it",
         )
+
+
+def _upgradable(key: str, recorded: Any) -> bool:
+    """An older schema this cacheclip reads holds the same features: the next commit rewrites
+    the store at the current schema (re-encoding nothing)."""
+    return key == "schema_version" and int(plain_attr(recorded) or 1) in READABLE_SCHEMAS
 
 
 # ---------------------------------------------------------------- writing
@@ -355,6 +387,7 @@ class StoreContents:
     text_per_template: np.ndarray  # (T, K, D)
     text_ensemble: np.ndarray  # (K, D)
     class_ids: Sequence[str] = ()  # (K,) wnids, ImageNet family only
+    classifiers: dict[str, list[int]] = field(default_factory=dict)  # name -> indices into templates
 
 
 def commit(path: Path, contents: StoreContents, dtype: str) -> None:
@@ -387,6 +420,8 @@ def _write_contents(f: h5py.File, c: StoreContents) -> None:
     if c.class_ids:
         f.create_dataset("class_ids", data=_strings(c.class_ids), dtype=STR)
     f.create_dataset("text/templates", data=_strings(c.templates), dtype=STR)
+    if c.classifiers:
+        f["text"].attrs["classifiers"] = json.dumps(c.classifiers)
     for name, values in (("text/per_template", c.text_per_template), ("text/ensemble", c.text_ensemble)):
         f.create_dataset(name, data=values.astype(np.float32), **checksummed(values))
     for split, listing in c.listings.items():

@@ -8,14 +8,15 @@ per-chunk fletcher32 checksums, so a damaged chunk is also refused on any ordina
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: per-chunk checksums and the size/mtime of every encoded item
-READABLE_SCHEMAS = (1, 2)  # 1: no checksums, no item stats; still read (nothing to verify them by)
+SCHEMA_VERSION = 3  # 3: named text classifiers (/text attrs); 2: checksums, item size/mtime
+READABLE_SCHEMAS = (1, 2, 3)  # 1: no checksums, no item stats; still read (nothing to verify them by)
 REQUIRED_ATTRS = ("schema_version", "dataset", "model", "logit_scale")
 
 
@@ -54,7 +55,26 @@ def _text_problems(f: h5py.File, problems: list[str]) -> tuple[int, int]:
         problems.append("text features hold NaN or inf")
     if "text/templates" in f and len(f["text/templates"]) != per.shape[0]:
         problems.append(f"{len(f['text/templates'])} templates but {per.shape[0]} text feature sets")
+    problems += _classifier_problems(f["text"].attrs.get("classifiers"), per.shape[0])
     return k, int(per.shape[-1])
+
+
+def _classifier_problems(text: Any, templates: int) -> list[str]:
+    """The named classifiers (schema 3) must each pick distinct templates the store holds."""
+    if text is None:
+        return []
+    try:
+        named = json.loads(text)
+        ok = isinstance(named, dict) and all(
+            isinstance(rows, list)
+            and rows
+            and len(set(rows)) == len(rows)
+            and all(isinstance(i, int) and 0 <= i < templates for i in rows)
+            for rows in named.values()
+        )
+    except (TypeError, ValueError):
+        ok = False
+    return [] if ok else [f"the named text classifiers {text!r} do not index its {templates} templates"]
 
 
 def _split_problems(split: str, g: h5py.Group, k: int, dim: int) -> list[str]:

@@ -32,6 +32,7 @@ from cacheclip.errors import (
 from cacheclip.features.freshness import check_freshness
 from cacheclip.features.models import ModelRef
 from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
+from cacheclip.fit.classifier import PAPER, choose_classifier, paper_for
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
 from cacheclip.fit.methods.base import Progress, zero_shot_predictor
 from cacheclip.fit.metrics import classification_metrics
@@ -69,6 +70,12 @@ class FitConfig:
         "trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)",
         flag="--epoch",
     )
+    classifier: str = setting(
+        PAPER,
+        "text classifier: paper (each method's paper's; ImageNet stores hold single and ensemble), single, "
+        "ensemble, single+ensemble, or the name of the store's --templates set",
+        flag="--classifier",
+    )
     targets: tuple[str, ...] = setting(
         (),
         "ImageNet only: test sets the final classifiers are also evaluated on (e.g. imagenet-shift)",
@@ -92,6 +99,8 @@ class FitConfig:
             raise ConfigError(f"--views {self.views} is not supported", "use aug or clean")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol {self.protocol} is not supported", "use fewshot or official")
+        if not self.classifier.strip("+") or "++" in self.classifier:
+            raise ConfigError(f"--classifier '{self.classifier}' names no classifier", "e.g. --classifier ensemble")
         if self.epoch not in EPOCH_RULES:
             raise ConfigError(f"--epoch {self.epoch} is not supported", "use last or best-val")
         if not self.shots or min(self.shots) < 1 or not self.seeds:
@@ -120,19 +129,30 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
 # ---------------------------------------------------------------- store -> FitData
 
 
-def load_fit_data(store: FeatureStore, dataset: str) -> FitData:
-    per_template, ensemble = store.text_features()
-    single = per_template.shape[0] == 1
+def load_fit_data(store: FeatureStore, dataset: str, cfg: FitConfig | None = None, hint: str = "") -> FitData:
+    """What ``cfg``'s runs read from ``store``, test excluded; the text is the classifier
+    ``cfg.classifier`` picks for ``cfg.method`` (``fit.classifier``)."""
+    cfg = cfg or FitConfig()
+    method = get_method(cfg.method)
+    attrs = dict(store.attrs)
+    spec = str(attrs.get("templates_spec", "default"))
+    text = choose_classifier(
+        store.classifiers, dataset, spec, method.name, method.paper_classifier, cfg.classifier, hint
+    )
+    per_template, ensemble = (torch.from_numpy(t).float() for t in store.text_features())
+    # the store's own ensemble when it is the one chosen: the same bits as every earlier run
+    stored_ensemble = len(text.rows) > 1 and list(text.rows) == store.ensemble_rows
     train, val = store.listing("train"), store.listing("val")
     return FitData(
         dataset=dataset,
         store=store.path,
-        attrs=dict(store.attrs),
+        attrs=attrs,
         classnames=store.classnames,
-        class_weights=torch.from_numpy(per_template[0] if single else ensemble).float(),
-        classifier="single template (raw embedding)" if single else f"ensemble of {per_template.shape[0]} templates",
-        per_template=torch.from_numpy(per_template).float(),
-        templates=list(store.templates),
+        class_weights=ensemble if stored_ensemble else text.weights(per_template),
+        classifier=text.words(),
+        per_template=per_template[list(text.rows)],
+        templates=[store.templates[i] for i in text.rows],
+        text_classifier=text,
         logit_scale=float(store.attrs["logit_scale"]),
         train_labels=list(train.labels),
         val_labels=list(val.labels),
@@ -289,8 +309,8 @@ def fit_dataset(
     results = []
     fix = f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}"
     with open_store(path, {"dataset": dataset, **ref.identity()}, fix) as store:
-        data = load_fit_data(store, dataset)
-        hint = extract_command(dataset, model_arg, pretrained_arg, cfg, data.attrs)
+        hint = extract_command(dataset, model_arg, pretrained_arg, cfg, dict(store.attrs))
+        data = load_fit_data(store, dataset, cfg, hint)
         inputs = verify_inputs(store, hint)
         targets = load_targets(
             cfg.targets, dataset, data.attrs, store.class_ids, cfg.cache_dir, ref.model_id, ref.weights_id, hint
@@ -421,6 +441,9 @@ def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
     diffs = list(method.differences(ctx))
     if not method.judges_templates and data.attrs.get("templates_spec", "default") != "default":
         diffs.append(f"templates {data.attrs.get('templates_spec')} (CoOp: the dataset's single template)")
+    text = data.text_classifier
+    if text is not None and text.departure and not method.judges_templates:  # those say it themselves
+        diffs.append(text.departure)
     if data.attrs.get("dtype") == "float16":
         diffs.append("image features cached in float16")
     if data.attrs.get("precision", "fp32") != "fp32":
@@ -472,10 +495,23 @@ def build_result(
             **val_record(ctx, t, val_paths),
         },
         "protocol": {"name": cfg.protocol, "matches_paper": not diffs, "differences": diffs},
+        "classifier": classifier_record(data, cfg),
         "zero_shot": {"val": zs_val, "test": zs_test},
         "metrics": {"val": t.val_metrics, "test": test_metrics},
         "adapter_file": "adapter.safetensors" if t.artifact is not None else None,
         "wall_time_s": round(t.seconds, 3),
+    }
+
+
+def classifier_record(data: FitData, cfg: FitConfig) -> dict[str, Any]:
+    """Which text classifier the run (and its zero-shot) used, why, and its paper's."""
+    text = data.text_classifier
+    paper = get_method(cfg.method).paper_classifier
+    return {
+        "name": text.name if text else None,
+        "templates": list(data.templates),
+        "rule": text.rule if text else None,
+        "paper": paper_for(data.dataset, paper),
     }
 
 

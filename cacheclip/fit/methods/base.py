@@ -21,6 +21,7 @@ import torch
 from cacheclip.datasets.fewshot import FewShotSplit, sample_fewshot
 from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
 from cacheclip.fit.adapters import zero_shot_logits
+from cacheclip.fit.classifier import TextClassifier
 from cacheclip.fit.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -39,14 +40,15 @@ class FitData:
     classnames: list[str]
     class_weights: torch.Tensor  # (K, D): the single template's raw embedding, or the ensemble
     classifier: str  # which of the two, in words
-    per_template: torch.Tensor  # (T, K, D): every template's raw class embeddings (the store's templates)
-    templates: list[str]  # (T,) the store's templates, as text
+    per_template: torch.Tensor  # (T, K, D): the raw class embeddings of the chosen classifier's templates
+    templates: list[str]  # (T,) those templates, as text
     logit_scale: float
     train_labels: list[int]
     val_labels: list[int]
     train_paths: list[str]
     val_paths: list[str]
     aug_views: int  # cached augmented views per train image (0: none)
+    text_classifier: TextClassifier | None = None  # which of the store's named classifiers, and why
 
     @property
     def num_classes(self) -> int:
@@ -264,6 +266,9 @@ class Method:
     judges_templates: bool = False
     # "" when the method trains by epochs and follows --epoch; else why --epoch does not apply
     epoch_note: str = "trains no epochs"
+    # the text classifier its paper used on ImageNet (``fit.classifier``): single, ensemble or
+    # single+ensemble; every paper used the dataset's single template elsewhere
+    paper_classifier: str = "single"
 
     def validate(self, config: Any) -> None:
         """ConfigError unless ``config`` is this method's config with workable values."""

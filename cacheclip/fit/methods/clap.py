@@ -366,6 +366,7 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         epoch_note="",
+        paper_classifier="single+ensemble",
     )
 )
 
@@ -381,5 +382,6 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         epoch_note="",
+        paper_classifier="single+ensemble",
     )
 )

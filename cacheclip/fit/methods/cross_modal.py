@@ -423,5 +423,6 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         epoch_note="trains by iterations and keeps its earliest best val iteration (the official early stopping)",
+        paper_classifier="ensemble",
     )
 )

@@ -346,5 +346,6 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         epoch_note="chooses its epoch by --lpp-select (val: the last best val epoch, as LP++'s code)",
+        paper_classifier="ensemble",
     )
 )

@@ -447,5 +447,6 @@ register_method(
         differences=differences,
         from_artifact=from_artifact,
         judges_templates=True,
+        paper_classifier="ensemble",
     )
 )

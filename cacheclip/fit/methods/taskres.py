@@ -21,7 +21,6 @@ not drawn when V = 1, the clean view) then ``randperm(N)``. float32 (float64 if 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cacheclip.datasets.templates import TEMPLATE_SETS
+from cacheclip.datasets.templates import GENERIC_TEMPLATE, IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
 from cacheclip.fit.train import BestEpoch, last_epoch_record, top1_percent
@@ -367,23 +366,17 @@ def differences(ctx: FitContext) -> list[str]:
         f"{OLD_DASSL_BETAS} in older versions)"
     )
     if data.dataset == "imagenet":
-        diffs.append(_imagenet_base_difference(ctx))
+        diffs += _imagenet_base_difference(ctx)
     return diffs
 
 
-def _imagenet_base_difference(ctx: FitContext) -> str:
-    """No built-in template set is the official ImageNet base: a FILE of 8 may be (unchecked)."""
+def _imagenet_base_difference(ctx: FitContext) -> list[str]:
+    """The official ImageNet base is the raw mean of the 8 templates a default ImageNet store holds
+    (``--classifier single+ensemble``, TaskRes's paper classifier)."""
     data = ctx.data
-    spec, t = data.attrs.get("templates_spec", "default"), data.per_template.shape[0]
-    if t == 8 and spec not in TEMPLATE_SETS:
-        return f"ImageNet base: {_base_description(data)}; official: {IMAGENET_BASE} (not checked to be the same)"
-    fix = f"{_with_templates(ctx.extract_hint, 'FILE')} (FILE: those 8 templates, one a line)"
-    return f"ImageNet base: {_base_description(data)} (official: raw mean of {IMAGENET_BASE}; run: {fix})"
-
-
-def _with_templates(extract_hint: str, spec: str) -> str:
-    """The store's extract command (``ctx.extract_hint``) with ``--templates spec`` in place of its own."""
-    return re.sub(r" --templates \S+", "", extract_hint or "cacheclip extract ...") + f" --templates {spec}"
+    if sorted(data.templates) == sorted((*IMAGENET7, GENERIC_TEMPLATE)):  # a mean: the order is irrelevant
+        return []
+    return [f"ImageNet base: {_base_description(data)} (official: raw mean of {IMAGENET_BASE})"]
 
 
 register_method(
@@ -397,5 +390,6 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         epoch_note="",
+        paper_classifier="single+ensemble",
     )
 )

@@ -467,6 +467,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, finetune=False),
         differences=differences,
         from_artifact=from_artifact,
+        paper_classifier="ensemble",
     )
 )
 
@@ -480,5 +481,6 @@ register_method(
         differences=lambda ctx: differences(ctx, finetune=True),
         from_artifact=from_artifact,
         epoch_note="",
+        paper_classifier="ensemble",
     )
 )

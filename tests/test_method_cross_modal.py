@@ -262,6 +262,6 @@ def test_without_val_a_grid_is_refused_and_one_configuration_trains_to_the_end(t
     assert sel["on"] == "none" and sel["chosen"]["iteration"] == QUICK["iters"] - 1 and "no val" in sel["reason"]
     assert result["metrics"]["val"] is None
     templates = next(d for d in result["protocol"]["differences"] if d.startswith("ImageNet text samples"))
-    assert "cacheclip extract --dataset imagenet" in templates and "--templates imagenet7;" in templates
+    assert "official: the 7 imagenet7 templates (--classifier ensemble of a default ImageNet store" in templates
     [held] = fit_dataset("imagenet", REF, _cfg(tmp_path, no_val="holdout"))
     assert held["selection"]["on"] == "holdout" and held["metrics"]["val"] is not None

@@ -12,6 +12,8 @@ import json
 from functools import lru_cache
 from importlib import resources
 
+from cacheclip.results.protocol import PublishedProtocol
+
 PUBLISHED_SHOTS = (1, 2, 4, 8, 16)
 
 # The paper's 11 datasets, in the order of its tables (CoOp order).
@@ -31,6 +33,7 @@ PAPER_DATASETS = (
 
 # cacheclip method name -> key of its curve in the JSON.
 METHOD_KEYS = {"clip-adapter": "CLIP-A", "tip-adapter": "Tip", "tip-adapter-f": "Tip-F", "gda": "GDA"}
+ZERO_SHOT_KEY = "zs"  # the zero-shot numbers' key (per dataset, and of their protocol in ``_curves``)
 
 _MODELS = {"rn50", "rn50-quickgelu"}  # open_clip names of the paper's backbone
 _PRETRAINED = "openai"
@@ -79,7 +82,7 @@ def published_curve(dataset: str, method: str) -> dict[int, float] | None:
 def published_provenance(method: str) -> str | None:
     """Where ``method``'s published curve comes from and the protocol behind it, in one line;
     for a method without a verified per-dataset curve, what is (not) known; None if nothing."""
-    curve = _load()["_curves"].get(METHOD_KEYS.get(method, ""))
+    curve = _load()["_curves"].get(_curve_key(method))
     if curve is not None:
         return f"{curve['source']}; protocol: {curve['protocol']}"
     return _load()["_unverified"].get(method)
@@ -89,6 +92,62 @@ def published_zero_shot(dataset: str) -> float | None:
     """Published zero-shot top-1 for ``dataset``, or None when unknown."""
     entry = _load().get(dataset) if not dataset.startswith("_") else None
     return None if entry is None else float(entry["zs"])
+
+
+def _curve_key(method: str) -> str:
+    return ZERO_SHOT_KEY if method == "zero-shot" else METHOD_KEYS.get(method, "")
+
+
+def _for(value: object, dataset: str) -> object:
+    """A per-dataset field: ``{"*": default, dataset: override}``, or one value for every dataset."""
+    return value.get(dataset, value.get("*")) if isinstance(value, dict) else value
+
+
+def _listed(value: object, dataset: str) -> tuple[str, ...]:
+    """A per-dataset list field: the ``"*"`` entries, then the dataset's own."""
+    value = value if isinstance(value, dict) else {}
+    return tuple(value.get("*", [])) + tuple(value.get(dataset, []))
+
+
+def published_protocol(dataset: str, method: str) -> PublishedProtocol | None:
+    """How ``method``'s published number on ``dataset`` was made (``"zero-shot"``: the zero-shot
+    number), from ``_curves`` in the JSON; None when there is no published curve for it."""
+    key = _curve_key(method)
+    curve = _load()["_curves"].get(key)
+    if curve is None or published_curve(dataset, method) is None:
+        return None
+    seeds, scale = curve["seeds"], _for(curve["aug_scale"], dataset)
+    return PublishedProtocol(
+        curve=key,
+        seeds=None if seeds is None else tuple(seeds),
+        val=str(_for(curve["val"], dataset)),
+        classifier=str(_for(curve["classifier"], dataset)),
+        preprocess=str(curve["preprocess"]),
+        aug_scale=tuple(scale) if isinstance(scale, list) else scale,
+        epoch=str(curve["epoch"]),
+        protocol=curve["cacheclip_protocol"],
+        never=_listed(curve["never"], dataset),
+        unknown=_listed(curve["unknown"], dataset),
+        caveats=_listed(curve["caveats"], dataset),
+    )
+
+
+def published_protocol_summary(method: str) -> str | None:
+    """``method``'s published protocol in one line: the usual datasets', then where ImageNet's
+    differs, then what can never be matched (``"zero-shot"``: the zero-shot numbers'); None
+    without a curve."""
+    usual, imagenet = published_protocol("caltech101", method), published_protocol("imagenet", method)
+    if usual is None:
+        return None
+    text = "; ".join([*usual.fields().values(), *usual.caveats])
+    if imagenet is not None:
+        theirs, ours = imagenet.fields(), usual.fields()
+        changed = [v for k, v in theirs.items() if ours.get(k) != v]
+        text += f". ImageNet: {'; '.join(changed)}" if changed else ""
+    if usual.never:
+        text += f". Never like for like: {'; '.join(usual.never)}"
+    extra = [n for n in (imagenet.never if imagenet else ()) if n not in usual.never]
+    return text + (f". Never like for like on ImageNet: {'; '.join(extra)}" if extra else "")
 
 
 # ----------------------------------------------------------------------------- distribution shift

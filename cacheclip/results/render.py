@@ -1,5 +1,6 @@
-"""Reports -> text: the Markdown tables (mean ± std over seeds, beside the published numbers,
-95% confidence intervals, missing runs, departures from the protocol) and the CSV rows."""
+"""Reports -> text: the Markdown tables (mean ± std over seeds, beside the published numbers
+with a mark where that is not like for like, 95% confidence intervals, missing runs, departures
+from the protocol) and the CSV rows."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import math
 from collections.abc import Sequence
 
+from cacheclip.results.protocol import NO, UNCERTAIN, YES, Verdict
 from cacheclip.results.published import (
     published_available,
     published_shift,
@@ -20,12 +22,49 @@ from cacheclip.results.report import (
     METHOD_LABELS,
     MISSING,
     Cell,
+    Comparison,
     Report,
     ShiftRow,
+    average_comparison,
     average_row,
     mean_over,
     target_order,
 )
+
+SYMBOLS = {NO: "≠", UNCERTAIN: "?"}  # the mark beside a published number that is not like for like
+
+
+class Marks:
+    """Footnote marks of one table: a symbol (≠ not like for like, ? uncertain) and a letter per
+    distinct verdict, in order of first use; ``lines`` lists them with their reasons."""
+
+    def __init__(self) -> None:
+        self.letters: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def mark(self, verdict: Verdict) -> str:
+        if verdict.like == YES:
+            return ""
+        key = (verdict.like, verdict.reasons)
+        letter = self.letters.setdefault(key, _letter(len(self.letters)))
+        return f" {SYMBOLS[verdict.like]}{letter}"
+
+    def lines(self) -> list[str]:
+        if not self.letters:
+            return []
+        head = "Beside a published number: ≠ not like for like, ? uncertain (no mark: like for like). Why:"
+        items = [f"- {SYMBOLS[like]}{letter}: {'; '.join(reasons)}" for (like, reasons), letter in self.letters.items()]
+        return ["", head, "", *items]
+
+
+def _letter(index: int) -> str:
+    """a, b, ..., z, aa, ab, ..."""
+    text = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        text = chr(ord("a") + rest) + text
+    return text
+
 
 # ----------------------------------------------------------------------------- rendering
 
@@ -38,37 +77,51 @@ def _mean_text(cell: Cell) -> str:
     return f"{cell.mean:.2f}" if cell.n == 1 else f"{cell.mean:.2f} ± {cell.std:.2f}"
 
 
-def _cell_text(report: Report, d: str, s: int) -> str:
+def _paired(text: str, ours: float, paper: float | None, comparison: Comparison | None, marks: Marks) -> str:
+    """Our text with the published number beside it: "(paper P, ours - P)", or where the paper ran
+    seed 1 only "(seed 1 V; paper P, V - P)"; then the mark when that is not like for like."""
+    if comparison is None:
+        return _with_paper(text, ours, paper)
+    seed = f"{comparison.compared_with} {comparison.value:.2f}; " if comparison.compared_with == "seed 1" else ""
+    text += f" ({seed}paper {comparison.published:.2f}, {comparison.diff:+.2f})"
+    return text + marks.mark(comparison.verdict)
+
+
+def _cell_text(report: Report, d: str, s: int, marks: Marks) -> str:
     cell = report.cells.get((d, s))
     if cell is None:
         return MISSING
-    text = _with_paper(_mean_text(cell), cell.mean, report.published.get((d, s)))
+    paper, comparison = report.published.get((d, s)), report.comparisons.get((d, s))
+    text = _paired(_mean_text(cell), cell.mean, paper, comparison, marks)
     if cell.n < len(report.expected_seeds):
         text += f" [{cell.n}/{len(report.expected_seeds)} seeds]"
     return text
 
 
-def _zs_text(report: Report, d: str) -> str:
+def _zs_text(report: Report, d: str, marks: Marks) -> str:
     if d not in report.zero_shot:
         return MISSING
     ours = report.zero_shot[d]
-    return _with_paper(f"{ours:.2f}", ours, report.published_zero_shot.get(d))
+    paper, comparison = report.published_zero_shot.get(d), report.zero_shot_comparisons.get(d)
+    return _paired(f"{ours:.2f}", ours, paper, comparison, marks)
 
 
-def _average_texts(report: Report, row: dict[int, Cell | None]) -> tuple[str, list[str]]:
+def _average_texts(report: Report, row: dict[int, Cell | None], marks: Marks) -> tuple[str, list[str]]:
     covered = report.covered
     zs_keys = [d for d in covered if d in report.zero_shot]
     zs = mean_over(report.zero_shot, zs_keys)
     paper_zs = mean_over(report.published_zero_shot, zs_keys)
-    zs_text = MISSING if zs is None else _with_paper(f"{zs:.2f}", zs, paper_zs)
+    zs_pair = average_comparison(report.zero_shot_comparisons, zs_keys)
+    zs_text = MISSING if zs is None else _paired(f"{zs:.2f}", zs, paper_zs, zs_pair, marks)
     texts = []
     for s in report.shots:
         cell = row[s]
         if cell is None:
             texts.append(MISSING)
             continue
-        paper = mean_over(report.published, [(d, s) for d in cell.datasets])
-        text = _with_paper(_mean_text(cell), cell.mean, paper)
+        keys = [(d, s) for d in cell.datasets]
+        paper = mean_over(report.published, keys)
+        text = _paired(_mean_text(cell), cell.mean, paper, average_comparison(report.comparisons, keys), marks)
         if len(cell.datasets) < len(covered):
             text += f" [{len(cell.datasets)}/{report.n_expected_datasets} datasets]"
         texts.append(text)
@@ -91,14 +144,25 @@ def _section(report: Report, level: int = 2) -> list[str]:
         lines.append(
             "In brackets: the published RN50 number and ours minus it (paper averages: over the same datasets as ours)."
         )
+    if any(c.compared_with == "seed 1" for c in report.comparisons.values()):
+        lines.append("Where the paper ran seed 1 only, ours beside it is our seed-1 run (shown first in the brackets).")
     if report.provenance:
         what = "Published numbers" if report.published else "Published numbers: none shown"
         lines.append(f"{what} ({report.provenance}).")
+    if report.published and report.published_protocol:
+        lines.append(f"Published protocol: {report.published_protocol}.")
+    if report.zero_shot_comparisons and report.published_zero_shot_protocol and report.method != "zero-shot":
+        lines.append(f"Published zero-shot protocol: {report.published_zero_shot_protocol}.")
     lines.append("")
-    rows = [[d, _zs_text(report, d)] + [_cell_text(report, d, s) for s in report.shots] for d in report.datasets]
-    zs_avg, avg_cells = _average_texts(report, row)
+    marks = Marks()
+    rows = [
+        [d, _zs_text(report, d, marks)] + [_cell_text(report, d, s, marks) for s in report.shots]
+        for d in report.datasets
+    ]
+    zs_avg, avg_cells = _average_texts(report, row, marks)
     rows.append([avg_label, zs_avg] + avg_cells)
     lines += _table(["Dataset", "Zero-shot"] + shot_cols, rows)
+    lines += marks.lines()
     if covered < report.n_expected_datasets:
         lines += ["", f"Partial: the average covers {covered} of {report.n_expected_datasets} datasets."]
     lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
@@ -157,11 +221,11 @@ def _side_by_side(reports: Sequence[Report]) -> list[str]:
         "published RN50 average over the same datasets and the difference (see each section for its source).",
         "",
     ]
-    rows = []
+    rows, marks = [], Marks()
     for report in reports:
-        texts = dict(zip(report.shots, _average_texts(report, average_row(report))[1], strict=True))
+        texts = dict(zip(report.shots, _average_texts(report, average_row(report), marks)[1], strict=True))
         rows.append([report.label, report.model, f"{len(report.covered)}"] + [texts.get(s, MISSING) for s in shots])
-    return lines + _table(["Method", "Model", "Datasets"] + [f"{s}-shot" for s in shots], rows)
+    return lines + _table(["Method", "Model", "Datasets"] + [f"{s}-shot" for s in shots], rows) + marks.lines()
 
 
 def _num(value: float | None) -> str:
@@ -175,10 +239,13 @@ def to_csv(report: Report, header: bool = True) -> str:
     if header:
         writer.writerow(CSV_COLUMNS)
     for d in report.datasets:
+        zs = report.zero_shot_comparisons.get(d)
+        zs_columns = [_num(report.published_zero_shot.get(d)), zs.verdict.like if zs else "", _reasons(zs)]
         for s in report.shots:
             cell = report.cells.get((d, s))
             paper = report.published.get((d, s))
-            diff = None if cell is None or paper is None else cell.mean - paper
+            pair = report.comparisons.get((d, s))
+            diff = pair.diff if pair else None if cell is None or paper is None else cell.mean - paper
             writer.writerow(
                 [
                     report.model,
@@ -194,10 +261,23 @@ def to_csv(report: Report, header: bool = True) -> str:
                     _num(report.zero_shot.get(d)),
                     _num(paper),
                     _num(diff),
+                    *_comparison_columns(pair),
+                    *zs_columns,
                 ]
             )
     writer.writerows(shift_csv_rows(report))
     return buffer.getvalue()
+
+
+def _reasons(pair: Comparison | None) -> str:
+    return "; ".join(pair.verdict.reasons) if pair else ""
+
+
+def _comparison_columns(pair: Comparison | None) -> list[str]:
+    """published_protocol, compared_with, compared_value, like_for_like, mismatch."""
+    if pair is None:
+        return ["", "", "", "", ""]
+    return [pair.protocol, pair.compared_with, _num(pair.value), pair.verdict.like, _reasons(pair)]
 
 
 # ----------------------------------------------------------------------------- distribution shift
@@ -320,6 +400,7 @@ def shift_csv_rows(report: Report) -> list[list]:
                     _num(zs and zs.mean),
                     _num(paper),
                     _num(diff),
+                    *[""] * (len(CSV_COLUMNS) - 13),  # no like-for-like judgement of shift numbers yet
                 ]
             )
     return out

@@ -1,9 +1,11 @@
 """Result JSONs -> per-method reports -> Markdown table, CSV and a figure.
 
 ``build_reports`` groups result JSONs (``loading.load_results``) by (model,
-pretrained, method) and summarises the test top-1 of each (dataset, shots) cell
-over seeds. ``render`` turns reports into Markdown and CSV, ``plots`` into the
-figure, and ``write.write_report`` writes all three. Nothing here prints.
+pretrained, method, run protocol) and summarises the test top-1 of each (dataset,
+shots) cell over seeds; beside each published number it puts the judgement of
+``protocol.compare``: like for like or not, and why. ``render`` turns reports into
+Markdown and CSV, ``plots`` into the figure, and ``write.write_report`` writes all
+three. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -15,10 +17,22 @@ from dataclasses import dataclass, field
 
 from cacheclip.datasets.catalog import IMAGENET_SHIFT
 from cacheclip.results.loading import result_problem, result_source, test_top1
+from cacheclip.results.protocol import (
+    NO,
+    CellRuns,
+    RunProtocol,
+    Verdict,
+    combine,
+    compare,
+    run_protocol,
+    seed_one_missing,
+)
 from cacheclip.results.published import (
     PAPER_DATASETS,
     published_available,
     published_curve,
+    published_protocol,
+    published_protocol_summary,
     published_provenance,
     published_shift,
     published_shift_provenance,
@@ -68,6 +82,14 @@ CSV_COLUMNS = (
     "zero_shot",
     "published",
     "diff",
+    "published_protocol",
+    "compared_with",
+    "compared_value",
+    "like_for_like",
+    "mismatch",
+    "published_zero_shot",
+    "zero_shot_like_for_like",
+    "zero_shot_mismatch",
 )
 MISSING = "—"
 
@@ -142,6 +164,23 @@ def summarize(values: Sequence[float], seeds: Sequence[int]) -> Cell:
     return Cell(n, mean, std, t_quantile_975(n - 1) * std / math.sqrt(n), tuple(seeds))
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A published number beside one of our cells: which of our numbers it is compared with
+    (``compared_with``: "seed 1", "mean of 3 seeds", ...; ``value``), whether that is like for
+    like (``verdict``), and the published protocol on that dataset in one line."""
+
+    published: float
+    compared_with: str
+    value: float
+    verdict: Verdict
+    protocol: str = ""
+
+    @property
+    def diff(self) -> float:
+        return self.value - self.published
+
+
 @dataclass
 class ShiftRow:
     """One method fitted on ``source`` with ``shots`` and tested unchanged on shift sets.
@@ -189,10 +228,19 @@ class Report:
     provenance: str = ""  # where the published numbers come from and their protocol, or what is missing
     shift: dict[tuple[str, int], ShiftRow] = field(default_factory=dict)  # (source, shots) -> shift row
     shift_provenance: str = ""  # the same for the published distribution-shift numbers
+    run_protocol: RunProtocol = field(default_factory=RunProtocol)  # how every run here was made
+    seed_top1: dict[tuple[str, int], dict[int, float]] = field(default_factory=dict)  # cell -> seed -> top-1
+    comparisons: dict[tuple[str, int], Comparison] = field(default_factory=dict)  # beside report.published
+    zero_shot_comparisons: dict[str, Comparison] = field(default_factory=dict)  # beside published_zero_shot
+    published_protocol: str = ""  # the published curve's protocol in one line
+    published_zero_shot_protocol: str = ""  # the published zero-shot numbers' protocol in one line
 
     @property
     def label(self) -> str:
-        return METHOD_LABELS.get(self.method, self.method)
+        """The method's name, with the non-default parts of its run protocol: "Tip-Adapter [official]"."""
+        parts = self.run_protocol.parts()
+        name = METHOD_LABELS.get(self.method, self.method)
+        return f"{name} [{', '.join(parts)}]" if parts else name
 
     @property
     def covered(self) -> list[str]:
@@ -219,22 +267,24 @@ def build_reports(
     expected_shots: Sequence[int] | None = None,
     expected_seeds: Sequence[int] | None = None,
 ) -> list[Report]:
-    """One ``Report`` per (model, pretrained, method), sorted by model then method.
+    """One ``Report`` per (model, pretrained, method, run protocol), sorted by model, method,
+    then protocol (the default first): runs of different protocols are never merged.
 
     Without ``expected_*`` the grid is what the group's runs cover (datasets,
     shots, and the union of seeds); cells short of it are ``missing``. Of
-    duplicate runs (same model, pretrained, method, dataset, shots, seed) the
-    newest file is kept, with a warning. Warnings from ``load_results`` and
-    invalid results are repeated in every report.
+    duplicate runs (same model, pretrained, method, run protocol, dataset, shots,
+    seed) the newest file is kept, with a warning. Warnings from ``load_results``
+    and invalid results are repeated in every report.
     """
     shared = list(getattr(results, "warnings", []))
-    groups: dict[tuple[str, str, str], dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
+    groups: dict[tuple[str, str, str, RunProtocol], dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
     for index, result in enumerate(results):
         problem = result_problem(result)
         if problem:
             shared.append(f"skipped {result_source(result)}: {problem}")
             continue
-        group = groups.setdefault((result["model"], result["pretrained"], result["method"]), {})
+        key = (result["model"], result["pretrained"], result["method"], run_protocol(result))
+        group = groups.setdefault(key, {})
         run = (result["dataset"], result["shots"], result["seed"])
         age = ((result.get("_source") or {}).get("mtime", 0.0), index)
         if run in group:
@@ -243,7 +293,7 @@ def build_reports(
                 continue
         group[run] = (age, result)
     reports = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], _method_rank(k[2]))):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], _method_rank(k[2]), k[3].rank)):
         runs = {run: result for run, (_, result) in groups[key].items()}
         reports.append(_build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared))
     return reports
@@ -259,18 +309,19 @@ def _duplicate_warning(new: dict, old: dict, new_wins: bool) -> str:
 
 
 def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared) -> Report:
-    model, pretrained, method = key
+    model, pretrained, method, protocol = key
     if method == "zero-shot":  # no training shots: its shot grid is whatever the runs say
         expected_shots = None
     datasets = dataset_order(list(expected_datasets or []) + [d for d, _, _ in runs])
     shots = sorted(set(expected_shots or []) | {s for _, s, _ in runs})
     seeds = tuple(sorted(set(expected_seeds) if expected_seeds else {seed for _, _, seed in runs}))
-    cells, missing = {}, {}
+    cells, missing, seed_top1 = {}, {}, {}
     for d in datasets:
         for s in shots:
             have = sorted(seed for dd, ss, seed in runs if (dd, ss) == (d, s))
             if have:
-                cells[(d, s)] = summarize([test_top1(runs[(d, s, seed)]["metrics"]) for seed in have], have)
+                seed_top1[(d, s)] = {seed: test_top1(runs[(d, s, seed)]["metrics"]) for seed in have}
+                cells[(d, s)] = summarize(list(seed_top1[(d, s)].values()), have)
             absent = tuple(seed for seed in seeds if seed not in have)
             if absent:
                 missing[(d, s)] = absent
@@ -294,9 +345,11 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
         protocol_differences=_protocol_differences(runs),
         n_runs=len(runs),
         shift=_shift_rows(runs),
+        run_protocol=protocol,
+        seed_top1=seed_top1,
     )
     if published_available(model, pretrained):
-        _attach_published(report)
+        _attach_published(report, runs)
     return report
 
 
@@ -318,8 +371,10 @@ def _protocol_differences(runs: dict) -> dict[str, int]:
     return counts
 
 
-def _attach_published(report: Report) -> None:
+def _attach_published(report: Report, runs: dict) -> None:
     report.provenance = published_provenance(report.method) or ""
+    report.published_protocol = published_protocol_summary(report.method) or ""
+    report.published_zero_shot_protocol = published_protocol_summary("zero-shot") or ""
     report.shift_provenance = published_shift_provenance(report.method) or ""
     row = report.shift.get(published_shift_setting())
     if row is not None:
@@ -333,6 +388,63 @@ def _attach_published(report: Report) -> None:
             value = zs if report.method == "zero-shot" else curve.get(s)
             if value is not None:
                 report.published[(d, s)] = value
+    _compare_cells(report, runs)
+    _compare_zero_shot(report, runs)
+
+
+# ----------------------------------------------------------------------------- like for like
+
+
+def _compare_cells(report: Report, runs: dict) -> None:
+    """Each published few-shot number against our cell of the same protocol: our seed-1 run
+    where the paper ran seed 1 only, else our mean; the verdict says whether that is like for like."""
+    for (d, s), published in report.published.items():
+        paper = published_protocol(d, report.method)
+        values = report.seed_top1.get((d, s))
+        if paper is None or not values:
+            continue
+        ours = CellRuns.of(runs[(d, s, seed)] for seed in values)
+        verdict = compare(ours, paper, zero_shot=report.method == "zero-shot")
+        if paper.seeds == (1,) and 1 in values:
+            with_, value = "seed 1", values[1]
+        else:
+            with_, value = _mean_label(values), report.cells[(d, s)].mean
+            if paper.seeds == (1,):
+                verdict = Verdict(NO, (seed_one_missing(list(values)), *verdict.reasons))
+        report.comparisons[(d, s)] = Comparison(published, with_, value, verdict, paper.summary())
+
+
+def _compare_zero_shot(report: Report, runs: dict) -> None:
+    """The published zero-shot numbers against the zero-shot classifier recorded with our runs."""
+    for d, published in report.published_zero_shot.items():
+        paper = published_protocol(d, "zero-shot")
+        recorded = [r for (dd, _, _), r in runs.items() if dd == d and test_top1(r.get("zero_shot")) is not None]
+        if paper is None or not recorded or d not in report.zero_shot:
+            continue
+        verdict = compare(CellRuns.of(recorded), paper, zero_shot=True)
+        report.zero_shot_comparisons[d] = Comparison(
+            published, "zero-shot classifier", report.zero_shot[d], verdict, paper.summary()
+        )
+
+
+def _mean_label(values: dict[int, float]) -> str:
+    # one run: not "seed 1", which means "the paper's seed-1 run" to the renderer
+    return f"the only run (seed {next(iter(values))})" if len(values) == 1 else f"mean of {len(values)} seeds"
+
+
+def average_comparison(comparisons: dict, keys: Sequence) -> Comparison | None:
+    """The comparison of an average over ``keys``: the means of the published numbers and of the
+    values compared with them, the worst verdict; None unless every key has a comparison."""
+    parts = [comparisons[k] for k in keys if k in comparisons]
+    if not parts or len(parts) != len(keys):
+        return None
+    withs = {c.compared_with for c in parts}
+    return Comparison(
+        math.fsum(c.published for c in parts) / len(parts),
+        withs.pop() if len(withs) == 1 else "per dataset (see the cells)",
+        math.fsum(c.value for c in parts) / len(parts),
+        combine([c.verdict for c in parts]),
+    )
 
 
 # ----------------------------------------------------------------------------- distribution shift

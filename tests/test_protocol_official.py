@@ -68,6 +68,7 @@ def test_official_selects_on_the_whole_val_split(tmp_path, monkeypatch, method):
     [result] = fit_dataset("dtd", REF, _cfg(tmp_path, method, protocol="official"))  # read back
     assert result["selection"]["on"] == "full val split"
     assert result["metrics"]["val"]["n"] == len(whole)
+    assert result["zero_shot"]["val"]["n"] == len(whole)  # zero-shot scored on the same val
     assert result["fewshot"]["val_paths"] == f"all {len(whole)} images of the val split"
 
 
@@ -87,6 +88,7 @@ def test_lpp_official_chooses_on_k_val_images_per_class(tmp_path, monkeypatch):
     [result] = fit(protocol="official")  # read back
     assert result["fewshot"]["val_source"] == "8 val images per class"
     assert len(result["fewshot"]["val_paths"]) == 8 * K and result["metrics"]["val"]["n"] == 8 * K
+    assert result["zero_shot"]["val"]["n"] == 8 * K
     assert not any("per class" in d for d in result["protocol"]["differences"])
 
 

@@ -380,7 +380,7 @@ def evaluate_on_test(
     zs_targets = score_targets(targets, zero_shot_predictor(data))
     results = []
     for t in trained:
-        val = ctx.val_features(t.plan.split)
+        val = chosen_val(store, ctx, t)
         zs_val = classification_metrics(zero_shot_predictor(data)(val[0]), val[1], k) if val else None
         test_metrics = classification_metrics(t.predict(feats), labels, k)
         if t.artifact is not None:
@@ -409,6 +409,17 @@ def evaluate_on_test(
         rr.write_result(t.plan.folder, result)
         results.append(result)
     return results
+
+
+def chosen_val(store: FeatureStore, ctx: FitContext, t: Trained) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The val the run chose on (``Trained.val_set``), so that its zero-shot val score is on
+    the same images as its own."""
+    if t.val_set == "full":
+        return ctx.full_val_features()
+    if t.val_set == "per-class" and t.val_indices is not None:
+        feats, labels, _ = store.read("val", list(t.val_indices))
+        return torch.from_numpy(feats), torch.from_numpy(labels)
+    return ctx.val_features(t.plan.split)
 
 
 # ---------------------------------------------------------------- results

@@ -164,3 +164,13 @@ def test_a_templates_set_of_the_users_is_used_as_extracted(tiny_loaded, coop_roo
         assert data.text_classifier.rule == "--templates imagenet80" and len(data.templates) == 80
         explicit = load_fit_data(s, ds.name, _fit_cfg(tmp_path, "tip-adapter", classifier="ensemble"))
     assert explicit.templates == list(IMAGENET7)  # the 80 include the 7
+
+
+def test_the_report_reads_older_results_with_each_methods_paper_classifier():
+    """results/ cannot import fit/: its table for results that do not record ``classifier.paper``
+    must agree with every registered method."""
+    from cacheclip.fit.methods import get_method, list_methods
+    from cacheclip.results.protocol import PAPER_IMAGENET_CLASSIFIER
+
+    for name in list_methods():
+        assert PAPER_IMAGENET_CLASSIFIER.get(name, "single") == get_method(name).paper_classifier, name

@@ -125,7 +125,7 @@ def named_classifiers(templates: Sequence[str], dataset: str, spec: str) -> dict
     ``--templates`` set of the user's, all of them under its own name (``spec_label``)."""
     position = {t: i for i, t in enumerate(templates)}
     named: dict[str, list[int]] = {}
-    single = _dataset_template(dataset) if spec != "default" or len(templates) > 1 else templates[0]
+    single = _dataset_template(dataset)
     if single in position:
         named[SINGLE] = [position[single]]
     if all(t in position for t in IMAGENET7):

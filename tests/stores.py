@@ -97,8 +97,8 @@ def clustered(
     return write_store(cache, dataset, text, splits, aug_scale, templates)
 
 
-def reads_while_training(monkeypatch, method: str, fit) -> list[tuple[str, bool]]:
-    """Run ``fit()`` with the store's reads spied on: (split, read while ``method`` trained)."""
+def store_reads(monkeypatch, method: str, fit) -> list[tuple[str, bool, object]]:
+    """Run ``fit()`` with the store's reads spied on: (split, read while ``method`` trained, indices)."""
     import dataclasses
 
     from cacheclip.fit import stage
@@ -108,7 +108,7 @@ def reads_while_training(monkeypatch, method: str, fit) -> list[tuple[str, bool]
     real_read, real = st.FeatureStore.read, get_method(method)
 
     def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
+        reads.append((split, training[0], indices))
         return real_read(self, split, indices, aug=aug)
 
     def spy_train(ctx, plans):
@@ -123,3 +123,8 @@ def reads_while_training(monkeypatch, method: str, fit) -> list[tuple[str, bool]
     monkeypatch.setattr(stage, "get_method", lambda name: spy if name == method else get_method(name))
     fit()
     return reads
+
+
+def reads_while_training(monkeypatch, method: str, fit) -> list[tuple[str, bool]]:
+    """Run ``fit()`` with the store's reads spied on: (split, read while ``method`` trained)."""
+    return [(split, training) for split, training, _ in store_reads(monkeypatch, method, fit)]

@@ -7,11 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from stores import REF, clustered
+from stores import REF, clustered, store_reads
 
 from cacheclip.errors import ConfigError
-from cacheclip.features import store as st
-from cacheclip.fit import stage
 from cacheclip.fit.methods import get_method
 from cacheclip.fit.stage import FitConfig, fit_dataset
 
@@ -32,27 +30,9 @@ def _cfg(tmp_path, method, settings=None, **fit_kw):
 
 
 def _val_reads_while_training(monkeypatch, method, fit) -> list[list[int]]:
-    """The val indices each store read asked for while ``method`` trained (a spy on FeatureStore.read)."""
-    reads, training = [], [False]
-    real_read, real = st.FeatureStore.read, get_method(method)
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        if split == "val" and training[0]:
-            reads.append(sorted(int(i) for i in indices))
-        return real_read(self, split, indices, aug=aug)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return real.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    spy = dataclasses.replace(real, train=spy_train)
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == method else get_method(name))
-    fit()
-    return reads
+    """The val indices each store read asked for while ``method`` trained."""
+    reads = store_reads(monkeypatch, method, fit)
+    return [sorted(int(i) for i in indices) for split, training, indices in reads if split == "val" and training]
 
 
 @pytest.mark.parametrize("method", ["tip-adapter", "gda", "proker"])

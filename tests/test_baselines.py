@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stores import REF, D, K, clustered, write_store
+from stores import REF, D, K, clustered, reads_while_training, write_store
 
 from cacheclip.features import store as st
-from cacheclip.fit import stage
 from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.methods import get_method, list_methods
 from cacheclip.fit.methods.linear_probe import fit_logistic_path, objective
@@ -83,26 +82,7 @@ def test_fit_beats_chance_and_zero_shot_and_artifact_loads(tmp_path, method):
 @pytest.mark.parametrize("method", BASELINES)
 def test_methods_never_read_test(tmp_path, monkeypatch, method):
     clustered(tmp_path / "cache")
-    reads, training = [], [False]
-    real_read = st.FeatureStore.read
-
-    def spy_read(self, split, indices=None, *, aug=False):
-        reads.append((split, training[0]))
-        return real_read(self, split, indices, aug=aug)
-
-    m = get_method(method)
-
-    def spy_train(ctx, plans):
-        training[0] = True
-        try:
-            return m.train(ctx, plans)
-        finally:
-            training[0] = False
-
-    monkeypatch.setattr(st.FeatureStore, "read", spy_read)
-    spy = dataclasses.replace(m, train=spy_train)
-    monkeypatch.setattr(stage, "get_method", lambda name: spy if name == method else get_method(name))
-    fit_dataset("eurosat", REF, cfg_for(tmp_path, method))
+    reads = reads_while_training(monkeypatch, method, lambda: fit_dataset("eurosat", REF, cfg_for(tmp_path, method)))
     assert {s for s, during in reads if during} == {"train", "val"}
     assert ("test", False) in reads
 

@@ -248,16 +248,7 @@ def to_csv(report: Report, header: bool = True) -> str:
             diff = pair.diff if pair else None if cell is None or paper is None else cell.mean - paper
             writer.writerow(
                 [
-                    report.model,
-                    report.pretrained,
-                    report.method,
-                    d,
-                    s,
-                    0 if cell is None else cell.n,
-                    "" if cell is None else " ".join(map(str, cell.seeds)),
-                    _num(cell and cell.mean),
-                    _num(cell and cell.std),
-                    _num(cell and cell.ci95),
+                    *_cell_columns(report, d, s, cell),
                     _num(report.zero_shot.get(d)),
                     _num(paper),
                     _num(diff),
@@ -267,6 +258,25 @@ def to_csv(report: Report, header: bool = True) -> str:
             )
     writer.writerows(shift_csv_rows(report))
     return buffer.getvalue()
+
+
+def _cell_columns(report: Report, dataset: str, shots: int, cell: Cell | None) -> list:
+    """model, pretrained, method, dataset, shots, n, seeds, mean, std, ci95: the columns every row starts with."""
+    if cell is None:
+        return [report.model, report.pretrained, report.method, dataset, shots, 0, "", "", "", ""]
+    seeds = " ".join(map(str, cell.seeds))
+    return [
+        report.model,
+        report.pretrained,
+        report.method,
+        dataset,
+        shots,
+        cell.n,
+        seeds,
+        _num(cell.mean),
+        _num(cell.std),
+        _num(cell.ci95),
+    ]
 
 
 def _reasons(pair: Comparison | None) -> str:
@@ -387,16 +397,7 @@ def shift_csv_rows(report: Report) -> list[list]:
             diff = None if cell is None or paper is None else cell.mean - paper
             out.append(
                 [
-                    report.model,
-                    report.pretrained,
-                    report.method,
-                    name,
-                    row.shots,
-                    0 if cell is None else cell.n,
-                    "" if cell is None else " ".join(map(str, cell.seeds)),
-                    _num(cell and cell.mean),
-                    _num(cell and cell.std),
-                    _num(cell and cell.ci95),
+                    *_cell_columns(report, name, row.shots, cell),
                     _num(zs and zs.mean),
                     _num(paper),
                     _num(diff),

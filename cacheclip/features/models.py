@@ -338,7 +338,7 @@ def cpu_has_bf16() -> bool:
 def encode_text(
     loaded: LoadedModel, prompts: Sequence[Sequence[str]], batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompts[t][k] -> (per-template raw embeddings (T, K, D), their ``prompt_ensemble`` (K, D))."""
+    """``prompts[t][k]`` -> (per-template raw embeddings (T, K, D), their ``prompt_ensemble`` (K, D))."""
     per_template = []
     for template_prompts in prompts:
         chunks = []

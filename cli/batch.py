@@ -213,7 +213,10 @@ def batch(
     ] = False,
     **method_options: str | None,  # one option per method setting (cli.common.attach_method_options)
 ) -> None:
-    """Extract what is missing, then fit every run: datasets x models x shots x seeds. Resumable."""
+    """Extract what is missing, then fit every run: datasets x models x shots x seeds. Resumable.
+
+    The methods' own settings: `cacheclip batch --methods NAME[,NAME] --help` (or `cacheclip methods NAME`).
+    """
     from cacheclip.batch.runner import load_config, plan_batch
 
     raw = {

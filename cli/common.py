@@ -9,7 +9,7 @@ import logging
 import os
 import shlex
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -150,27 +150,41 @@ def _method_flags() -> dict[str, tuple[str, str, list[str]]]:
     return flags
 
 
-def attach_method_options(command) -> None:
+def attach_method_options(command, shown: Collection[str] | None = None) -> None:
     """Give ``command`` (which takes ``**method_options``) one text option per method setting,
     so a new method's settings appear on the command line with no change here. Done only for
-    the command being run: it imports the methods (and torch)."""
+    the command being run: it imports the methods (and torch).
+
+    Every option is accepted; ``--help`` lists only those of the methods in ``shown`` (all when
+    None), so ``fit --method gda --help`` shows GDA's settings and ``fit --help`` none."""
     import inspect
 
-    signature = inspect.signature(command, eval_str=True)
-    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    known = {p.name for p in params}
-    for flag, (param, help_text, owners) in _method_flags().items():
-        if param in known:
-            continue
-        option = typer.Option(
-            flag, help=f"{', '.join(owners)}: {help_text}", rich_help_panel=METHOD_PANEL, show_default=False
-        )
+    flags = _method_flags()
+    ours = {param for param, _, _ in flags.values()}
+    signature = inspect.signature(command, eval_str=True)  # attached again on each call (tests run main often)
+    params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD and p.name not in ours]
+    visible = None if shown is None else set(shown)
+    for flag, (param, help_text, owners) in flags.items():
+        mine = owners if visible is None else [o for o in owners if o in visible]
+        if visible is not None and len(visible) == 1:
+            panel, text = f"{next(iter(visible))} settings", help_text
+        else:
+            panel, text = METHOD_PANEL, f"{', '.join(mine)}: {help_text}"
+        # escaped: rich would read "[default: 10]" as a markup tag and drop it
+        option = typer.Option(flag, help=escape(text), rich_help_panel=panel, show_default=False, hidden=not mine)
         params.append(
             inspect.Parameter(
                 param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, option]
             )
         )
     command.__signature__ = signature.replace(parameters=params)
+
+
+def named_methods(argv: list[str], option: str) -> list[str]:
+    """The method names given to ``option`` (``--method gda``, ``--methods=a,b``) in ``argv``."""
+    values = [b for a, b in zip(argv, argv[1:], strict=False) if a == option]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith(option + "=")]
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
 def given_method_options(method_options: dict[str, str | None]) -> dict[str, str]:

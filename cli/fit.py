@@ -17,7 +17,10 @@ from cacheclip.cli.app import app
 def fit(
     dataset: c.DatasetOpt = None,
     method: Annotated[
-        str, typer.Option(help="clip-adapter (default), zero-shot, or a baseline (see `cacheclip methods`).")
+        str,
+        typer.Option(
+            help="The method: clip-adapter (default) or another of `cacheclip methods`; with --help, its settings."
+        ),
     ] = "clip-adapter",
     shots: c.ShotsOpt = "1,2,4,8,16",
     seeds: c.SeedsOpt = "1,2,3",
@@ -62,7 +65,11 @@ def fit(
     force: Annotated[bool, typer.Option(help="Redo runs whose results already exist.")] = False,
     **method_options: str | None,  # one option per method setting (cli.common.attach_method_options)
 ) -> None:
-    """Fit a few-shot method (CLIP-Adapter by default) on cached features: shots x seeds, chosen on val, test once."""
+    """Fit a few-shot method (CLIP-Adapter by default) on cached features: shots x seeds, chosen on val, test once.
+
+    The options below are shared by every method. A method's own settings: `cacheclip fit --method NAME --help`
+    (`cacheclip methods NAME` describes it, `cacheclip methods` lists them).
+    """
     from cacheclip.datasets.catalog import expand_names, store_name
     from cacheclip.features.models import resolve_model
     from cacheclip.fit.stage import FitConfig, fit_dataset, stores_for
@@ -159,9 +166,53 @@ def predict(
 
 
 @app.command()
-def methods() -> None:
-    """List the few-shot methods `fit --method` accepts."""
+def methods(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="A method: print its settings, paper, paper's protocol and what cacheclip changes."),
+    ] = None,
+) -> None:
+    """List the few-shot methods `fit --method` accepts; with a NAME, describe that method."""
     from cacheclip.fit.methods import get_method, list_methods
 
-    for name in list_methods():
-        c.out.print(f"[bold]{name}[/]: {get_method(name).summary}", highlight=False)
+    if name is None:
+        for each in list_methods():
+            c.out.print(f"[bold]{each}[/]: {escape(get_method(each).summary)}", highlight=False)
+        c.out.print(
+            "\n`cacheclip methods NAME`: a method's settings, paper and protocol.", highlight=False, markup=False
+        )
+        return
+    _describe_method(get_method(name))
+
+
+def _describe_method(method) -> None:
+    """A method's paper, protocol, our changes, published numbers and settings (`cacheclip methods NAME`)."""
+    from cacheclip.cli.method_notes import NOTES
+    from cacheclip.results.published import published_provenance
+    from cacheclip.settings import settings_of, to_text
+
+    def say(text: str = "") -> None:
+        c.out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    c.out.print(f"[bold]{method.name}[/]: {escape(method.summary)}", highlight=False, soft_wrap=True)
+    note = NOTES.get(method.name)
+    if note is not None:
+        say(f"paper: {note.paper}" + (f"; official code {note.code}" if note.code else ""))
+        say(f"kind: {note.kind}; cost per 16-shot run at 10 / 397 classes (2-core CPU): {note.cost}")
+        say(f"paper's protocol: {note.protocol}")
+        say("what cacheclip changes (each result lists its own, in protocol.differences):")
+        for change in note.changes:
+            say(f"  - {change}")
+    say(f"published numbers: {published_provenance(method.name) or 'none stored'}")
+    settings = settings_of(method.config)
+    if settings:
+        table = Table(
+            "option", "TOML key", "default", "meaning", title=f"settings of {method.name}", title_justify="left"
+        )
+        for key, (field, spec, _) in settings.items():
+            table.add_row(spec.flag or "", f"[{method.name}] {key}", to_text(field.default, spec.none_word), spec.help)
+        c.out.print(table, markup=False)  # no markup: "[gda] alphas" is a TOML table name, not a rich tag
+    else:
+        say("settings: none")
+    if note is not None:
+        say(f"manual: docs/{note.page}")

@@ -14,7 +14,8 @@ from cacheclip.cli import batch, check, data, features, fit  # noqa: F401  (impo
 from cacheclip.cli import common as c
 from cacheclip.cli.app import app
 
-_TAKES_METHOD_OPTIONS = {"fit": fit.fit, "batch": batch.batch}
+# command -> (its function, the option that names its method(s))
+_TAKES_METHOD_OPTIONS = {"fit": (fit.fit, "--method"), "batch": (batch.batch, "--methods")}
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
@@ -22,7 +23,9 @@ def main() -> None:
     c.quiet_libraries()
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     if command in _TAKES_METHOD_OPTIONS:  # only then: listing the methods imports torch
-        c.attach_method_options(_TAKES_METHOD_OPTIONS[command])
+        function, option = _TAKES_METHOD_OPTIONS[command]
+        # every method's options are accepted; --help lists those of the named method(s) only
+        c.attach_method_options(function, shown=c.named_methods(sys.argv, option))
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except typer.Exit as e:

@@ -37,7 +37,7 @@ def check(
             problems, notes = ([] if state == "ok" else [state]), []
         else:
             with c.console.status(f"checking {path}"):
-                result = check_store(path)
+                result = check_store(path, in_cache=True)
             problems, notes = result.problems, result.notes
         bad += bool(problems)
         mark = "[green]ok[/]" if not problems else f"[bold red]{len(problems)} problem(s)[/]"

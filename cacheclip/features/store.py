@@ -61,7 +61,17 @@ from cacheclip.features.parts import (  # the store's public API includes its pa
     staged_indices,
     write_part,
 )
-from cacheclip.features.validate import READABLE_SCHEMAS, SCHEMA_VERSION, checksummed, damage_reason, structure_problems
+from cacheclip.features.validate import (
+    ATTRS_DIGEST,
+    NO_ITEM_STATS,
+    READABLE_SCHEMAS,
+    SCHEMA_VERSION,
+    attrs_digest,
+    checksummed,
+    damage_reason,
+    digest_problems,
+    structure_problems,
+)
 
 __all__ = [  # with the parts' API, re-exported: callers use the store module alone
     "Chunk",
@@ -178,18 +188,30 @@ def writer_lock(path: Path) -> Iterator[None]:
 class FeatureStore:
     """Read access to a committed store. Open with ``open_store``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, verify_attrs: bool = True):
+        """Refuses a damaged structure; with ``verify_attrs`` also attributes that differ from
+        those committed (their digest, schema 4). ``open_store`` checks the identity first, so
+        a store of other inputs is named as such, then calls ``verify_attrs``."""
         self.path = path
         self._file = h5py.File(path, "r")
         self._whole: dict[str, np.ndarray] = {}  # small datasets read once, then indexed in memory
         self.attrs: dict[str, Any] = {k: plain_attr(v) for k, v in self._file.attrs.items()}
         try:
             problems = structure_problems(self._file)
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             problems = [f"unreadable structure ({damage_reason(e) if isinstance(e, OSError) else e})"]
         if problems:
             self._file.close()
             raise StoreDamagedError(f"{path} is damaged: {'; '.join(problems)}", REPAIR)
+        if verify_attrs:
+            self.verify_attrs()
+
+    def verify_attrs(self) -> None:
+        """StoreDamagedError when the attributes are not those committed (schema 4 digest)."""
+        problems = digest_problems(self._file)
+        if problems:
+            self._file.close()
+            raise StoreDamagedError(f"{self.path} is damaged: {'; '.join(problems)}", REPAIR)
 
     def close(self) -> None:
         self._whole.clear()
@@ -341,7 +363,7 @@ def open_store(path: Path, expect: dict[str, Any] | None = None, fix: str = "") 
     if not path.is_file():
         raise StoreError(f"no feature store at {path}", "run `cacheclip extract` for this dataset first")
     try:
-        store = FeatureStore(path)
+        store = FeatureStore(path, verify_attrs=False)
     except OSError as e:
         raise StoreDamagedError(f"cannot read store {path}: {damage_reason(e)}", REPAIR) from e
     if expect:
@@ -350,6 +372,7 @@ def open_store(path: Path, expect: dict[str, Any] | None = None, fix: str = "") 
         except StoreMismatchError:
             store.close()
             raise
+    store.verify_attrs()
     return store
 
 
@@ -402,6 +425,7 @@ def commit(path: Path, contents: StoreContents, dtype: str) -> None:
                 sources = _merge_sources(split, old, parts)
                 if sources:
                     _write_split_features(f[f"splits/{split}"], sources, dtype)
+            f.attrs[ATTRS_DIGEST] = attrs_digest(f)  # last: it covers every attribute written above
     finally:
         if old is not None:
             old.close()
@@ -499,6 +523,8 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
         if with_stats
         else None
     )
+    if not with_stats:  # said in the attributes (digest-covered): a deleted item_stats is damage
+        g.attrs[NO_ITEM_STATS] = "some items were encoded before cacheclip recorded each image's size and mtime"
     block = max(1, COMMIT_BLOCK_BYTES // (dim * (1 + views) * np.dtype(dtype).itemsize))
     for start in range(0, len(unique), block):
         stop = min(start + block, len(unique))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -37,12 +37,14 @@ from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method
 from cacheclip.fit.metrics import classification_metrics
+from cacheclip.fit.trainer import Keeper, Recipe, Samples, Stack, stack_blocks, stack_chunks, train_stack
 from cacheclip.settings import setting
 
 LOGIT_SCALE = math.exp(4.60517)  # the official fixed scale (CLIP's 100), not the model's
 FORMULA = "logit_scale * normalize(f) @ weight.T"
 WARMUP_ITERS, WARMUP_MIN_LR = 50, 1e-5  # linear warm-up from 1e-5
 BETAS, EPS = (0.9, 0.999), 1e-8
+BLOCK = 256  # iterations whose batches each run draws at once
 INIT_NOTES = {  # the official code changed its init after the paper (issue #21)
     "zeroshot": "zero-shot text weights (the 2023 code; the 2025 code: random)",
     "random": "random (the 2025 code; the 2023 code: zero-shot text weights)",
@@ -111,17 +113,6 @@ def probe_logits(feats: torch.Tensor, weight: torch.Tensor, scale: float = LOGIT
     return (F.normalize(feats.to(weight.dtype), dim=-1) @ weight.t()) * scale
 
 
-def weight_grad(x_hat: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, scale: float = LOGIT_SCALE):
-    """dL/dW = s G^T x^ (K, D) of the mean cross-entropy L of z = s x^ W^T, G = (softmax(z) - onehot(y)) / B.
-
-    x_hat (B, D) normalised, labels (B,), W (K, D). Written out, and L itself never computed: autograd's
-    bookkeeping would cost more than this arithmetic, and a default run takes up to 12 x 12,800 steps."""
-    g = torch.softmax((x_hat @ weight.t()) * scale, dim=-1)
-    g[torch.arange(len(labels), device=labels.device), labels] -= 1.0
-    g *= scale / len(labels)  # scale the (B, K) factor, not the (K, D) product
-    return g.t() @ x_hat
-
-
 def lr_at(i: int, lr: float, iters: int) -> float:
     """The official LinearWarmupScheduler around CosineAnnealingLR(T_max=iters), stepped per
     iteration. Iterations 1-4 run below 1e-5 when lr = 1e-4, as officially; the warm-up counts
@@ -143,74 +134,45 @@ def batch_size_valid(batch_size: int, num_images: int, num_text: int, text_ratio
     return (b_text == 0 or b_text < num_text) and (b_img == 0 or b_img < num_images)
 
 
-def _passes(num_items: int, chunk: int, generator: torch.Generator, draw_views: Callable[[], torch.Tensor | None]):
-    """Endless (indices (chunk,), their views or None): a fresh permutation per pass, tail dropped."""
-    while True:
-        views = draw_views()  # drawn before the permutation
-        perm = torch.randperm(num_items, generator=generator)
-        for s in range(num_items // chunk):
-            idx = perm[s * chunk : (s + 1) * chunk]
-            yield idx, (views[idx] if views is not None else None)
+def _image_pass(n: int, v: int, b_img: int, generator: torch.Generator) -> torch.Tensor:
+    """One pass over the images as (steps, b_img) rows i V + j of the run's table: a view per image
+    (``randint(V, (N,))``, drawn unless V = 1), then ``randperm(N)``, the last partial chunk dropped."""
+    views = torch.randint(v, (n,), generator=generator) if v > 1 else None
+    perm = torch.randperm(n, generator=generator)[: (n // b_img) * b_img]
+    return (perm * v + (views[perm] if views is not None else 0)).view(-1, b_img)
 
 
-def batch_stream(
-    num_images: int, num_views: int, num_text: int, batch_size: int, text_ratio: float, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless (image index (b_img,), view index (b_img,), text row (b_text,)) per iteration; the
-    image half is drawn first. View 0 when V = 1 (the clean view)."""
+def _text_pass(num_text: int, b_text: int, generator: torch.Generator) -> torch.Tensor:
+    """One pass over the text samples as (steps, b_text) rows: ``randperm(T K)``, the tail dropped."""
+    return torch.randperm(num_text, generator=generator)[: (num_text // b_text) * b_text].view(-1, b_text)
+
+
+def batch_rows(
+    n: int, v: int, num_text: int, batch_size: int, text_ratio: float, generator: torch.Generator, block: int
+) -> Iterator[torch.Tensor]:
+    """Endless (block, B) row numbers into a run's table [N V image views (row i V + j); T K text
+    samples (row N V + t)], B = b_img + b_text, image rows first. Each half runs its own sequence
+    of passes; passes are drawn in the order of the iterations where they start, the image half's
+    first on a tie: the same draws as drawing iteration by iteration."""
     b_img, b_text = split_batch(batch_size, text_ratio)
-    if not batch_size_valid(batch_size, num_images, num_text, text_ratio):
-        raise ValueError(f"batch {batch_size} needs > {b_img} images and > {b_text} texts: {num_images}, {num_text}")
-    views = (lambda: torch.randint(num_views, (num_images,), generator=generator)) if num_views > 1 else (lambda: None)
-    images = _passes(num_images, b_img, generator, views)  # b_img >= 1 since text_ratio < 1
-    text = _passes(num_text, b_text, generator, lambda: None) if b_text else None
-    empty = torch.zeros(0, dtype=torch.long)
-    while True:
-        img, view = next(images)  # the image half draws first
-        yield img, (view if view is not None else torch.zeros_like(img)), (next(text)[0] if text else empty)
+    if not batch_size_valid(batch_size, n, num_text, text_ratio):
+        raise ValueError(f"batch {batch_size} needs > {b_img} images and > {b_text} texts: {n}, {num_text}")
+    images = torch.empty(0, b_img, dtype=torch.long)
+    texts = torch.empty(0, b_text, dtype=torch.long)
+    while True:  # images / texts hold the drawn rows of the iterations from this block's start on
+        while len(images) < block or (b_text and len(texts) < block):
+            if len(images) < block and (not b_text or len(images) <= len(texts)):
+                images = torch.cat([images, _image_pass(n, v, b_img, generator)])
+            else:
+                texts = torch.cat([texts, _text_pass(num_text, b_text, generator) + n * v])
+        yield torch.cat([images[:block], texts[:block]], dim=1) if b_text else images[:block]
+        images, texts = images[block:], texts[block:]
 
 
-_FUSED_ADAMW = getattr(torch, "_fused_adamw_", None)  # what torch.optim.AdamW(fused=True) calls
-
-
-class AdamW:
-    """torch.optim.AdamW's update on one tensor::
-
-        W <- W (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
-        W <- W - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-
-    Calls torch's fused kernel directly: the torch.optim wrapper adds ~70-95 us a step on this
-    project's CPU (25 vs 96 us at K = 10, 241 vs 335 us at K = 397; D = 1024): 13% of a default
-    run at K = 10 (77k steps, 35 s), 2% at K = 397. Where the kernel is missing or refuses the
-    device, torch.optim.AdamW does the step."""
-
-    def __init__(self, param: torch.Tensor, weight_decay: float):
-        self.param, self.wd, self.opt = param, weight_decay, None
-        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
-        self.t = torch.zeros((), dtype=torch.float32, device=param.device)  # the step count, as torch keeps it
-        if _FUSED_ADAMW is None:
-            self.opt = self._public()
-
-    def _public(self) -> torch.optim.AdamW:
-        self.param.requires_grad_(True)
-        return torch.optim.AdamW([self.param], lr=0.0, betas=BETAS, eps=EPS, weight_decay=self.wd)
-
-    def step(self, grad: torch.Tensor, lr: float) -> None:
-        if self.opt is None:
-            self.t += 1
-            try:
-                _FUSED_ADAMW(
-                    [self.param], [grad], [self.m], [self.v], [], [self.t], lr=lr, beta1=BETAS[0], beta2=BETAS[1],
-                    weight_decay=self.wd, eps=EPS, amsgrad=False, maximize=False,
-                )  # fmt: skip
-                return
-            except (RuntimeError, NotImplementedError, TypeError):  # e.g. no CPU kernel before torch 2.4
-                if float(self.t) > 1:
-                    raise
-                self.opt = self._public()  # first step: nothing was updated yet
-        self.param.grad = grad
-        self.opt.param_groups[0]["lr"] = lr
-        self.opt.step()
+def probe_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each run's mean cross-entropy (R,) of z = s normalize(x) W^T: x (R, B, D), y (R, B), W (R, K, D)."""
+    z = torch.matmul(F.normalize(x, dim=-1), params["weight"].transpose(1, 2)) * LOGIT_SCALE  # (R, B, K)
+    return F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(dim=1)
 
 
 # ---------------------------------------------------------------- training and the grid
@@ -226,49 +188,177 @@ class Run:
     best_correct: int | None  # val images right at best_iter (None without val)
 
 
+@dataclass(frozen=True)
+class RunInput:
+    """One (seed, configuration) to train: its images, val and the seed of its own generator."""
+
+    views: torch.Tensor  # (N, V, D) raw
+    labels: torch.Tensor  # (N,)
+    candidate: Candidate
+    seed: int
+    val: tuple[torch.Tensor, torch.Tensor] | None = None  # (M, D) raw, (M,)
+
+
+def train_runs(
+    runs: Sequence[RunInput],
+    per_template: torch.Tensor,
+    opts: CrossModalConfig,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    on_eval: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> list[Run]:
+    """Train every run, stacked (:mod:`cacheclip.fit.trainer`): runs of one batch size together, in
+    chunks that keep their state in the cache. Each run's result depends only on its own inputs
+    and seed. With val, a run keeps its earliest best val iteration, else its last. ``on_eval(r,
+    i, W)`` sees run r's W at every evaluation point. float32 (float64 if per_template is)."""
+    dtype = torch.promote_types(per_template.dtype, torch.float32)
+    txt, y_txt = text_samples(per_template.to(dtype))
+    k, d = per_template.shape[1:]
+    out: list[Run | None] = [None] * len(runs)
+    by_batch: dict[int, list[int]] = {}
+    for r, run in enumerate(runs):
+        by_batch.setdefault(run.candidate.batch_size, []).append(r)
+    stacks = []
+    for members in by_batch.values():  # configuration-major: one optimiser group per (lr, wd)
+        members.sort(key=lambda r: (runs[r].candidate.lr, runs[r].candidate.weight_decay))
+        stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), 4 * k * d * 4, device)]
+    done = 0  # run-iterations trained, for progress
+    for chunk in stacks:
+        hook = None if on_eval is None else partial(_relay_eval, on_eval, chunk)
+        tick = (
+            None if progress is None else partial(_relay_progress, progress, done, len(chunk), len(runs) * opts.iters)
+        )
+        trained = _train_stack([runs[r] for r in chunk], per_template, txt, y_txt, opts, dtype, device, tick, hook)
+        for r, result in zip(chunk, trained, strict=True):
+            out[r] = result
+        done += len(chunk) * opts.iters
+    return out  # type: ignore[return-value]
+
+
+def _relay_eval(on_eval, chunk: list[int], j: int, i: int, w: torch.Tensor) -> None:
+    on_eval(chunk[j], i, w)
+
+
+def _relay_progress(progress, done: int, runs: int, total: int, i: int) -> None:
+    progress(done + (i + 1) * runs, total)
+
+
+def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, on_eval) -> list[Run]:
+    """One stack: the tables (each distinct views tensor once), each run's init then batch stream
+    from its own generator, and the early stopping on each run's own val."""
+    tables, owner, index = [], [], {}
+    for run in runs:
+        if id(run.views) not in index:
+            index[id(run.views)] = len(tables)
+            n, v, d = run.views.shape
+            feats = torch.cat([run.views.reshape(n * v, d).to(dtype), txt])
+            tables.append((feats, torch.cat([run.labels.to(torch.long).repeat_interleave(v), y_txt])))
+        owner.append(index[id(run.views)])
+    gens = [torch.Generator().manual_seed(int(run.seed)) for run in runs]
+    init = torch.stack([init_weights(per_template.to(dtype), opts.init, g) for g in gens])  # (R, K, D): draws first
+    streams = [
+        batch_rows(*run.views.shape[:2], len(y_txt), run.candidate.batch_size, opts.text_ratio, g, BLOCK)
+        for run, g in zip(runs, gens, strict=True)
+    ]
+    r, (k, d), b = len(runs), init.shape[1:], runs[0].candidate.batch_size
+    stack = Stack(
+        params={"weight": init.to(device)},
+        loss=probe_loss,
+        recipe=Recipe("adamw", betas=BETAS, eps=EPS),
+        lrs=[run.candidate.lr for run in runs],
+        weight_decays=[run.candidate.weight_decay for run in runs],
+        schedule=lambda i, peak: lr_at(i, peak, opts.iters),
+        samples=Samples(tables, owner, device),
+        blocks=stack_blocks(streams, device),
+        dtype=dtype,
+        step_flops=4.0 * r * b * d * k,
+    )
+    has_val = runs[0].val is not None
+    keeper, val = Keeper(r, ties="first"), _stacked_val(runs, dtype, device) if has_val else None
+
+    def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
+        if i % opts.eval_every == 0:
+            w = params["weight"]
+            if on_eval is not None:
+                for j in range(r):
+                    on_eval(j, i, w[j].cpu().clone())
+            if val is not None:  # argmax of x^ W^T: the positive scale cannot change it
+                keeper.observe(i, torch.matmul(val[0], w.transpose(1, 2)).argmax(-1).eq(val[1]).sum(1), params)
+        if progress is not None:
+            progress(i)
+
+    last = train_stack(stack, opts.iters, after_step)["weight"].cpu()
+    if not has_val:
+        return [Run(run.candidate, last[j], opts.iters - 1, None) for j, run in enumerate(runs)]
+    kept = keeper.state["weight"].cpu()
+    return [Run(run.candidate, kept[j], int(keeper.at[j]), int(keeper.best[j])) for j, run in enumerate(runs)]
+
+
+def _stacked_val(runs, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x^ (R, M, D) normalised, y (R, M)): each run's val, zero-padded to the largest with label -1."""
+    m, d = max(len(run.val[1]) for run in runs), runs[0].views.shape[2]
+    x = torch.zeros(len(runs), m, d, dtype=dtype, device=device)
+    y = torch.full((len(runs), m), -1, dtype=torch.long, device=device)
+    for j, run in enumerate(runs):
+        feats, labels = run.val
+        x[j, : len(labels)] = F.normalize(feats.to(device=device, dtype=dtype), dim=-1)
+        y[j, : len(labels)] = labels.to(device=device, dtype=torch.long)
+    return x, y
+
+
 def train_candidate(
     views: torch.Tensor,
     labels: torch.Tensor,
     per_template: torch.Tensor,
     cand: Candidate,
     opts: CrossModalConfig,
-    generator: torch.Generator,
+    seed: int,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: str = "cpu",
     on_eval: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Run:
-    """Train one configuration on views (N, V, D) raw, labels (N,) and per_template (T, K, D) raw,
-    with ``opts``' init, iterations, evaluation period and text ratio. With val (feats (M, D),
-    labels (M,)) keep the earliest best val iteration, else the last. ``on_eval(i, W)`` sees W at
-    every evaluation point (for inspection). float32 (float64 if per_template is float64)."""
-    n, v, d = views.shape
-    dtype = torch.promote_types(per_template.dtype, torch.float32)
-    src = views.to(device).reshape(n * v, d)  # row i V + j: image i, view j (stored dtype)
-    y_img = labels.to(device=device, dtype=torch.long)
-    txt, y_txt = (t.to(device) for t in text_samples(per_template.to(dtype)))
-    weight = init_weights(per_template.to(dtype), opts.init, generator).to(device)
-    opt = AdamW(weight, cand.weight_decay)
-    if val is not None:
-        val_hat = F.normalize(val[0].to(device=device, dtype=dtype), dim=-1)
-        val_y = val[1].to(device=device, dtype=torch.long)
-    best, best_iter, best_correct = None, opts.iters - 1, -1
-    stream = batch_stream(n, v, len(y_txt), cand.batch_size, opts.text_ratio, generator)
-    with torch.no_grad():
-        for i in range(opts.iters):
-            img, view, tx = (t.to(device) for t in next(stream))
-            x_hat = torch.cat([F.normalize(src.index_select(0, img * v + view).to(dtype), dim=-1), txt[tx]])
-            y = torch.cat([y_img[img], y_txt[tx]])
-            opt.step(weight_grad(x_hat, y, weight), lr_at(i, cand.lr, opts.iters))
-            if i % opts.eval_every == 0:
-                if on_eval is not None:
-                    on_eval(i, weight.clone())
-                if val is not None:  # argmax of x^ W^T: the positive scale cannot change it
-                    correct = int((val_hat @ weight.t()).argmax(dim=1).eq(val_y).sum())
-                    if correct > best_correct:  # strictly: the earliest best iteration wins
-                        best, best_iter, best_correct = weight.clone(), i, correct
-    if val is None:
-        return Run(cand, weight.cpu(), opts.iters - 1, None)
-    return Run(cand, best.cpu(), best_iter, best_correct)
+    """One configuration alone (a stack of one): views (N, V, D) raw, labels (N,), per_template
+    (T, K, D) raw; its generator is seeded with ``seed``. See :func:`train_runs`."""
+    hook = None if on_eval is None else (lambda _, i, w: on_eval(i, w))
+    return train_runs([RunInput(views, labels, cand, seed, val)], per_template, opts, device, on_eval=hook)[0]
+
+
+def grid_seeds(seed: int, size: int) -> list[int]:
+    """One seed (< 2^31, JSON-safe) per grid entry, drawn from the run's seed."""
+    return torch.randint(2**31 - 1, (size,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def grid_inputs(views, labels, num_text: int, opts: CrossModalConfig, val, seed: int):
+    """(records, runs to train) of one seed's grid, in grid order: each entry's lr, weight_decay,
+    batch_size, valid and seed; the valid ones become runs."""
+    records, runs = [], []
+    for cand, cand_seed in zip(opts.grid(), grid_seeds(seed, len(opts.grid())), strict=True):
+        ok = batch_size_valid(cand.batch_size, views.shape[0], num_text, opts.text_ratio)
+        records.append({**asdict(cand), "valid": ok, "seed": int(cand_seed)})
+        if ok:
+            runs.append(RunInput(views, labels, cand, int(cand_seed), val))
+    if not runs:
+        raise ConfigError(
+            f"no --xmodal-batch-size of {opts.batch_sizes} fits {views.shape[0]} images and {num_text} text samples "
+            f"(each half must be smaller than its set)",
+            "give a smaller --xmodal-batch-size",
+        )
+    return records, runs
+
+
+def choose(records: list[dict], trained: list[Run], val_size: int | None) -> Run:
+    """The best val entry, the first in grid order on ties (without val, val_size None: the only
+    one); the records of valid entries gain their val_top1 (%) and best_iter."""
+    chosen, valid = None, iter(trained)
+    for record in records:
+        if not record["valid"]:
+            continue
+        run = next(valid)
+        if val_size is not None:
+            record.update(val_top1=100.0 * run.best_correct / val_size, best_iter=run.best_iter)
+        if chosen is None or (val_size is not None and run.best_correct > chosen.best_correct):
+            chosen = run
+    return chosen
 
 
 def grid_search(
@@ -281,33 +371,12 @@ def grid_search(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Run, list[dict[str, Any]]]:
-    """Train every valid grid entry (with early stopping when there is val) and keep the best val
-    top-1, the first in grid order on ties. Records, in grid order: lr, weight_decay, batch_size,
-    valid, seed, and (valid entries with val) val_top1 (%), best_iter."""
-    grid = opts.grid()
-    seeds = torch.randint(2**31 - 1, (len(grid),), generator=torch.Generator().manual_seed(seed)).tolist()
-    num_text = per_template.shape[0] * per_template.shape[1]
-    records, chosen = [], None
-    for j, (cand, cand_seed) in enumerate(zip(grid, seeds, strict=True)):
-        ok = batch_size_valid(cand.batch_size, views.shape[0], num_text, opts.text_ratio)
-        record = {**asdict(cand), "valid": ok, "seed": int(cand_seed)}
-        if ok:
-            gen = torch.Generator().manual_seed(int(cand_seed))
-            run = train_candidate(views, labels, per_template, cand, opts, gen, val, device)
-            if val is not None:
-                record.update(val_top1=100.0 * run.best_correct / len(val[1]), best_iter=run.best_iter)
-            if chosen is None or (val is not None and run.best_correct > chosen.best_correct):
-                chosen = run
-        records.append(record)
-        if progress is not None:
-            progress(j + 1, len(grid))
-    if chosen is None:
-        raise ConfigError(
-            f"no --xmodal-batch-size of {opts.batch_sizes} fits {views.shape[0]} images and {num_text} text samples "
-            f"(each half must be smaller than its set)",
-            "give a smaller --xmodal-batch-size",
-        )
-    return chosen, records
+    """Train every valid grid entry of one seed, stacked (with early stopping when there is val),
+    and keep the best val top-1, the first in grid order on ties. Records, in grid order: lr,
+    weight_decay, batch_size, valid, seed, and (valid entries with val) val_top1 (%), best_iter."""
+    records, runs = grid_inputs(views, labels, per_template.shape[0] * per_template.shape[1], opts, val, seed)
+    trained = train_runs(runs, per_template, opts, device, progress)
+    return choose(records, trained, None if val is None else len(val[1])), records
 
 
 # ---------------------------------------------------------------- the method
@@ -338,30 +407,38 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
             "pass --no-val holdout (a val held out of train, as the official ImageNet split has), or a single "
             "--xmodal-lr, --xmodal-wd and --xmodal-batch-size to train one for --xmodal-iters iterations",
         )
-    out = []
-    for p, plan in enumerate(plans):
-        start = time.perf_counter()
+    start, num_text = time.perf_counter(), data.per_template.shape[0] * data.num_classes
+    grids = []  # per plan: (val, records, its runs' slice of the stack)
+    runs: list[RunInput] = []
+    for plan in plans:  # every seed's grid of this shot count trains in one call
         _, views, labels = ctx.train_views(plan.split)  # (N, V, D); V = 1 for the clean view
         val = ctx.val_features(plan.split)
-        tick = partial(_tick, ctx, p, len(plans))  # grid entries done -> the fit's progress
-        run, records = grid_search(views, labels, data.per_template, cfg, val, plan.seed, ctx.device, tick)
-        chosen = {**asdict(run.candidate), "iteration": run.best_iter, "init": cfg.init}
-        predict = _predictor(run.weight)
-        selection = {"on": ctx.selection_source if val else "none", "candidates": records, "chosen": chosen}
-        if val is None:
-            selection["reason"] = f"no val split: the one configuration given, its last iteration ({cfg.iters} steps)"
-        else:
-            selection["early_stopping"] = f"val top-1 every {cfg.eval_every} iterations, the earliest best kept"
-        val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
-        config = {**payload(ctx), "chosen": chosen, "classifier": "learned head W (K, D), no bias"}
-        meta = {"method_config": chosen, "classnames": data.classnames, "logit_scale": LOGIT_SCALE, "logits": FORMULA}
-        tensors = {"weight": run.weight.float().contiguous()}
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
-    return out
+        records, mine = grid_inputs(views, labels, num_text, cfg, val, plan.seed)
+        grids.append((val, records, slice(len(runs), len(runs) + len(mine))))
+        runs += mine
+    trained = train_runs(runs, data.per_template, cfg, ctx.device, ctx.tick)
+    seconds = (time.perf_counter() - start) / max(1, len(plans))
+    return [
+        _trained(ctx, plan, val, records, trained[part], seconds)
+        for plan, (val, records, part) in zip(plans, grids, strict=True)
+    ]
 
 
-def _tick(ctx: FitContext, plan: int, plans: int, done: int, grid: int) -> None:
-    ctx.tick(plan * grid + done, plans * grid)
+def _trained(ctx: FitContext, plan: RunPlan, val, records: list[dict], trained: list[Run], seconds: float) -> Trained:
+    cfg, data = ctx.config, ctx.data
+    run = choose(records, trained, None if val is None else len(val[1]))
+    chosen = {**asdict(run.candidate), "iteration": run.best_iter, "init": cfg.init}
+    predict = _predictor(run.weight)
+    selection = {"on": ctx.selection_source if val else "none", "candidates": records, "chosen": chosen}
+    if val is None:
+        selection["reason"] = f"no val split: the one configuration given, its last iteration ({cfg.iters} steps)"
+    else:
+        selection["early_stopping"] = f"val top-1 every {cfg.eval_every} iterations, the earliest best kept"
+    val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
+    config = {**payload(ctx), "chosen": chosen, "classifier": "learned head W (K, D), no bias"}
+    meta = {"method_config": chosen, "classnames": data.classnames, "logit_scale": LOGIT_SCALE, "logits": FORMULA}
+    tensors = {"weight": run.weight.float().contiguous()}
+    return Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds)
 
 
 def _predictor(weight: torch.Tensor):

@@ -1,0 +1,265 @@
+"""One trainer for every gradient-trained method: R runs stacked on a leading dimension.
+
+A method states, for R runs of one shot count (every seed x grid configuration that trains
+the same number of steps with the same batch size):
+
+* its parameters, a dict name -> (R, ...) tensor, each run's slice drawn from its own generator;
+* its loss: ``loss(params, x (R, B, D), y (R, B)) -> (R,)``, each run's batch-mean loss
+  (the trainer sums them, so each run gets exactly the gradient it would get alone);
+* its optimiser: an :class:`Recipe` (torch.optim's SGD, Adam or AdamW) with a learning rate
+  per run and step and a weight decay per run;
+* its batches: per run a stream of row numbers into that run's own sample table
+  (:class:`Samples`), drawn from the run's own generator, so a run's batches do not
+  depend on which runs share the stack;
+* when it scores val (``checkpoints``) and which of those states it keeps (:class:`Keeper`).
+
+Every step is a fixed number of torch operations whatever R is: one gather, the method's
+batched forward, one backward, and torch.optim's update (fused where torch has it) with one
+param group per distinct (lr, weight decay) of the stack (:class:`StackedParams`): a grid's
+size, never one per run. ``tests/test_trainer.py`` checks a stacked run against the same run
+trained alone, and counts the dispatched operations for 1 and for many runs.
+A per-run lr written in public torch ops instead measured 3-8x slower than the fused update
+(its eight passes over the state against one; AMD EPYC, K = 397 and 1000, D = 1024).
+
+Stack size on a CPU (:func:`stack_chunks`): a step streams each run's parameters, gradients
+and optimiser state through memory. One run's state at K = 397, D = 1024 (W, its gradient,
+Adam's two moments: 6.5 MB) stays in the L3 cache step after step; 36 runs' (230 MB) do not,
+and every step then pays main-memory bandwidth on all of it. Stacking pays where the per-op
+overhead binds (small K) and costs where the bandwidth does, so runs are stacked up to a state
+budget (:data:`CPU_STACK_BYTES`, measured by benchmarks/baselines.py) and the chunks trained
+one after another. On a GPU every run of a group goes in one stack.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from cacheclip.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
+
+
+# ---------------------------------------------------------------- the optimiser
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An optimiser as torch.optim builds it: SGD (momentum, no dampening, no Nesterov, L2 decay),
+    Adam (L2 decay added to the gradient) or AdamW (decoupled decay)."""
+
+    kind: str  # sgd | adam | adamw
+    momentum: float = 0.0  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    eps: float = 1e-8  # adam, adamw
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimiser {self.kind!r}", f"use one of: {', '.join(OPTIMIZERS)}")
+
+    def build(self, groups: list[dict], fused: bool = True) -> torch.optim.Optimizer:
+        """torch.optim's optimiser over param groups ({"params", "lr", "weight_decay"}), fused (one
+        pass over each group's tensors) where this torch and device have it."""
+        if self.kind == "sgd":
+            cls, settings = torch.optim.SGD, {"momentum": self.momentum}
+        else:
+            cls = torch.optim.Adam if self.kind == "adam" else torch.optim.AdamW
+            settings = {"betas": tuple(self.betas), "eps": self.eps}
+        if fused:
+            try:
+                return cls(groups, fused=True, **settings)
+            except (RuntimeError, TypeError, ValueError):  # no fused kernel for this torch or device
+                pass
+        return cls(groups, **settings)
+
+
+def hyper_groups(lrs: Sequence[float], weight_decays: Sequence[float]) -> list[range]:
+    """Runs with equal (lr, weight decay) as consecutive ranges, in run order; equal pairs must be
+    adjacent (list runs configuration-major, seed-minor)."""
+    pairs = list(zip(lrs, weight_decays, strict=True))
+    groups: list[range] = []
+    for r, pair in enumerate(pairs):
+        if groups and pairs[groups[-1].start] == pair:
+            groups[-1] = range(groups[-1].start, r + 1)
+        elif pair in pairs[:r]:
+            raise ValueError(f"runs with lr, weight decay {pair} are not adjacent: order runs by configuration")
+        else:
+            groups.append(range(r, r + 1))
+    return groups
+
+
+class StackedParams:
+    """R runs' parameters as one leaf per (lr, weight decay) group and name, trained by one
+    torch.optim optimiser with a param group each: torch.optim takes one lr per group, so a
+    stack needs as many groups as distinct hyperparameters (a grid's size), never one per run.
+    ``full()`` gives the (R, ...) tensors the loss reads (a concatenation when G > 1)."""
+
+    def __init__(self, init: dict[str, torch.Tensor], recipe: Recipe, lrs, weight_decays, fused: bool = True):
+        self.groups = hyper_groups(lrs, weight_decays)
+        self.peaks = [float(lrs[g.start]) for g in self.groups]
+        self.leaves = {
+            name: [t[g.start : g.stop].detach().clone().requires_grad_(True) for g in self.groups]
+            for name, t in init.items()
+        }
+        param_groups = [
+            {
+                "params": [parts[i] for parts in self.leaves.values()],
+                "lr": peak,
+                "weight_decay": float(weight_decays[g.start]),
+            }
+            for i, (g, peak) in enumerate(zip(self.groups, self.peaks, strict=True))
+        ]
+        self.opt = recipe.build(param_groups, fused)
+
+    def full(self) -> dict[str, torch.Tensor]:
+        """name -> (R, ...) in run order (differentiable)."""
+        return {n: parts[0] if len(parts) == 1 else torch.cat(parts) for n, parts in self.leaves.items()}
+
+    def step(self, loss: torch.Tensor, lr: Callable[[float], float]) -> None:
+        """Backpropagate ``loss`` and update each group at ``lr(its peak lr)``."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group, peak in zip(self.opt.param_groups, self.peaks, strict=True):
+            group["lr"] = lr(peak)
+        self.opt.step()
+
+    def detached(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {n: t.detach() for n, t in self.full().items()}
+
+
+# ---------------------------------------------------------------- the samples
+
+
+class Samples:
+    """Every run's sample table, concatenated: features (rows, D) and labels (rows,), with each
+    run's first row. A step's batch is one gather: ``batch(rows (R, B))`` with rows local to each
+    run's table. Runs that share a table (the grid entries of one seed) share its rows."""
+
+    def __init__(self, tables: Sequence[tuple[torch.Tensor, torch.Tensor]], owner: Sequence[int], device: str = "cpu"):
+        feats = [t[0].reshape(-1, t[0].shape[-1]) for t in tables]
+        self.x = torch.cat(feats).to(device) if len(feats) > 1 else feats[0].to(device)
+        self.y = torch.cat([t[1].reshape(-1) for t in tables]).to(device=device, dtype=torch.long)
+        starts = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)[:-1]
+        self.offset = starts[torch.as_tensor(list(owner))].to(device).view(-1, 1)  # (R, 1)
+
+    def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (R, B, D) in dtype, y (R, B)) for rows (R, B) into each run's own table."""
+        flat = (rows + self.offset).reshape(-1)
+        x = self.x.index_select(0, flat).to(dtype)
+        return x.view(*rows.shape, -1), self.y.index_select(0, flat).view(rows.shape)
+
+
+def stack_blocks(streams: Sequence[Iterator[torch.Tensor]], device: str = "cpu") -> Iterator[torch.Tensor]:
+    """Endless (S, R, B) blocks of steps from each run's stream of (S, B) blocks (same S and B)."""
+    while True:
+        yield torch.stack([next(s) for s in streams], dim=1).to(device)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class Stack:
+    """R runs of one method ready to train together (run order: configuration-major, seed-minor)."""
+
+    params: dict[str, torch.Tensor]  # name -> (R, ...) initial values, each run's drawn from its generator
+    loss: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]  # (params, x, y) -> (R,)
+    recipe: Recipe
+    lrs: Sequence[float]  # (R,) each run's peak learning rate
+    weight_decays: Sequence[float]  # (R,)
+    schedule: Callable[[int, float], float]  # (step, peak lr) -> this step's lr
+    samples: Samples
+    blocks: Iterator[torch.Tensor]  # (S, R, B) row numbers, block after block
+    dtype: torch.dtype = torch.float32  # the features' compute dtype
+    fused: bool = True  # torch.optim's fused kernels where they exist (tests compare with the plain ones)
+    step_flops: float = 0.0  # FLOPs of a step's largest product, to choose the threads (0: leave them)
+
+
+def train_stack(
+    stack: Stack,
+    steps: int,
+    after_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train ``steps`` steps; ``after_step(i, params)`` runs after step i's update (0-based) with
+    the (R, ...) parameters, e.g. to score val at a checkpoint. Returns the final (R, ...) ones."""
+    params = StackedParams(stack.params, stack.recipe, stack.lrs, stack.weight_decays, stack.fused)
+    block, used = None, 0
+    with threads(threads_for(stack.step_flops) if stack.step_flops else torch.get_num_threads()):
+        for i in range(steps):
+            if block is None or used == block.shape[0]:
+                block, used = next(stack.blocks), 0
+            x, y = stack.samples.batch(block[used], stack.dtype)
+            used += 1
+            params.step(stack.loss(params.full(), x, y).sum(), lambda peak, i=i: stack.schedule(i, peak))
+            if after_step is not None:
+                after_step(i, params.detached())
+    return params.detached()
+
+
+class Keeper:
+    """Per run, the parameters at the checkpoint with the best val score: ``ties="first"`` keeps the
+    earliest of equal scores (a later one must be strictly better: CoOp's best-val checkpoint, the
+    cross-modal probe's early stopping), ``"last"`` the latest (LP++'s code)."""
+
+    def __init__(self, runs: int, ties: str = "first"):
+        self.ties = ties
+        self.best = torch.full((runs,), -math.inf, dtype=torch.float64)
+        self.at = torch.zeros(runs, dtype=torch.long)
+        self.curves: list[list[float]] = [[] for _ in range(runs)]
+        self.state: dict[str, torch.Tensor] = {}
+
+    def observe(self, at: int, scores: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
+        """scores (R,) at checkpoint ``at`` (an epoch or iteration number), params name -> (R, ...)."""
+        scores = scores.detach().to("cpu", torch.float64)
+        better = scores > self.best if self.ties == "first" else scores >= self.best
+        for r, score in enumerate(scores.tolist()):
+            self.curves[r].append(round(score, 4))
+        if not self.state:
+            self.state = {k: w.detach().clone() for k, w in params.items()}
+        elif bool(better.any()):
+            rows = better.nonzero().squeeze(1)
+            for k, w in params.items():
+                self.state[k][rows.to(w.device)] = w.detach()[rows.to(w.device)]
+        self.best = torch.where(better, scores, self.best)
+        self.at[better] = at
+
+
+# ---------------------------------------------------------------- stacks and threads
+
+
+def stack_chunks(runs: int, state_bytes: int, device: str = "cpu") -> list[range]:
+    """Consecutive runs that train in one stack: all of them on a GPU; on a CPU as many as keep
+    their parameters, gradients and optimiser state within :data:`CPU_STACK_BYTES` (at least one),
+    in chunks as even as that allows."""
+    if str(device).startswith("cuda") or runs <= 1:
+        return [range(runs)]
+    count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
+    sizes = [runs // count + (i < runs % count) for i in range(count)]
+    starts = [sum(sizes[:i]) for i in range(count)]
+    return [range(s, s + n) for s, n in zip(starts, sizes, strict=True)]
+
+
+def threads_for(flops_per_op: float) -> int:
+    """Torch CPU threads for work whose typical operation does ``flops_per_op`` FLOPs: one below
+    ~4 MFLOP (a second thread's wake-up costs more than it saves, and it stalls outright when the
+    other core is busy), else every core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if flops_per_op < 4e6 else cores
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block with torch's CPU threads set to n, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

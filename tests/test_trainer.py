@@ -1,0 +1,147 @@
+"""The stacked trainer: a run trained in a stack is the run trained alone by torch.optim, whatever
+its neighbours; a step is the same number of torch operations for 1 and for many runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cacheclip.fit import trainer as tr
+
+D, K, N, B = 16, 5, 24, 6
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the aten operations dispatched (what a GPU would launch, one kernel or more each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _loss(params, x, y):
+    z = torch.matmul(F.normalize(x, dim=-1), params["w"].transpose(1, 2)) + params["b"][:, None]
+    return F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1)
+
+
+def _data(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, D, generator=g), torch.randint(K, (N,), generator=g)
+
+
+def _rows(seed):
+    """A run's own batch stream: (S, B) blocks of a fresh permutation each, from its generator."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randperm(N, generator=g)[: (N // B) * B].view(-1, B)
+
+
+def _stack(seeds, lrs, wds, recipe, fused=True):
+    data = [_data(s) for s in seeds]
+    init_g = [torch.Generator().manual_seed(10 + s) for s in seeds]
+    return tr.Stack(
+        params={
+            "w": torch.stack([torch.randn(K, D, generator=g) for g in init_g]),
+            "b": torch.stack([torch.randn(K, generator=g) for g in init_g]),
+        },
+        loss=_loss,
+        recipe=recipe,
+        lrs=lrs,
+        weight_decays=wds,
+        schedule=lambda i, peak: peak * (1.0 - i / 40),
+        samples=tr.Samples(data, list(range(len(seeds)))),
+        blocks=tr.stack_blocks([_rows(s) for s in seeds]),
+        fused=fused,
+    )
+
+
+def _alone(seed, lr, wd, recipe, steps):
+    """The reference: one run, autograd and torch.optim (not fused), the same draws."""
+    x, y = _data(seed)
+    g = torch.Generator().manual_seed(10 + seed)
+    w = torch.randn(K, D, generator=g).requires_grad_(True)
+    b = torch.randn(K, generator=g).requires_grad_(True)
+    opt = recipe.build([{"params": [w, b], "lr": lr, "weight_decay": wd}], fused=False)
+    rows, block = _rows(seed), None
+    for i in range(steps):
+        if i % (N // B) == 0:
+            block = next(rows)
+        idx = block[i % (N // B)]
+        loss = _loss({"w": w[None], "b": b[None]}, x[idx][None], y[idx][None]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.param_groups[0]["lr"] = lr * (1.0 - i / 40)
+        opt.step()
+    return w.detach(), b.detach()
+
+
+RECIPES = [tr.Recipe("sgd", momentum=0.9), tr.Recipe("adam", betas=(0.8, 0.99)), tr.Recipe("adamw", eps=1e-6)]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.kind)
+@pytest.mark.parametrize("fused", [True, False])
+def test_each_stacked_run_is_the_run_trained_alone_by_torch_optim(recipe, fused):
+    seeds, lrs, wds = [1, 2, 3, 4, 5], [0.1, 0.1, 0.05, 0.05, 0.02], [0.0, 0.0, 1e-2, 1e-2, 1e-3]
+    got = tr.train_stack(_stack(seeds, lrs, wds, recipe, fused), steps=13)
+    for r, (seed, lr, wd) in enumerate(zip(seeds, lrs, wds, strict=True)):
+        w, b = _alone(seed, lr, wd, recipe, steps=13)
+        assert torch.allclose(got["w"][r], w, rtol=0, atol=2e-5) and torch.allclose(got["b"][r], b, rtol=0, atol=2e-5)
+
+
+def test_a_run_does_not_depend_on_its_neighbours():
+    recipe = tr.Recipe("adamw")
+    lone = tr.train_stack(_stack([3], [0.05], [1e-2], recipe), steps=9)["w"][0]
+    crowd = tr.train_stack(_stack([7, 3, 9], [0.1, 0.05, 0.02], [0.0, 1e-2, 1e-3], recipe), steps=9)["w"][1]
+    assert torch.allclose(lone, crowd, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.kind)
+def test_operations_per_step_do_not_grow_with_the_runs(recipe):
+    """Dispatched operations over 4 steps (one block drawn before): the same for 1 run and 12 runs
+    of one (lr, weight decay), and for 12 runs of 3 groups only by the 3 groups' updates."""
+
+    def ops(runs, groups):
+        per = runs // groups
+        lrs = [0.1 / (1 + r // per) for r in range(runs)]
+        stack = _stack(list(range(runs)), lrs, [1e-3] * runs, recipe)
+        stack.blocks = iter([next(stack.blocks)])  # one block of 4 steps, drawn before counting
+        with CountOps() as counter:
+            tr.train_stack(stack, steps=4)
+        return counter.count
+
+    one, many = ops(1, 1), ops(12, 1)
+    assert one == many
+    assert ops(12, 3) > many  # groups cost a concatenation and their own updates, independent of R
+    assert ops(12, 3) == ops(24, 3)
+
+
+def test_hyper_groups_need_adjacent_equal_settings():
+    assert tr.hyper_groups([1, 1, 2, 2, 2], [0, 0, 0, 0, 0]) == [range(2), range(2, 5)]
+    assert tr.hyper_groups([1, 1, 1], [0, 1, 1]) == [range(1), range(1, 3)]
+    with pytest.raises(ValueError, match="not adjacent"):
+        tr.hyper_groups([1, 2, 1], [0, 0, 0])
+
+
+def test_keeper_keeps_the_first_or_the_last_best():
+    params = {"w": torch.zeros(2, 3)}
+    first, last = tr.Keeper(2, "first"), tr.Keeper(2, "last")
+    for step, scores in enumerate([[1.0, 5.0], [3.0, 5.0], [3.0, 4.0]]):
+        state = {"w": params["w"] + step}
+        first.observe(step, torch.tensor(scores), state)
+        last.observe(step, torch.tensor(scores), state)
+    assert first.at.tolist() == [1, 0] and last.at.tolist() == [2, 1]
+    assert first.state["w"][:, 0].tolist() == [1.0, 0.0] and last.state["w"][:, 0].tolist() == [2.0, 1.0]
+
+
+def test_stack_chunks_keep_the_state_in_budget():
+    assert tr.stack_chunks(36, 1 << 10) == [range(36)]
+    chunks = tr.stack_chunks(10, tr.CPU_STACK_BYTES // 3)
+    assert chunks == [range(3), range(3, 6), range(6, 8), range(8, 10)]
+    assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4) == [range(i, i + 1) for i in range(10)]
+    assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4, "cuda") == [range(10)]

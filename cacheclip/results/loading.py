@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,23 +32,54 @@ def load_results(paths: Sequence[Path]) -> ResultSet:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files, explicit = sorted(f for f in path.rglob("*.json") if f.is_file()), False
-        elif path.is_file():
+            files, explicit = sorted(path.rglob("*.json")), False
+        elif path.exists() or path.is_symlink():
             files, explicit = [path], True
         else:
             raise ConfigError(
                 f"results path not found: {path}", hint="pass result JSON files, or folders that hold them"
             )
         for file in files:
+            odd = _not_a_file(file)
+            if odd:  # a folder, FIFO, socket or broken link: never opened (a FIFO would block)
+                if explicit or file.name == RESULT_FILE:
+                    found.warnings.append(f"skipped {file}: {odd}")
+                continue
             if file.resolve() in seen:
                 continue
             seen.add(file.resolve())
-            result, problem = _read_result(file, explicit)
+            result, problem = _read_result(file, explicit or file.name == RESULT_FILE)
             if problem:
                 found.warnings.append(problem)
             if result is not None:
                 found.append(result)
     return found
+
+
+RESULT_FILE = "result.json"  # the name fit writes each result under: such a file must be one
+SHOWN_SKIPPED = 5  # skipped files named one per line; the rest are counted
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` is not a regular file to read ("" when it is one)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return ""
+    return "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+
+
+def collapse_skipped(warnings: Sequence[str], shown: int = SHOWN_SKIPPED) -> list[str]:
+    """The warnings with at most ``shown`` "skipped ..." lines: thousands of bad files give
+    the first few and a count, not one line each."""
+    skipped = [w for w in warnings if w.startswith("skipped ")]
+    if len(skipped) <= shown:
+        return list(warnings)
+    kept = set(skipped[:shown])
+    out = [w for w in warnings if not w.startswith("skipped ") or w in kept]
+    return out + [f"skipped {len(skipped) - shown} more files (the first {shown} are named above)"]
 
 
 def _read_result(path: Path, explicit: bool) -> tuple[dict | None, str | None]:
@@ -62,7 +94,15 @@ def _read_result(path: Path, explicit: bool) -> tuple[dict | None, str | None]:
         return data, None
     if isinstance(schema, str) and schema.startswith("cacheclip.result/"):
         return None, f"skipped {path}: unsupported result schema {schema!r} (expected {RESULT_SCHEMA!r})"
+    if explicit and not isinstance(data, dict):
+        return None, f"skipped {path}: a JSON {type(data).__name__}, not a cacheclip result (an object)"
     return None, (f"skipped {path}: not a cacheclip result" if explicit else None)
+
+
+def _percent(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100
+    )
 
 
 def test_top1(block: object) -> float | None:
@@ -70,18 +110,65 @@ def test_top1(block: object) -> float | None:
         value = block["test"]["top1"]  # type: ignore[index]
     except (KeyError, TypeError):
         return None
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return float(value) if _percent(value) else None
+
+
+PERCENT_KEYS = ("top1", "top5", "mean_per_class")  # accuracies: finite, 0..100
+
+
+def _scores_problem(where: str, scores: object) -> str | None:
+    """One split's scores ({"top1": %, "mean_per_class": %, "n": count}): every accuracy a
+    finite number in 0..100, the count a non-negative integer."""
+    if scores is None:
+        return None
+    if not isinstance(scores, dict):
+        return f"{where} is {type(scores).__name__}, not an object"
+    for key in PERCENT_KEYS:
+        if key in scores and not _percent(scores[key]):
+            return f"{where}.{key} is {scores[key]!r} (an accuracy: a number in 0..100)"
+    n = scores.get("n", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return f"{where}.n is {n!r} (a count of images)"
+    return None
+
+
+def _block_problem(name: str, block: object) -> str | None:
+    """``metrics`` or ``zero_shot``: val, test and each target's scores."""
+    if block is None and name == "zero_shot":
+        return None
+    if not isinstance(block, dict):
+        return f"{name} is {type(block).__name__}, not an object"
+    targets = block.get("targets") or {}
+    if not isinstance(targets, dict):
+        return f"{name}.targets is {type(targets).__name__}, not an object"
+    for where, scores in [(f"{name}.val", block.get("val")), (f"{name}.test", block.get("test"))] + [
+        (f"{name}.targets.{t}", v) for t, v in targets.items()
+    ]:
+        problem = _scores_problem(where, scores)
+        if problem:
+            return problem
+    return None
 
 
 def result_problem(result: dict) -> str | None:
+    """Why a result cannot be reported (None: it can): every field and number the report reads
+    is checked for type and range, so an impossible value is skipped, never averaged."""
     for key in ("method", "dataset", "model", "pretrained"):
-        if not isinstance(result.get(key), str):
+        if not isinstance(result.get(key), str) or not result.get(key):
             return f"missing or invalid {key!r}"
-    for key in ("shots", "seed"):
-        if not isinstance(result.get(key), int) or isinstance(result.get(key), bool):
+    for key, low in (("shots", 0), ("seed", 0)):
+        value = result.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 2**31:
             return f"missing or invalid {key!r}"
+    for name in ("metrics", "zero_shot"):
+        problem = _block_problem(name, result.get(name))
+        if problem:
+            return problem
     if test_top1(result.get("metrics")) is None:
         return "missing metrics.test.top1"
+    for name in ("config", "protocol", "store", "classifier", "fewshot"):
+        if result.get(name) is not None and not isinstance(result.get(name), dict):
+            return f"{name} is {type(result.get(name)).__name__}, not an object"
     return None
 
 

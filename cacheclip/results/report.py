@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cacheclip.datasets.catalog import IMAGENET_SHIFT
-from cacheclip.results.loading import result_problem, result_source, test_top1
+from cacheclip.results.loading import collapse_skipped, result_problem, result_source, test_top1
 from cacheclip.results.protocol import (
     NO,
     CellRuns,
@@ -292,6 +292,7 @@ def build_reports(
             if age < group[run][0]:
                 continue
         group[run] = (age, result)
+    shared = collapse_skipped(shared)
     reports = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], _method_rank(k[2]), k[3].rank)):
         runs = {run: result for run, (_, result) in groups[key].items()}

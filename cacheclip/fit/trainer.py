@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
 
@@ -150,10 +151,19 @@ class Samples:
         self.offset = starts[torch.as_tensor(list(owner))].to(device).view(-1, 1)  # (R, 1)
 
     def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x (R, B, D) in dtype, y (R, B)) for rows (R, B) into each run's own table."""
-        flat = (rows + self.offset).reshape(-1)
+        """(x (R, B, D) in dtype, y (R, B)) for rows (R, B) into each run's own table. A row -1 pads a
+        run's short batch: its label is -1, which :func:`run_cross_entropy` leaves out."""
+        flat = (rows.clamp(min=0) + self.offset).reshape(-1)
         x = self.x.index_select(0, flat).to(dtype)
-        return x.view(*rows.shape, -1), self.y.index_select(0, flat).view(rows.shape)
+        y = torch.where(rows < 0, -1, self.y.index_select(0, flat).view(rows.shape))
+        return x.view(*rows.shape, -1), y
+
+
+def run_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each run's mean cross-entropy (R,) over the real rows of its batch: logits (R, B, K), labels
+    (R, B) with -1 on padding rows."""
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-1)
+    return loss.view_as(labels).sum(dim=1) / (labels >= 0).sum(dim=1).clamp(min=1)
 
 
 def stack_blocks(streams: Sequence[Iterator[torch.Tensor]], device: str = "cpu") -> Iterator[torch.Tensor]:

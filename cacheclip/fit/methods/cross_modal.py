@@ -37,7 +37,16 @@ from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method
 from cacheclip.fit.metrics import classification_metrics
-from cacheclip.fit.trainer import Keeper, Recipe, Samples, Stack, stack_blocks, stack_chunks, train_stack
+from cacheclip.fit.trainer import (
+    Keeper,
+    Recipe,
+    Samples,
+    Stack,
+    run_cross_entropy,
+    stack_blocks,
+    stack_chunks,
+    train_stack,
+)
 from cacheclip.settings import setting
 
 LOGIT_SCALE = math.exp(4.60517)  # the official fixed scale (CLIP's 100), not the model's
@@ -171,8 +180,8 @@ def batch_rows(
 
 def probe_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each run's mean cross-entropy (R,) of z = s normalize(x) W^T: x (R, B, D), y (R, B), W (R, K, D)."""
-    z = torch.matmul(F.normalize(x, dim=-1), params["weight"].transpose(1, 2)) * LOGIT_SCALE  # (R, B, K)
-    return F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(dim=1)
+    z = torch.bmm(F.normalize(x, dim=-1), params["weight"].transpose(1, 2)) * LOGIT_SCALE  # (R, B, K)
+    return run_cross_entropy(z, y)
 
 
 # ---------------------------------------------------------------- training and the grid

@@ -39,7 +39,10 @@ METHOD_COLORS = {
     "linear-probe": "#1f77b4",
     "zero-shot": "#7f7f7f",
 }
-PALETTE = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+PALETTE = (
+    *("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"),
+    *("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354"),  # 12 methods stay apart
+)
 MARKERS = ("o", "s", "^", "D", "v")
 ZS_GREYS = ("0.45", "0.7", "0.25", "0.55")
 AVERAGE = "__average__"
@@ -161,16 +164,48 @@ def _average_title(reports: list[Report]) -> str:
     return f"Average ({k}/{max(r.n_expected_datasets for r in reports)})"
 
 
-def _legend_layout(labels: list[str]) -> tuple[list[str], int]:
-    """Labels grouped by series (ours above paper), and a column count that keeps groups in columns."""
+def _legend_order(labels: list[str]) -> tuple[list[str], int | None]:
+    """Labels grouped by series (ours above paper), and the column count that gives each group its
+    own column when the groups are alike and few (else None: as many columns as fit)."""
     groups: dict[str, list[str]] = {}
     for label in labels:
         groups.setdefault(label.split(" (")[0], []).append(label)
     ordered = [sorted(g, key=lambda x: "(paper" in x) for g in groups.values()]
-    if len({len(g) for g in ordered}) == 1 and len(ordered) <= 5:
-        return [label for g in ordered for label in g], len(ordered)
     flat = [label for g in ordered for label in g]
-    return flat, max(1, min(4, len(flat)))
+    if len({len(g) for g in ordered}) == 1 and len(ordered) <= 5:
+        return flat, len(ordered)
+    return flat, None
+
+
+LEGEND_FONT = 9
+LEGEND_MARGIN = 0.98  # the share of the figure's width the legend may take
+
+
+def _place_legend(fig, handles: list, labels: list[str], preferred: int | None):
+    """The legend in a row of its own under the panels, with as many columns as fit the figure's
+    width, measured with the renderer (widening the figure when even one column does not fit).
+    Returns (legend, its height in inches)."""
+    renderer = fig.canvas.get_renderer()
+    candidates = list(range(preferred or min(len(labels), 6), 0, -1))  # most columns first, 1 last
+    for ncol in candidates:
+        legend = fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=ncol,
+            frameon=False,
+            fontsize=LEGEND_FONT,
+        )
+        box = legend.get_window_extent(renderer)
+        if box.width <= LEGEND_MARGIN * fig.bbox.width:
+            break
+        if ncol != candidates[-1]:
+            legend.remove()
+    else:  # one column is still too wide: widen the figure to the legend
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(box.width / fig.dpi / LEGEND_MARGIN, height)
+    return legend, box.height / fig.dpi
 
 
 def _title(reports: list[Report]) -> str:
@@ -178,12 +213,9 @@ def _title(reports: list[Report]) -> str:
     return "Few-shot test top-1 accuracy (%) — " + ", ".join(f"{m} / {p}" for m, p in pairs)
 
 
-def plot_report(reports: list[Report], out_png: Path) -> Path:
-    """Draw the figure for one or several reports (methods overlaid) into ``out_png``.
-
-    Missing points are left out; an average point over fewer datasets than
-    expected has a hollow marker. The file is written atomically.
-    """
+def report_figure(reports: list[Report]):
+    """The matplotlib ``Figure`` of one or several reports (methods overlaid), its legend in a row
+    of its own that fits the figure whatever the number of series."""
     if not reports:
         raise ConfigError("nothing to plot: no results", hint="run `cacheclip fit` first")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -218,16 +250,27 @@ def plot_report(reports: list[Report], out_png: Path) -> Path:
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
 
-    labels, ncol = _legend_layout(list(handles))
+    labels, preferred = _legend_order(list(handles))
     width = max(3.3 * ncols, 5.0)
+    fig.set_size_inches(width, 2.7 * nrows)
+    _, legend_in = _place_legend(fig, [handles[k] for k in labels], labels, preferred)
+    width = fig.get_size_inches()[0]
     title = textwrap.fill(_title(reports), width=int(width * 10))
-    legend_in, title_in = 0.2 + 0.22 * math.ceil(len(labels) / ncol), 0.1 + 0.22 * (title.count("\n") + 1)
-    height = 2.7 * nrows + legend_in + title_in
+    title_in = 0.1 + 0.22 * (title.count("\n") + 1)
+    height = 2.7 * nrows + legend_in + 0.15 + title_in
     fig.set_size_inches(width, height)
-    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
     fig.suptitle(title, fontsize=12, y=1 - 0.08 / height, va="top")
-    fig.tight_layout(rect=(0, legend_in / height, 1, 1))  # leaves room for the suptitle itself
-    return _save_atomic(fig, Path(out_png))
+    fig.tight_layout(rect=(0, (legend_in + 0.15) / height, 1, 1))  # leaves room for the suptitle itself
+    return fig
+
+
+def plot_report(reports: list[Report], out_png: Path) -> Path:
+    """Draw the figure for one or several reports (methods overlaid) into ``out_png``.
+
+    Missing points are left out; an average point over fewer datasets than
+    expected has a hollow marker. The file is written atomically.
+    """
+    return _save_atomic(report_figure(reports), Path(out_png))
 
 
 def _save_atomic(fig, out_png: Path) -> Path:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
-from cacheclip.fit import train
+from cacheclip.fit import train, trainer
 from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, zero_shot_logits
 from cacheclip.fit.metrics import classification_metrics, mean_per_class_accuracy, top1
 from cacheclip.fit.train import (
@@ -66,21 +66,24 @@ def _reference_train(run, class_weights, scale, cfg, epochs):
 
 @pytest.mark.parametrize("kind", ["visual", "text", "both"])
 @pytest.mark.parametrize("block", ["official", "paper"])
-def test_manual_gradients_match_autograd(kind, block):
-    adapter = AdapterConfig(kind=kind, alpha=0.6, beta=0.3, block=block)
-    run, weights = _run(0, n=16, adapter=adapter), _class_weights()
-    x, y = run.views[:, 0], run.labels
-    head = ClipAdapterHead(adapter, D, torch.Generator().manual_seed(0))
-    F.cross_entropy(head(x, weights, 50.0), y).backward()
-    # One step with lr 1, no momentum, no decay: w_old - w_new is exactly the gradient.
-    cfg = TrainConfig(momentum=0.0, weight_decay=0.0)
-    trainer = train.StackedTrainer([run], [torch.Generator().manual_seed(0)], weights, 50.0, cfg, "cpu")
-    before = {k: w.clone() for k, w in trainer.params.items()}
-    trainer.step(x[None], y[None], lr=1.0)
-    for name, param in head.named_parameters():
-        grad = before[name][0] - trainer.params[name][0]
-        assert param.grad.abs().max() > 0
-        torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-6)
+def test_stacked_logits_and_gradients_are_the_heads(kind, block):
+    """The stacked forward (R runs, each its own weights and ratios) is each run's ClipAdapterHead."""
+    adapters = [
+        AdapterConfig(kind=kind, alpha=0.6, beta=0.3, block=block),
+        AdapterConfig(kind=kind, alpha=0.2, beta=0.7, block=block),
+    ]
+    runs, weights = [_run(s, n=16, adapter=a) for s, a in enumerate(adapters)], _class_weights()
+    heads = [ClipAdapterHead(a, D, torch.Generator().manual_seed(s)) for s, a in enumerate(adapters)]
+    params = {n: torch.stack([h.state_dict()[n] for h in heads]).requires_grad_(True) for n in heads[0].state_dict()}
+    x, y = torch.stack([r.views[:, 0] for r in runs]), torch.stack([r.labels for r in runs])
+    z = train.adapter_logits(params, x, weights, 50.0, train.AdapterShape.of(runs, "cpu"))
+    train.run_cross_entropy(z, y).sum().backward()
+    for r, head in enumerate(heads):
+        torch.testing.assert_close(z[r], head(x[r], weights, 50.0), rtol=1e-5, atol=1e-5)
+        F.cross_entropy(head(x[r], weights, 50.0), y[r]).backward()
+        for name, param in head.named_parameters():
+            assert param.grad.abs().max() > 0
+            torch.testing.assert_close(params[name].grad[r], param.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["visual", "text", "both"])
@@ -135,8 +138,15 @@ def test_default_epochs():
 
 
 def _record_steps(monkeypatch):
-    seen = []
-    monkeypatch.setattr(train.StackedTrainer, "step", lambda self, x, y, lr: seen.append((x.clone(), y.clone())))
+    """Every step's (x (R, B, D), y (R, B)) as the trainer gathers them."""
+    seen, gather = [], trainer.Samples.batch
+
+    def batch(self, rows, dtype=torch.float32):
+        x, y = gather(self, rows, dtype)
+        seen.append((x.clone(), y.clone()))
+        return x, y
+
+    monkeypatch.setattr(trainer.Samples, "batch", batch)
     return seen
 
 

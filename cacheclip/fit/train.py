@@ -2,9 +2,9 @@
 
 Tensors in, state dicts out: this module never sees a store, a split or a
 file. ``train_runs`` stacks the weights of R runs into ``(R, D, H)`` tensors
-and trains them together with batched matmuls, by autograd and torch.optim.SGD
-(fused where it exists; no DataLoader: each step's inputs are one
-``index_select`` from the cached views per distinct views tensor).
+and trains them together on the stacked trainer (:mod:`cacheclip.fit.trainer`:
+batched matmuls, autograd, torch.optim.SGD fused where it exists, each step's
+inputs one gather from the cached views).
 A hand-written forward/backward with torch's private fused SGD kernel was
 1.36-1.47x faster for one run but only 1.14-1.24x for 12 runs batched
 (benchmarks/fit.py, same process, AMD EPYC, 2 threads): below the 1.3x that
@@ -13,10 +13,11 @@ The result equals training each run alone up to float rounding
 (tests/test_train.py checks both this and the gradients against a per-run model).
 
 Cost model (CPU, D = 1024, batch 32): a step is bound as much by moving the
-weights (w1, w2, their momentum and gradients: ~12 MB per run per step,
-which does not fit a 2 MB L2) as by its ~85 MFLOP, so batching runs helps
-mostly by sharing the per-op overhead; benchmarks/fit.py measures it.
-Memory: beyond the views, one (R, B, D) step input and the (S, R, B) row numbers.
+weights (w1, w2, their momentum and gradients: ~6 MB per run per step)
+as by its ~85 MFLOP, so batching runs helps mostly by sharing the per-op
+overhead, up to the trainer's cache budget per stack; benchmarks/fit.py measures it.
+Memory: beyond the views, each stack's distinct views once more (one table) and one
+(R, B, D) step input.
 
 Protocol (CoOp / Dassl configs that CLIP-Adapter plugs into):
 
@@ -42,14 +43,26 @@ Same seed and inputs give bitwise-identical states on the same device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import AdapterConfig, ClipAdapterHead, logits
+from cacheclip.fit.trainer import (
+    Keeper,
+    Recipe,
+    Samples,
+    Stack,
+    run_cross_entropy,
+    stack_blocks,
+    stack_chunks,
+    train_stack,
+    warmup_cosine,
+)
 
 VIEW_MODES = ("aug", "clean")
 
@@ -107,26 +120,17 @@ def resolve_epochs(cfg: TrainConfig, shots: int, dataset: str) -> int:
     return cfg.epochs if cfg.epochs is not None else default_epochs(shots, dataset)
 
 
+def epoch_lr(cfg: TrainConfig, epochs: int, epoch: int) -> float:
+    """The learning rate epoch ``epoch`` (0-based) trains with: Dassl (CoOp's trainer) wraps
+    ``CosineAnnealingLR(T_max=epochs)`` in a ``ConstantWarmupScheduler`` (WARMUP_RECOUNT=True),
+    stepped once per epoch; see :func:`cacheclip.fit.trainer.warmup_cosine`."""
+    return warmup_cosine(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
+
+
 def lr_per_epoch(cfg: TrainConfig, epochs: int) -> list[float]:
-    """The learning rate each epoch trains with; ``len == epochs``.
-
-    Dassl (CoOp's trainer) wraps ``CosineAnnealingLR(T_max=epochs)`` in a
-    ``ConstantWarmupScheduler`` (WARMUP_RECOUNT=True) and steps it once at
-    the end of every epoch. Tracing the two schedulers gives, with
-    W = warmup_epochs and T = epochs::
-
-        epoch e < W  : warmup_lr
-        epoch e >= W : lr * (1 + cos(pi * (e - W) / T)) / 2
-
-    The cosine restarts its count after the warm-up but keeps T = epochs,
-    so epoch W trains at the full lr and the last epoch (e = T - 1) at
-    ``lr * (1 + cos(pi * (T - 1 - W) / T)) / 2``: the cosine never reaches
-    zero. E.g. T = 5, W = 1: [1e-5, 2e-3, 1.809e-3, 1.309e-3, 6.91e-4].
-    """
-    w = cfg.warmup_epochs
-    return [
-        cfg.warmup_lr if e < w else cfg.lr * (1.0 + math.cos(math.pi * (e - w) / epochs)) / 2.0 for e in range(epochs)
-    ]
+    """Every epoch's learning rate (``len == epochs``), e.g. T = 5, W = 1:
+    [1e-5, 2e-3, 1.809e-3, 1.309e-3, 6.91e-4]. Training computes each epoch's as it starts."""
+    return [epoch_lr(cfg, epochs, e) for e in range(epochs)]
 
 
 def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
@@ -177,89 +181,41 @@ def _check_runs(runs: Sequence[RunSpec], class_weights: torch.Tensor) -> None:
             raise ConfigError(f"labels must lie in [0, {k})", "check the class weights match the dataset")
 
 
-class StackedTrainer:
-    """R runs' weights as (R, ., .) tensors, one step for all of them by autograd and
-    torch.optim.SGD (fused where this torch has it). The loss is the sum over runs of each run's
-    batch-mean cross-entropy, so each run gets its own gradient, exactly as if trained alone."""
+@dataclass(frozen=True)
+class AdapterShape:
+    """What the runs of one stack share (kind, block) and their ratios, as (R, 1, 1) tensors."""
 
-    def __init__(self, runs, gens, class_weights, logit_scale, cfg, device):
-        config = runs[0].adapter
-        d, r = class_weights.shape[1], len(runs)
-        self.official, self.visual, self.text = config.block == "official", config.visual, config.text
-        states = [ClipAdapterHead(run.adapter, d, g).state_dict() for run, g in zip(runs, gens, strict=True)]
-        self.params = {  # (R, in, out), drawn per run from its own generator
-            name: torch.stack([state[name] for state in states]).to(device).requires_grad_(True) for name in states[0]
-        }
-        self.alpha = torch.tensor([run.adapter.alpha for run in runs], device=device).view(r, 1, 1)
-        self.beta = torch.tensor([run.adapter.beta for run in runs], device=device).view(r, 1, 1)
-        self.scale = float(logit_scale)
-        self.cw = class_weights.to(device=device, dtype=torch.float32)  # (K, D) raw
-        settings = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
-        try:  # the fused one-pass update where this torch and device have it
-            self.opt = torch.optim.SGD(list(self.params.values()), fused=True, **settings)
-        except (RuntimeError, TypeError):
-            self.opt = torch.optim.SGD(list(self.params.values()), **settings)
+    visual: bool
+    text: bool
+    official: bool
+    alpha: torch.Tensor
+    beta: torch.Tensor
 
-    def _adapt(self, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(torch.matmul(x, w1).relu(), w2)
-        return out.relu() if self.official else out
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every run's logits (R, B, K) for its own inputs x (R, B, D) float32."""
-        p = self.params
-        f = torch.lerp(x, self._adapt(x, p["visual.w1"], p["visual.w2"]), self.alpha) if self.visual else x
-        w = torch.lerp(self.cw, self._adapt(self.cw, p["text.w1"], p["text.w2"]), self.beta) if self.text else self.cw
-        return self.scale * torch.matmul(F.normalize(f, dim=-1), F.normalize(w, dim=-1).transpose(-1, -2))
-
-    def correct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Right top-1 answers per run (R,) on x (R, M, D), y (R, M) (padding rows labelled -1)."""
-        with torch.no_grad():
-            return self.logits(x).argmax(dim=-1).eq(y).sum(dim=1)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
-        """One SGD step on x (R, B, D) float32, y (R, B) int64."""
-        z = self.logits(x)  # (R, B, K)
-        loss = F.cross_entropy(z.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1).sum()
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def states(self) -> list[dict[str, torch.Tensor]]:
-        r = next(iter(self.params.values())).shape[0]
-        return [{k: w[i].detach().cpu().clone() for k, w in self.params.items()} for i in range(r)]
+    @classmethod
+    def of(cls, runs: Sequence[RunSpec], device: str) -> AdapterShape:
+        a, r = runs[0].adapter, len(runs)
+        alpha, beta = ([getattr(run.adapter, k) for run in runs] for k in ("alpha", "beta"))
+        as_col = [torch.tensor(x, device=device, dtype=torch.float32).view(r, 1, 1) for x in (alpha, beta)]
+        return cls(a.visual, a.text, a.block == "official", *as_col)
 
 
-class BestEpoch:
-    """Per run of a stack, the weights of the FIRST epoch with the highest val score: a later
-    epoch replaces the kept one only when strictly better (CoOp's best-val checkpoint rule).
-    Shared by every method trained by epochs (R = 1 for a single run)."""
+def adapter_logits(
+    params: dict[str, torch.Tensor], x: torch.Tensor, class_weights: torch.Tensor, scale: float, shape: AdapterShape
+) -> torch.Tensor:
+    """Every run's logits (R, B, K) for its own inputs x (R, B, D) float32: the CLIP-Adapter head of
+    :mod:`cacheclip.fit.adapters` with each run's weights (R, in, out) and ratios (R, 1, 1)."""
 
-    def __init__(self, runs: int):
-        self.best = torch.full((runs,), -math.inf, dtype=torch.float64)
-        self.epoch = torch.zeros(runs, dtype=torch.long)
-        self.curves: list[list[float]] = [[] for _ in range(runs)]
-        self.state: dict[str, torch.Tensor] = {}
+    def adapt(z: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        out = torch.matmul(torch.matmul(z, w1).relu(), w2)
+        return out.relu() if shape.official else out
 
-    def observe(self, epoch: int, scores: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
-        """After ``epoch`` (1-based): scores (R,) (val top-1 %), state name -> (R, ...) weights."""
-        scores = scores.detach().to("cpu", torch.float64)
-        better = scores > self.best
-        for r, score in enumerate(scores.tolist()):
-            self.curves[r].append(round(score, 4))
-        if not self.state:
-            self.state = {k: w.detach().clone() for k, w in state.items()}
-        elif bool(better.any()):
-            for k, w in state.items():
-                rows = better.nonzero().squeeze(1).to(w.device)
-                self.state[k][rows] = w.detach()[rows]
-        self.best = torch.where(better, scores, self.best)
-        self.epoch[better] = epoch
+    p, cw = params, class_weights
+    f = torch.lerp(x, adapt(x, p["visual.w1"], p["visual.w2"]), shape.alpha) if shape.visual else x
+    w = torch.lerp(cw, adapt(cw, p["text.w1"], p["text.w2"]), shape.beta) if shape.text else cw
+    return scale * torch.matmul(F.normalize(f, dim=-1), F.normalize(w, dim=-1).transpose(-1, -2))
 
-    def record(self, r: int = 0) -> dict:
-        """Run r's choice for its result's selection: the epoch kept and every epoch's val top-1."""
-        return {"rule": "best-val", "chosen": int(self.epoch[r]), "val_top1": self.curves[r]}
+
+BestEpoch = Keeper  # per run, the first epoch with the best val score (CoOp's best-val checkpoint)
 
 
 def top1_percent(preds: torch.Tensor, labels: torch.Tensor) -> float:
@@ -270,18 +226,6 @@ def top1_percent(preds: torch.Tensor, labels: torch.Tensor) -> float:
 def last_epoch_record(epochs: int, reason: str = "") -> dict:
     """The selection record of a run that keeps its last epoch (``--epoch last``, or no val)."""
     return {"rule": "last", "chosen": epochs, **({"reason": reason} if reason else {})}
-
-
-def _epoch_order(labels, v, gens, cfg, plan, rows, y) -> None:
-    """Fill rows (S, R, B) with each run's shuffled epoch as row numbers into its (N * V, D)
-    views, and y (S, R, B) with the matching labels (all on CPU: small)."""
-    batch, steps = plan
-    n = labels[0].shape[0]
-    for r, gen in enumerate(gens):
-        draw = torch.randint(v, (n,), generator=gen) if v > 1 and cfg.views == "aug" else None
-        perm = torch.randperm(n, generator=gen)[: steps * batch]
-        rows[:, r] = (perm * v + (draw[perm] if draw is not None else 0)).view(steps, batch)
-        y[:, r] = labels[r][perm].view(steps, batch)
 
 
 def train_runs(
@@ -360,63 +304,81 @@ def _stack_vals(vals, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return x, y, torch.tensor([max(1, len(v[1])) for v in vals], dtype=torch.float64)
 
 
-def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals=None):
-    """train_runs for runs of one shape: one stacked trainer, one pass (with ``vals``: the
-    first best val epoch kept per run, else the last epoch).
+def epoch_rows(n: int, v: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless epochs of one run as (steps, batch) row numbers i V + j into its (N V, D) views: per
+    epoch ``randint(V, (N,))`` for the views (skipped when V = 1 or views="clean"), then
+    ``randperm(N)``, the remainder dropped (Dassl's drop_last)."""
+    batch, steps = batch_plan(n, cfg.batch_size)
+    while True:
+        draw = torch.randint(v, (n,), generator=generator) if v > 1 and cfg.views == "aug" else None
+        perm = torch.randperm(n, generator=generator)[: steps * batch]
+        yield (perm * v + (draw[perm] if draw is not None else 0)).view(steps, batch)
 
-    Each step gathers its (R, B, D) input straight from the runs' cached views, one
-    ``index_select`` per distinct views tensor (runs that share one, e.g. the alphas of a
-    seed, are trained side by side for that), so no epoch-sized copy is ever held.
-    """
-    n, v, d = runs[0].views.shape
-    sharing: dict[int, list[int]] = {}  # id of a views tensor -> the runs that use it
-    for i, run in enumerate(runs):
-        sharing.setdefault(id(run.views), []).append(i)
-    order = [i for members in sharing.values() for i in members]
-    sources = []  # (views (N * V, D) on the device, first run, end run) per distinct views tensor
-    for members in sharing.values():
-        start = sources[-1][2] if sources else 0
-        sources.append((runs[members[0]].views.to(device).reshape(n * v, d), start, start + len(members)))
-    runs = [runs[i] for i in order]
-    keeper = scored = None
-    if vals is not None:
-        keeper, scored = BestEpoch(len(runs)), _stack_vals([vals[i] for i in order], device)
-    gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
-    trainer = StackedTrainer(runs, gens, class_weights, logit_scale, cfg, device)  # init draws first
-    plan = batch_plan(n, cfg.batch_size)
-    labels = [run.labels.to(dtype=torch.int64) for run in runs]
-    rows = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)  # (S, R, B)
-    y = torch.empty(plan[1], len(runs), plan[0], dtype=torch.int64)
-    x = torch.empty(len(runs), plan[0], d, device=device)  # this step's input, refilled each step
-    for epoch, lr in enumerate(lr_per_epoch(cfg, epochs)):
-        _epoch_order(labels, v, gens, cfg, plan, rows, y)
-        rows_dev, y_dev = rows.to(device), y.to(device)
-        for i in range(plan[1]):
-            for views, r0, r1 in sources:
-                _gather(views, rows_dev[i, r0:r1].reshape(-1), x[r0:r1].view(-1, d))
-            trainer.step(x, y_dev[i], lr)
-        if keeper is not None:
-            val_x, val_y, sizes = scored
-            keeper.observe(epoch + 1, 100.0 * trainer.correct(val_x, val_y).cpu().double() / sizes, trainer.params)
-        if progress is not None:
-            progress(epoch + 1, epochs)
-    if keeper is not None:
-        trainer.params = keeper.state
-    states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
-    records: list[dict] = [last_epoch_record(epochs) for _ in runs]
-    for r, (state, i) in enumerate(zip(trainer.states(), order, strict=False)):  # back to the caller's order
-        states[i] = state
-        if keeper is not None:
-            records[i] = keeper.record(r)
+
+def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals=None):
+    """train_runs for runs of one shape, in stacks of the trainer (:mod:`cacheclip.fit.trainer`) as
+    large as the CPU's cache budget allows (one on a GPU). With ``vals``, each run keeps its first
+    best val epoch, else its last. Returns (states, records) in the runs' order."""
+    d = runs[0].views.shape[2]
+    a = runs[0].adapter
+    state_bytes = 3 * 4 * 2 * d * a.hidden_dim(d) * (int(a.visual) + int(a.text))  # weights, gradients, momentum
+    states: list[dict[str, torch.Tensor]] = []
+    records: list[dict] = []
+    chunks = stack_chunks(len(runs), state_bytes, device)
+    for c, chunk in enumerate(chunks):
+        tick = None if progress is None else partial(_relay, progress, c, len(chunks))
+        part = None if vals is None else vals[chunk.start : chunk.stop]
+        got = _train_stack(runs[chunk.start : chunk.stop], class_weights, logit_scale, cfg, epochs, device, tick, part)
+        states += got[0]
+        records += got[1]
     return states, records
 
 
-def _gather(source: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
-    """out = source[index], cast to out's dtype (the views may be stored as float16)."""
-    if source.dtype == out.dtype:
-        torch.index_select(source, 0, index, out=out)
-    else:
-        out.copy_(source.index_select(0, index))
+def _relay(progress, chunk: int, chunks: int, epoch: int, epochs: int) -> None:
+    progress(chunk * epochs + epoch, chunks * epochs)
+
+
+def _train_stack(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals):
+    n, v, d = runs[0].views.shape
+    tables, owner, index = [], [], {}
+    for run in runs:  # runs sharing a views tensor (the ratios of a seed) share its rows
+        if id(run.views) not in index:
+            index[id(run.views)] = len(tables)
+            tables.append((run.views.reshape(n * v, d), run.labels.to(torch.long).repeat_interleave(v)))
+        owner.append(index[id(run.views)])
+    gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
+    heads = [ClipAdapterHead(run.adapter, d, g).state_dict() for run, g in zip(runs, gens, strict=True)]  # first
+    batch, steps = batch_plan(n, cfg.batch_size)
+    shape, cw, scale = AdapterShape.of(runs, device), class_weights.to(device, torch.float32), float(logit_scale)
+    stack = Stack(
+        params={name: torch.stack([head[name] for head in heads]).to(device) for name in heads[0]},
+        loss=lambda params, x, y: run_cross_entropy(adapter_logits(params, x, cw, scale, shape), y),
+        recipe=Recipe("sgd", momentum=cfg.momentum),
+        lrs=[cfg.lr] * len(runs),
+        weight_decays=[cfg.weight_decay] * len(runs),
+        schedule=lambda i, _peak: epoch_lr(cfg, epochs, i // steps),
+        samples=Samples(tables, owner, device),
+        blocks=stack_blocks([epoch_rows(n, v, cfg, g) for g in gens], device),
+        step_flops=2.0 * len(runs) * batch * d * max(d // 4, cw.shape[0]),
+    )
+    keeper = Keeper(len(runs)) if vals is not None else None
+    scored = _stack_vals(vals, device) if vals is not None else None
+
+    def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
+        if (i + 1) % steps:
+            return
+        if keeper is not None:
+            x, y, sizes = scored
+            right = adapter_logits(params, x, cw, scale, shape).argmax(-1).eq(y).sum(1)
+            keeper.observe((i + 1) // steps, 100.0 * right.cpu().double() / sizes, params)
+        if progress is not None:
+            progress((i + 1) // steps, epochs)
+
+    final = train_stack(stack, epochs * steps, after_step)
+    kept = keeper.state if keeper is not None else final
+    states = [{k: w[r].detach().cpu().clone() for k, w in kept.items()} for r in range(len(runs))]
+    records = [keeper.record(r) if keeper is not None else last_epoch_record(epochs) for r in range(len(runs))]
+    return states, records
 
 
 def predict(

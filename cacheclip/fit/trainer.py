@@ -240,6 +240,27 @@ class Keeper:
         self.best = torch.where(better, scores, self.best)
         self.at[better] = at
 
+    def record(self, r: int = 0) -> dict:
+        """Run r's choice for its result's selection: the checkpoint kept and every checkpoint's score."""
+        return {"rule": "best-val", "chosen": int(self.at[r]), "val_top1": self.curves[r]}
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """Dassl's schedule (CoOp, CLIP-Adapter, CLAP, TaskRes): ``CosineAnnealingLR(T_max=epochs)``
+    inside a ``ConstantWarmupScheduler`` (WARMUP_RECOUNT=True), stepped per epoch. Traced::
+
+        epoch e < W  : warmup_lr
+        epoch e >= W : lr * (1 + cos(pi * (e - W) / T)) / 2
+
+    The cosine restarts its count after the warm-up but keeps T = epochs, so epoch W trains at the
+    full lr and the last epoch at ``lr * (1 + cos(pi * (T - 1 - W) / T)) / 2``: it never reaches 0."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2.0
+
 
 # ---------------------------------------------------------------- stacks and threads
 

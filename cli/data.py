@@ -71,17 +71,21 @@ def _manual(name: str) -> str:
     return get_source(name).manual
 
 
+ROOT_FLAG = "--root"
+
+
 def _data_root(root: Path | None, create: bool) -> Path:
+    import os
+
     from cacheclip.datasets.catalog import DATA_ENV, resolve_data_root
+    from cacheclip.errors import require_writable_dir
 
-    if create and root is not None:
-        Path(root).expanduser().mkdir(parents=True, exist_ok=True)
-    elif create:
-        import os
-
-        env = os.environ.get(DATA_ENV, "")
-        if env:
-            Path(env).expanduser().mkdir(parents=True, exist_ok=True)
+    wanted = Path(root).expanduser() if root is not None else None
+    if wanted is None and os.environ.get(DATA_ENV, ""):
+        wanted = Path(os.environ[DATA_ENV]).expanduser()
+    if create and wanted is not None and not wanted.is_dir():
+        require_writable_dir(wanted, ROOT_FLAG)  # names --root, not only "permission denied"
+        wanted.mkdir(parents=True, exist_ok=True)
     return resolve_data_root(root)
 
 
@@ -142,6 +146,10 @@ def get(
         return
     for plan in plans:
         dl.refuse_partial(plan)
+    if any(plan.to_fetch for plan in plans):  # a root holding everything already may be read-only
+        from cacheclip.errors import require_writable_dir
+
+        require_writable_dir(data_root, ROOT_FLAG)
     dl.check_free_space(plans, data_root)
 
     def work(plan):

@@ -52,7 +52,8 @@ def test_missing_file(cli, eurosat):
     code, out, err = _check(cli, root, sources, "eurosat")
     assert code == 1, out + err
     line = next(x for x in out.splitlines() if "missing" in x)
-    assert item in line and "1 of 8 images" in line and "fix: run `cacheclip data get eurosat`" in line
+    assert item in line and "1 of 8 images" in line  # `data get` leaves a layout in place alone: move it aside
+    assert f"fix: move the folder aside (mv {folder} {folder}.old), then run `cacheclip data get eurosat`" in line
 
 
 def test_unreadable_and_not_regular_files(cli, eurosat):

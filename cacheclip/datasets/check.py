@@ -136,6 +136,8 @@ def _get_fix(name: str, source: DatasetSource | None = None, folder: Path | None
         return "fix the image folder, then run `cacheclip data check` again"
     if source is not None and source.manual:
         return source.manual.format(folder=folder or f"<root>/{name}")
+    if folder is not None and folder.exists():  # `data get` leaves an existing layout alone: never loop back to it
+        return f"move the folder aside (mv {folder} {folder}.old), then run `cacheclip data get {name}`"
     return f"run `cacheclip data get {name}` (moves nothing of yours; a partial layout is named)"
 
 

@@ -6,21 +6,29 @@ server's Content-Range, restarts when a server ignores ranges. Downloads go to
 once complete and verified (a checksum mismatch deletes the part), so an interrupted run keeps
 what it finished and resumes the rest.
 Everything is unpacked into a staging folder beside them and moved into place at the end: the
-whole dataset folder in one rename when it did not exist, else only the paths it lacks.
+whole dataset folder in one rename when it did not exist, else only the paths it lacks. Before
+that the staged layout is validated as `extract` reads it (split files parse, every item is a
+readable image); an archive that cannot be unpacked (truncated, a bad CRC, larger unpacked than
+its source declares) or a layout that does not validate is never moved into place: the staging
+folders and the bad download are deleted, so a rerun fetches it again.
 
 Progress goes through ``progress(stage, done, total)`` in bytes; this module never prints.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
+import json
+import lzma
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +46,15 @@ Progress = Callable[[str, int, int], None]
 
 class DownloadError(CacheClipError):
     """A source could not be fetched or did not match its checksum."""
+
+
+class DamagedArchiveError(DownloadError):
+    """An archive that cannot be unpacked as it should: truncated, a bad CRC, or larger unpacked
+    than its source declares. ``get_dataset`` deletes it (and its staging) before re-raising."""
+
+    def __init__(self, archive: Path, what: str) -> None:
+        super().__init__(f"{archive.name} is damaged: {what}", f"delete {archive} and rerun to download it again")
+        self.archive = archive
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -242,32 +259,81 @@ def _safe_member(name: str, archive: Path) -> None:
         raise DownloadError(f"{archive.name}: unsafe member path '{name}'", "the archive is not the published one")
 
 
-def extract_archive(archive: Path, into: Path, progress: Progress = _no_progress, stage: str = "") -> None:
-    """Unpack a .zip or .tar(.gz) into ``into``, refusing members that would land outside it."""
+UNPACK_SLACK = 64 << 20  # bytes an archive may unpack to beyond 1.5x its declared size (sizes are approximate)
+_ARCHIVE_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+def unpack_limit(sf: SourceFile) -> int:
+    """The most bytes ``sf`` may unpack to: its declared unpacked size (or download size) with slack.
+    A small archive that expands far beyond it (a zip bomb, a wrong file) is refused before
+    anything is written."""
+    return int(max(sf.unpacked, sf.size) * 1.5) + UNPACK_SLACK
+
+
+def _is_zip(archive: Path) -> bool:
+    """By name, else by magic bytes: a truncated zip has no central directory for
+    ``zipfile.is_zipfile`` to find, and must not be read as a tar."""
+    if archive.name.lower().endswith(".zip"):
+        return True
+    with open(archive, "rb") as f:
+        return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def extract_archive(
+    archive: Path, into: Path, progress: Progress = _no_progress, stage: str = "", limit: int | None = None
+) -> None:
+    """Unpack a .zip or .tar(.gz) into ``into``, refusing members that would land outside it and,
+    with ``limit``, an archive whose members add up to more bytes (checked before writing any).
+    An archive that cannot be read whole (truncated, bad CRC, not the format its name says) is a
+    DamagedArchiveError; only a real Ctrl-C reads as an interruption."""
     into.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            members = z.infolist()
-            total, done = sum(m.file_size for m in members), 0
-            for m in members:
-                _safe_member(m.filename, archive)
-                z.extract(m, into)
-                done += m.file_size
-                progress(stage, done, total)
-        return
     try:
-        with tarfile.open(archive) as t:
-            members = t.getmembers()
-            total, done = sum(m.size for m in members), 0
-            for m in members:
-                _safe_member(m.name, archive)
-                if not (m.isfile() or m.isdir()):
-                    continue  # no links or devices from a download
-                t.extract(m, into, **_tar_filter())
-                done += m.size
-                progress(stage, done, total)
-    except tarfile.TarError as err:
-        raise DownloadError(f"{archive.name}: not a readable archive ({err})", "rerun to download it again") from None
+        if _is_zip(archive):
+            _extract_zip(archive, into, progress, stage, limit)
+        else:
+            _extract_tar(archive, into, progress, stage, limit)
+    except _ARCHIVE_READ_ERRORS as err:
+        kind = "zip" if _is_zip(archive) else "tar"
+        raise DamagedArchiveError(archive, f"not a readable {kind} archive ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        if err.errno is not None:  # the disk (full, read-only): not the archive's fault
+            raise
+        raise DamagedArchiveError(archive, f"not a readable archive ({err})") from None
+
+
+def _check_size(archive: Path, total: int, limit: int | None) -> None:
+    if limit is not None and total > limit:
+        raise DamagedArchiveError(
+            archive,
+            f"it unpacks to {human_bytes(total)}, more than its source declares (at most {human_bytes(limit)}); "
+            "refused before unpacking",
+        )
+
+
+def _extract_zip(archive: Path, into: Path, progress: Progress, stage: str, limit: int | None) -> None:
+    with zipfile.ZipFile(archive) as z:
+        members = z.infolist()
+        total, done = sum(m.file_size for m in members), 0
+        _check_size(archive, total, limit)  # zipfile never reads a member past its declared size
+        for m in members:
+            _safe_member(m.filename, archive)
+            z.extract(m, into)  # a bad CRC raises BadZipFile
+            done += m.file_size
+            progress(stage, done, total)
+
+
+def _extract_tar(archive: Path, into: Path, progress: Progress, stage: str, limit: int | None) -> None:
+    with tarfile.open(archive) as t:
+        members = t.getmembers()  # reads the whole stream: a truncated one fails here
+        total, done = sum(m.size for m in members if m.isfile()), 0
+        _check_size(archive, total, limit)
+        for m in members:
+            _safe_member(m.name, archive)
+            if not (m.isfile() or m.isdir()):
+                continue  # no links or devices from a download
+            t.extract(m, into, **_tar_filter())
+            done += m.size
+            progress(stage, done, total)
 
 
 def _tar_filter() -> dict:
@@ -276,28 +342,36 @@ def _tar_filter() -> dict:
 
 def unpack(archive: Path, sf: SourceFile, stage_dir: Path, progress: Progress = _no_progress) -> None:
     """Unpack ``archive`` and move each ``sf.moves`` entry into ``stage_dir`` (a dataset-folder tree)."""
-    work = stage_dir.parent / f"unpack-{sf.filename}"
+    work = _work_dir(stage_dir, sf)
     shutil.rmtree(work, ignore_errors=True)
-    extract_archive(archive, work, progress, f"unpack {sf.filename}")
+    extract_archive(archive, work, progress, f"unpack {sf.filename}", unpack_limit(sf))
     if sf.inner:
         inner = work / sf.inner
         if not inner.is_file():
-            raise DownloadError(f"{sf.filename}: {sf.inner} not found inside", "rerun to download it again")
-        inner_work = stage_dir.parent / f"unpack-{sf.filename}-inner"
+            raise DamagedArchiveError(archive, f"{sf.inner} not found inside")
+        inner_work = work.with_name(work.name + "-inner")
         shutil.rmtree(inner_work, ignore_errors=True)
-        extract_archive(inner, inner_work, progress, f"unpack {Path(sf.inner).name}")
+        try:
+            extract_archive(inner, inner_work, progress, f"unpack {Path(sf.inner).name}", unpack_limit(sf))
+        except DamagedArchiveError as err:  # the download holds it: that is the file to fetch again
+            raise DamagedArchiveError(archive, err.message) from None
         shutil.rmtree(work)
         work = inner_work
     for src, dst in sf.moves:
         origin = work / src
         if not origin.exists():
-            raise DownloadError(f"{sf.filename}: '{src}' not found inside", "the archive is not the published one")
+            raise DamagedArchiveError(archive, f"'{src}' not found inside (not the published archive)")
         children = sorted(origin.iterdir()) if not dst else [origin]
         for child in children:
             target = stage_dir / (dst or child.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             child.replace(target)
     shutil.rmtree(work)
+
+
+def _work_dir(stage_dir: Path, sf: SourceFile) -> Path:
+    """Where ``sf`` is unpacked before its entries move into the staged dataset folder."""
+    return stage_dir.parent.parent / f"unpack-{sf.filename}"
 
 
 def move_into_place(stage_dir: Path, folder: Path) -> list[str]:
@@ -336,35 +410,114 @@ def get_dataset(plan: DatasetPlan, *, progress: Progress = _no_progress, keep_ar
     todo = plan.to_fetch
     if not todo:
         return result
-    stage_dir = plan.downloads / "stage"
-    shutil.rmtree(stage_dir, ignore_errors=True)  # ours: leftovers of an interrupted unpack
+    stage_root = plan.downloads / "stage"
+    stage_dir = stage_root / plan.folder.name  # the dataset folder as load_dataset finds it under stage_root
+    _clean_staging(plan, stage_root)  # ours: leftovers of an interrupted or failed unpack
     stage_dir.mkdir(parents=True)
-    for fp in todo:
-        sf = fp.source
-        path = plan.downloads / sf.filename
-        if not path.is_file():  # <file> appears only once complete and verified; until then <file>.part
-            part = path.with_name(f"{sf.filename}.part")
-            fetch(fp.url, part, size_hint=sf.size, progress=progress, stage=f"{plan.name}: {sf.filename}")
-            result.digests[sf.filename] = verify(part, sf, progress, f"verify {sf.filename}")
-            part.replace(path)
-        else:
-            result.digests[sf.filename] = sf.checksum or "sha256:(kept from an earlier run)"
-        result.fetched.append(sf.filename)
-        if not sf.checksum:
-            result.unverified.append(sf.filename)
-        _refuse_html(path, sf)
-        if sf.is_archive:
-            unpack(path, sf, stage_dir, progress)
-        else:
-            target = stage_dir / sf.dest
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+    fetched: list[Path] = []
+    try:
+        for fp in todo:
+            sf = fp.source
+            path = plan.downloads / sf.filename
+            if not path.is_file():  # <file> appears only once complete and verified; until then <file>.part
+                part = path.with_name(f"{sf.filename}.part")
+                fetch(fp.url, part, size_hint=sf.size, progress=progress, stage=f"{plan.name}: {sf.filename}")
+                result.digests[sf.filename] = verify(part, sf, progress, f"verify {sf.filename}")
+                part.replace(path)
+            else:
+                result.digests[sf.filename] = sf.checksum or "sha256:(kept from an earlier run)"
+            fetched.append(path)
+            result.fetched.append(sf.filename)
+            if not sf.checksum:
+                result.unverified.append(sf.filename)
+            _refuse_html(path, sf)
+            if sf.is_archive:
+                unpack(path, sf, stage_dir, progress)
+            else:
+                target = stage_dir / sf.dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+        validate_staged(plan, stage_dir, progress)
+    except DamagedArchiveError as err:
+        _clean_staging(plan, stage_root)
+        err.archive.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{plan.name}: {err.message}; it was deleted, nothing was moved into {plan.folder}",
+            f"rerun `cacheclip data get {plan.name}` to download it again (if it fails the same way, "
+            "the server or --mirror sends a damaged file)",
+        ) from None
+    except DownloadError as err:
+        if not isinstance(err, LayoutInvalidError):
+            _clean_staging(plan, stage_root)  # a failed or cut download: its .part is kept to resume
+            raise
+        _clean_staging(plan, stage_root)
+        for path in fetched:
+            path.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{err.message}; the downloads ({', '.join(p.name for p in fetched)}) were deleted, "
+            f"nothing was moved into {plan.folder}",
+            f"rerun `cacheclip data get {plan.name}` to download them again (if it fails the same way, "
+            "the server or --mirror sends other files than the published ones)",
+        ) from None
+    except BaseException:  # the disk, Ctrl-C...: the downloads are kept (they resume), the staging is not
+        _clean_staging(plan, stage_root)
+        raise
     move_into_place(stage_dir, plan.folder)
-    shutil.rmtree(stage_dir, ignore_errors=True)  # what was already there stays in place; the rest is ours
+    _clean_staging(plan, stage_root)  # what was already there stays in place; the rest is ours
     if not keep_archives:
         shutil.rmtree(plan.downloads, ignore_errors=True)
         _remove_if_empty(plan.downloads.parent)
     return result
+
+
+def _clean_staging(plan: DatasetPlan, stage_root: Path) -> None:
+    """Remove the staging folder and every unpack folder of ``plan`` (never the downloads)."""
+    shutil.rmtree(stage_root, ignore_errors=True)
+    for fp in plan.files:
+        work = _work_dir(stage_root / plan.folder.name, fp.source)
+        for folder in (work, work.with_name(work.name + "-inner")):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class LayoutInvalidError(DownloadError):
+    """The unpacked downloads do not make the layout `extract` reads."""
+
+
+def validate_staged(plan: DatasetPlan, stage_dir: Path, progress: Progress = _no_progress) -> None:
+    """The staged dataset folder is a layout `extract` can read: each JSON file parses and, where
+    the whole folder comes by download, the dataset loads and every item is a regular, readable
+    image. LayoutInvalidError otherwise."""
+    from cacheclip.datasets.check import scan_items  # check imports the layouts, not us
+    from cacheclip.datasets.layouts import load_dataset
+
+    for path in sorted(stage_dir.rglob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as err:
+            raise LayoutInvalidError(
+                f"{plan.name}: {path.relative_to(stage_dir)} is not valid JSON ({err})", ""
+            ) from None
+    if plan.source.manual or plan.folder.exists():
+        # the rest comes by hand, or the folder holds the user's files (never judged here: only
+        # the paths it lacks are added, and `data check` runs next): nothing more to validate
+        return
+    try:
+        ds = load_dataset(plan.name, stage_dir.parent)
+        items = list({it.path: it for it in ds.train + ds.val + ds.test}.values())
+        bad = scan_items(ds.image_root, items, progress=progress, stage=f"validate {plan.name}")
+    except CacheClipError as err:
+        raise LayoutInvalidError(f"{plan.name}: the downloads do not make a valid layout: {err.message}", "") from None
+    for paths, what in (
+        (bad.missing, "missing"),
+        (bad.not_regular, "not regular files"),
+        (bad.unreadable, "unreadable"),
+    ):
+        if paths:
+            raise LayoutInvalidError(
+                f"{plan.name}: the downloads do not make a valid layout: {len(paths)} of {len(items)} images are "
+                f"{what} (e.g. {', '.join(paths[:3])})",
+                "",
+            )
 
 
 def _refuse_html(path: Path, sf: SourceFile) -> None:

@@ -194,6 +194,94 @@ def _offline_hint(name: str, tag: str) -> str:
     )
 
 
+HUB_CHECK_SECONDS = 3.0  # how long to wait for the weights' server before saying it cannot be reached
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _weights_cached(tag_cfg: dict, cache_dir: str | None) -> bool:
+    """Whether open_clip finds the weights of a pretrained tag without the network: in the Hugging
+    Face cache (hub weights) or the URL download folder (``~/.cache/clip``)."""
+    from open_clip import pretrained as op
+
+    hub, url = tag_cfg.get("hf_hub", ""), tag_cfg.get("url", "")
+    if "file" in tag_cfg:
+        return True
+    if hub and op.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filename = filename or op.HF_WEIGHTS_NAME
+        names = {filename, op.HF_SAFE_WEIGHTS_NAME, str(Path(filename).with_suffix(".safetensors"))}
+        return any(isinstance(try_to_load_from_cache(repo, n, cache_dir=cache_dir), str) for n in names)
+    if url:
+        folder = Path(cache_dir).expanduser() if cache_dir else Path("~/.cache/clip").expanduser()
+        return (folder / os.path.basename(url)).is_file()
+    return False
+
+
+def _weights_server(tag_cfg: dict) -> str:
+    """The URL open_clip would download a tag's weights from (the hub's endpoint, or the URL)."""
+    from open_clip import pretrained as op
+
+    if tag_cfg.get("hf_hub") and op.has_hf_hub():
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    return tag_cfg.get("url", "")
+
+
+def _unreachable(url: str, seconds: float) -> str:
+    """Why ``url``'s server does not answer an HTTP HEAD within ``seconds`` ("" when it answers, with
+    any status), through the proxies of the environment; the request runs in a thread that is left
+    behind when it takes longer (name lookups have no timeout of their own)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answer: list[str] = []
+
+    def attempt() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=seconds).close()
+            answer.append("")
+        except urllib.error.HTTPError:  # the server answered
+            answer.append("")
+        except Exception as e:  # URLError, timeouts, refused or reset connections, bad URLs
+            answer.append(re.sub(r"\s+", " ", str(getattr(e, "reason", e) or type(e).__name__)))
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return answer[0] if answer else f"no answer in {seconds:g} s"
+
+
+def _check_weights_reachable(name: str, tag: str, cache_dir: str | None) -> None:
+    """Fail at once, with the usual hint, when a tag's weights are not cached and cannot be fetched
+    (offline mode, or the server does not answer within ``HUB_CHECK_SECONDS``), instead of
+    spending the download's retries (about a minute) to say the same."""
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not tag_cfg or _weights_cached(tag_cfg, cache_dir):
+        return
+    server = _weights_server(tag_cfg)
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        problem = _unreachable(server, HUB_CHECK_SECONDS) if server else ""
+        if not problem:
+            return
+        why = f"{server} cannot be reached ({problem})"
+    raise ModelLoadError(
+        f"cannot get the '{tag}' weights of {name} (offline, or not downloaded yet): they are not cached "
+        f"here and {why}",
+        _offline_hint(name, tag),
+    )
+
+
 def _create(name: str, pretrained: str | None, force_quick_gelu: bool, device: str, cache_dir: str | None):
     import open_clip
 
@@ -250,6 +338,8 @@ def load_model(
         )
     source = None if ref.pretrained == RANDOM_WEIGHTS else (ref.checkpoint_path or ref.pretrained)
     force = ref.quick_gelu and not _config_quick_gelu(ref.name)
+    if source is not None and ref.checkpoint_path is None:  # a tag: downloaded unless cached
+        _check_weights_reachable(ref.name, ref.pretrained, weights_dir)
     try:
         net, _, val_transform = _create(ref.name, source, force, device, weights_dir)
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike

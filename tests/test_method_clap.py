@@ -22,7 +22,7 @@ from cacheclip.fit.methods.clap import (
     clap_lambdas,
     coop_lr_schedule,
     epoch_batches,
-    penalty_grad,
+    penalty,
     train_probe,
 )
 from cacheclip.fit.stage import FitConfig, fit_dataset
@@ -125,11 +125,13 @@ def test_lambdas_are_the_zero_shot_soft_accuracy_on_all_views():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_penalty_grad_matches_autograd_of_the_penalty():
-    w, t, lam = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6), torch.rand(4)
-    penalty = sum(lam[k] * ((w[k] - t[k]) ** 2).sum() for k in range(4)) / 4  # (1/K) sum_k lambda_k |w_k - t_k|^2
-    (expected,) = torch.autograd.grad(penalty, [w])
-    torch.testing.assert_close(penalty_grad(w.detach(), t, lam), expected)
+def test_penalty_is_the_class_weighted_pull_and_its_gradient_the_papers():
+    w, t, lam = torch.randn(2, 4, 6, requires_grad=True), torch.randn(4, 6), torch.rand(2, 4)
+    got = penalty(w, t, lam)  # (R,): (1/K) sum_k lambda_k |w_k - t_k|^2 per run
+    want = [sum(lam[r, k] * ((w[r, k] - t[k]) ** 2).sum() for k in range(4)) / 4 for r in range(2)]
+    torch.testing.assert_close(got, torch.stack(want))
+    (grad,) = torch.autograd.grad(got.sum(), [w])
+    torch.testing.assert_close(grad, 2.0 / 4 * lam[..., None] * (w.detach() - t))  # autograd: the written-out one
 
 
 @pytest.mark.parametrize("sampling", ["image", "pool"])

@@ -8,21 +8,27 @@ a class-adaptive pull back to that start. ``zs-lp`` and ``clap`` share this modu
     CLAP     loss = CE + (1/K) sum_k lambda_k ||w_k - t_k||^2        (raw vectors)
     lambda_k = mean, over every cached view of the class-k support images, of softmax(s * f^ @ t^^T)_k
 
-SGD (momentum 0.9, no weight decay, PyTorch semantics), one warm-up epoch at lr 1e-5, then a
+SGD (momentum 0.9, no weight decay, torch.optim's), one warm-up epoch at lr 1e-5, then a
 cosine from lr 0.1 (Dassl's schedule, ``coop_lr_schedule``); batches of 256, floor(N / 256) steps
 per epoch (1 step of all N when N < 256); 300 epochs; the last epoch is kept (CLAP selects
-nothing). lambda is computed once and kept fixed: the shipped CLAP command never runs the
-paper's augmented-Lagrangian update. Randomness: ``torch.Generator().manual_seed(seed)`` only.
+nothing; ``--epoch best-val``: the first best val epoch). lambda is computed once and kept fixed:
+the shipped CLAP command never runs the paper's augmented-Lagrangian update.
 
-Also used by ``lp_plus_plus``: ``sgd_step_``, ``aug_scale``, ``store_templates``, ``view_differences``.
+Trained on :mod:`cacheclip.fit.trainer`: every seed of a shot count in one stack (R runs, W (R, K, D)),
+the loss written once for R runs (CLAP's penalty a term of it: autograd gives its gradient), SGD by
+torch.optim, each run's batches drawn from its own ``torch.Generator().manual_seed(seed)``, epoch
+by epoch (image: ``randint(V, (N,))`` unless V = 1, then ``randperm(N)``; pool: ``randperm(N V)``):
+the draws of the one-run loop this replaced, so a run's numbers are the same (float tolerance)
+whatever runs share its stack.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,7 +46,17 @@ from cacheclip.fit.methods.base import (
     view_differences,
 )
 from cacheclip.fit.metrics import classification_metrics
-from cacheclip.fit.train import BestEpoch, batch_plan, last_epoch_record, top1_percent
+from cacheclip.fit.train import batch_plan, last_epoch_record
+from cacheclip.fit.trainer import (
+    Keeper,
+    Recipe,
+    Samples,
+    Stack,
+    run_cross_entropy,
+    stack_blocks,
+    stack_chunks,
+    train_stack,
+)
 from cacheclip.settings import setting
 
 CLAP_VIEWS = 20  # augmented views per image encoded by CLAP's code
@@ -79,28 +95,24 @@ class ClapConfig:
             raise ConfigError(f"--clap-sampling {self.sampling} is not supported", f"use {' or '.join(SAMPLINGS)}")
 
 
-# ---------------------------------------------------------------- helpers shared with lp_plus_plus
+# ---------------------------------------------------------------- the schedule
 
 
-def coop_lr_schedule(epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> list[float]:
-    """The lr of each epoch (len == epochs): Dassl's constant warm-up around CosineAnnealingLR(T=epochs).
+def coop_lr(epoch: int, lr: float, epochs: int, warmup_epochs: int, warmup_lr: float) -> float:
+    """Epoch ``epoch``'s (0-based) lr: Dassl's constant warm-up around CosineAnnealingLR(T=epochs).
 
     e < W: warmup_lr;  e >= W: lr * (1 + cos(pi * (e - W) / T)) / 2   (W = warmup_epochs, T = epochs).
     The cosine restarts its count after the warm-up but keeps T, so it never reaches 0
     (the derivation of ``cacheclip.fit.train.lr_per_epoch``).
     """
-    return [
-        warmup_lr if e < warmup_epochs else lr * (1.0 + math.cos(math.pi * (e - warmup_epochs) / epochs)) / 2.0
-        for e in range(epochs)
-    ]
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2.0
 
 
-def sgd_step_(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float, momentum: float, wd: float = 0.0):
-    """torch.optim.SGD's update in place (no dampening, no Nesterov); ``buf`` starts at zero."""
-    if wd:
-        grad = grad + wd * param
-    buf.mul_(momentum).add_(grad)
-    param.add_(buf, alpha=-lr)
+def coop_lr_schedule(epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> list[float]:
+    """The lr of each epoch (len == epochs), :func:`coop_lr` epoch by epoch."""
+    return [coop_lr(e, lr, epochs, warmup_epochs, warmup_lr) for e in range(epochs)]
 
 
 # ---------------------------------------------------------------- the math
@@ -134,10 +146,34 @@ def clap_lambdas(views: torch.Tensor, labels: torch.Tensor, base: torch.Tensor, 
     return (sums / torch.bincount(y, minlength=k).clamp(min=1)).float()
 
 
-def penalty_grad(weight: torch.Tensor, base: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
-    """d/dW of (1/K) sum_k lambda_k ||w_k - t_k||^2 = (2/K) lambda_k (w_k - t_k), (K, D).
-    Written out: autograd through the (K, D) temporaries cost ~20% of a K = 397 step."""
-    return (weight - base).mul_(lambdas[:, None] * (2.0 / weight.shape[0]))
+def penalty(weight: torch.Tensor, base: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """CLAP's pull (1/K) sum_k lambda_k ||w_k - t_k||^2 per run (R,): weight (R, K, D), base t (K, D),
+    lambdas (R, K). A loss term: autograd gives its gradient (2/K) lambda_k (w_k - t_k)."""
+    return (lambdas * (weight - base).pow(2).sum(-1)).sum(-1) / weight.shape[1]
+
+
+def probe_loss(
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    scale: float,
+    base: torch.Tensor | None = None,
+    lambdas: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each run's loss (R,): mean CE of s normalize(x) normalize(W)^T, plus CLAP's :func:`penalty`
+    when ``lambdas`` (R, K) is given. x (R, B, D) raw, y (R, B), W (R, K, D)."""
+    w = params["weight"]
+    z = torch.bmm(scale * F.normalize(x, dim=-1), F.normalize(w, dim=-1).transpose(1, 2))  # (R, B, K)
+    loss = run_cross_entropy(z, y)
+    return loss if lambdas is None else loss + penalty(w, base, lambdas)
+
+
+def step_rows(n: int, v: int, batch_size: int, sampling: str) -> tuple[int, int]:
+    """(rows per step, steps per epoch): batch_plan(N, batch)'s steps; pool steps take
+    min(batch, N V) views each, image steps batch_plan's images."""
+    size, steps = batch_plan(n, batch_size)
+    return (min(batch_size, n * v) if sampling == "pool" else size), steps
 
 
 def epoch_batches(n: int, v: int, batch_size: int, gen: torch.Generator, sampling: str) -> list[tuple]:
@@ -147,13 +183,159 @@ def epoch_batches(n: int, v: int, batch_size: int, gen: torch.Generator, samplin
            ``randperm(N)``: every image at most once per epoch.
     pool:  batches of min(batch, N V) rows of ``randperm(N V)`` (flat i V + j = view j of image i),
            as CLAP's loader over its pool of views."""
-    steps = batch_plan(n, batch_size)[1]
+    size, steps = step_rows(n, v, batch_size, sampling)
     if sampling == "pool":
-        perm, size = torch.randperm(n * v, generator=gen), min(batch_size, n * v)
+        perm = torch.randperm(n * v, generator=gen)
         return [(b // v, b % v) for b in (perm[i * size : (i + 1) * size] for i in range(steps))]
     view = torch.randint(v, (n,), generator=gen) if v > 1 else torch.zeros(n, dtype=torch.long)
-    perm, size = torch.randperm(n, generator=gen), batch_plan(n, batch_size)[0]
+    perm = torch.randperm(n, generator=gen)
     return [(b, view[b]) for b in (perm[i * size : (i + 1) * size] for i in range(steps))]
+
+
+def epoch_rows(n: int, v: int, batch_size: int, gen: torch.Generator, sampling: str) -> Iterator[torch.Tensor]:
+    """Endless epochs, each (steps, B) rows i V + j into the run's (N V, D) views: the draws of
+    :func:`epoch_batches`, epoch after epoch."""
+    while True:
+        yield torch.stack([i * v + j for i, j in epoch_batches(n, v, batch_size, gen, sampling)])
+
+
+# ---------------------------------------------------------------- training, stacked
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """One probe to train: its views, CLAP's lambdas (None: ZS-LP), its own generator, and a val
+    scored after every epoch (the first best epoch kept) or None (the last epoch kept)."""
+
+    views: torch.Tensor  # (N, V, D) raw
+    labels: torch.Tensor  # (N,)
+    lambdas: torch.Tensor | None  # (K,)
+    gen: torch.Generator
+    val: tuple[torch.Tensor, torch.Tensor] | None = None  # (M, D) raw, (M,)
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    """A trained probe: W (K, D) on the CPU; with val, the epoch kept (1-based) and the record."""
+
+    weight: torch.Tensor
+    epoch: int
+    record: dict | None  # {"rule": "best-val", "chosen", "val_top1"}; None without val
+
+
+def train_probes(
+    runs: Sequence[ProbeRun],
+    base: torch.Tensor,
+    cfg: ClapConfig,
+    *,
+    scale: float,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> list[ProbeFit]:
+    """Train every run from W = base, stacked (:mod:`cacheclip.fit.trainer`): runs with the same
+    rows per step and steps per epoch together, in chunks that keep their state in the cache.
+    Each run draws its batches from its own generator, so its result depends only on its own
+    inputs. ``on_epoch(r, epoch, W)`` sees run r's W (K, D) after every epoch (1-based);
+    ``progress(done, total)`` counts run-epochs. Generator draws stay on the CPU: a seed gives
+    the same batches on any device."""
+    k, d = base.shape
+    groups: dict[tuple[int, int], list[int]] = {}
+    for r, run in enumerate(runs):
+        groups.setdefault(step_rows(*run.views.shape[:2], cfg.batch_size, cfg.sampling), []).append(r)
+    out: list[ProbeFit | None] = [None] * len(runs)
+    done, total = 0, len(runs) * cfg.epochs
+    for members in groups.values():
+        for chunk in stack_chunks(len(members), 3 * k * d * 4, device):  # W, its gradient, SGD's momentum
+            rs = [members[i] for i in chunk]
+            tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
+            hook = None if on_epoch is None else partial(_relay_epoch, on_epoch, rs)
+            for r, fit in zip(
+                rs, _train_stack([runs[r] for r in rs], base, cfg, scale, device, tick, hook), strict=True
+            ):
+                out[r] = fit
+            done += len(rs) * cfg.epochs
+    return out  # type: ignore[return-value]
+
+
+def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
+    progress(done + epoch * runs, total)
+
+
+def _relay_epoch(on_epoch, rs: list[int], j: int, epoch: int, w: torch.Tensor) -> None:
+    on_epoch(rs[j], epoch, w)
+
+
+def _train_stack(runs: Sequence[ProbeRun], base, cfg: ClapConfig, scale, device, progress, on_epoch) -> list[ProbeFit]:
+    """One stack: per run its table, its endless epochs of rows from its own generator, CLAP's
+    lambdas; SGD by torch.optim; val scored after each epoch in one batched forward."""
+    r, (k, d) = len(runs), base.shape
+    n, v, _ = runs[0].views.shape
+    size, steps = step_rows(n, v, cfg.batch_size, cfg.sampling)
+    tables = [(run.views.float(), run.labels.to(torch.long).repeat_interleave(run.views.shape[1])) for run in runs]
+    streams = [epoch_rows(*run.views.shape[:2], cfg.batch_size, run.gen, cfg.sampling) for run in runs]
+    t = base.to(device, torch.float32)
+    clap = any(run.lambdas is not None for run in runs)
+    lambdas = (
+        torch.stack([torch.zeros(k) if run.lambdas is None else run.lambdas.float().cpu() for run in runs]).to(device)
+        if clap
+        else None
+    )
+    stack = Stack(
+        params={"weight": t.expand(r, k, d).clone()},
+        loss=partial(probe_loss, scale=scale, base=t, lambdas=lambdas),
+        recipe=Recipe("sgd", momentum=cfg.momentum),
+        lrs=[cfg.lr] * r,
+        weight_decays=[cfg.weight_decay] * r,
+        schedule=lambda i, peak: coop_lr(i // steps, peak, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
+        samples=Samples(tables, range(r), device),
+        blocks=stack_blocks(streams, device),
+        step_flops=4.0 * r * size * k * d,
+    )
+    has_val = runs[0].val is not None
+    keeper = Keeper(r, ties="first") if has_val else None
+    val = stacked_val([run.val for run in runs], d, device) if has_val else None
+
+    def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
+        if (i + 1) % steps:
+            return
+        epoch, w = (i + 1) // steps, params["weight"]
+        if on_epoch is not None:
+            for j in range(r):
+                on_epoch(j, epoch, w[j])
+        if keeper is not None:
+            keeper.observe(epoch, val_top1(val, w, scale), params)
+        if progress is not None:
+            progress(epoch)
+
+    last = train_stack(stack, cfg.epochs * steps, after_step)["weight"].cpu()
+    if keeper is None:
+        return [ProbeFit(last[j], cfg.epochs, None) for j in range(r)]
+    kept = keeper.state["weight"].cpu()
+    return [
+        ProbeFit(kept[j], int(keeper.at[j]), {"rule": "best-val", "chosen": int(keeper.at[j]), "val_top1": curve})
+        for j, curve in enumerate(keeper.curves)
+    ]
+
+
+def stacked_val(vals, d: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalize(x) (R, M, D), y (R, M), sizes (R,)): each run's val, zero-padded to the largest
+    with label -1 (never a prediction)."""
+    m = max(len(y) for _, y in vals)
+    x = torch.zeros(len(vals), m, d, device=device)
+    y = torch.full((len(vals), m), -1, dtype=torch.long, device=device)
+    for j, (feats, labels) in enumerate(vals):
+        x[j, : len(labels)] = F.normalize(feats.to(device, torch.float32), dim=-1)
+        y[j, : len(labels)] = labels.to(device, torch.long)
+    return x, y, torch.tensor([len(labels) for _, labels in vals], dtype=torch.float64)
+
+
+def val_top1(val: tuple[torch.Tensor, torch.Tensor, torch.Tensor], weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each run's val top-1 % (R,) of s normalize(f) normalize(W)^T, W (R, K, D): ``top1_percent``'s number."""
+    x, y, sizes = val
+    z = torch.bmm(scale * x, F.normalize(weight, dim=-1).transpose(1, 2))
+    correct = z.argmax(-1).eq(y).sum(1).cpu().double()
+    return 100.0 * correct / sizes.clamp(min=1)
 
 
 def train_probe(
@@ -169,30 +351,12 @@ def train_probe(
     progress: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """W (K, D) after cfg.epochs epochs from W = base; lambdas None: ZS-LP, (K,): CLAP's penalty.
-    ``on_epoch(epoch, W)`` sees W after every epoch (1-based), e.g. to keep the best val epoch.
-
-    views (N, V, D) raw, labels (N,). Generator draws stay on the CPU, so a seed gives the same
-    batches on any device. Returns the last epoch's W on the CPU."""
-    x, y = views.to(device, torch.float32), labels.to(device, torch.long)
-    t = base.to(device, torch.float32)
-    lam = None if lambdas is None else lambdas.to(device, torch.float32)
-    w, buf = t.clone().requires_grad_(True), torch.zeros_like(t)
-    n, v, _ = x.shape
-    for epoch, lr in enumerate(coop_lr_schedule(cfg.epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)):
-        for img, view in epoch_batches(n, v, cfg.batch_size, gen, cfg.sampling):
-            img, view = img.to(device), view.to(device)
-            loss = F.cross_entropy(cosine_logits(x[img, view], w, scale), y[img])  # (B, K) logits
-            (grad,) = torch.autograd.grad(loss, [w])
-            with torch.no_grad():
-                if lam is not None:
-                    grad += penalty_grad(w, t, lam)
-                sgd_step_(w, grad, buf, lr, cfg.momentum, cfg.weight_decay)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, w.detach())
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs)
-    return w.detach().cpu()
+    """One probe alone (a stack of one): W (K, D) after cfg.epochs epochs from W = base, on the CPU;
+    lambdas None: ZS-LP, (K,): CLAP's penalty. ``on_epoch(epoch, W)`` sees W after every epoch
+    (1-based). views (N, V, D) raw, labels (N,). See :func:`train_probes`."""
+    hook = None if on_epoch is None else (lambda _, epoch, w: on_epoch(epoch, w))
+    run = ProbeRun(views, labels, lambdas, gen)
+    return train_probes([run], base, cfg, scale=scale, device=device, progress=progress, on_epoch=hook)[0].weight
 
 
 # ---------------------------------------------------------------- the methods
@@ -220,76 +384,59 @@ def payload(ctx: FitContext, clap: bool) -> dict[str, Any]:
 
 
 def _train(ctx: FitContext, plans: list[RunPlan], clap: bool) -> list[Trained]:
+    """Every seed of this shot count in one call: the probes train stacked (:func:`train_probes`)."""
     cfg, data = ctx.config, ctx.data
-    base = base_text(data.per_template)
-    out = []
-    for done, plan in enumerate(plans):
-        start = time.perf_counter()
+    start, base, best_val = time.perf_counter(), base_text(data.per_template), ctx.epoch_rule == "best-val"
+    runs, vals = [], []
+    for plan in plans:
         _, views, labels = ctx.train_views(plan.split)  # views (N, V, D) raw
         views, labels = views.to(ctx.device, torch.float32), labels.to(ctx.device)
         lambdas = clap_lambdas(views, labels, base.to(ctx.device), data.logit_scale).cpu() if clap else None
-
-        def tick(epoch: int, total: int, offset: int = done * cfg.epochs) -> None:
-            ctx.tick(offset + epoch, len(plans) * total)
-
-        gen = torch.Generator().manual_seed(plan.seed)
         val = ctx.val_features(plan.split)  # only reported, unless --epoch best-val chooses the epoch on it
-        keeper = BestEpoch(1) if ctx.epoch_rule == "best-val" else None
-        on_epoch = None if keeper is None else _scorer(keeper, val, data.logit_scale)
-        weight = train_probe(
-            views,
-            labels,
-            base,
-            lambdas,
-            cfg,
-            scale=data.logit_scale,
-            gen=gen,
-            device=ctx.device,
-            progress=tick,
-            on_epoch=on_epoch,
-        )
-        if keeper is not None:
-            weight, kept = keeper.state["weight"][0].cpu(), keeper.record()
-            selection = {"on": ctx.selection_source, "candidates": {"epochs": cfg.epochs}, "chosen": {}}
-        else:
-            kept = last_epoch_record(cfg.epochs, ctx.epoch_fallback)
-            selection = {
-                "on": "none",
-                "candidates": [{"epoch": cfg.epochs}],
-                "chosen": {},
-                "reason": "the paper selects nothing: the last epoch is kept"
-                + ("; val is only reported" if val else "; no val split"),
-            }
-        chosen = {"epoch": kept["chosen"]}
-        selection["chosen"], selection["epoch"] = chosen, kept
-        predict = _predictor(weight, data.logit_scale)
-        val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
-        config = {**payload(ctx, clap), "chosen": chosen, "classifier": "learned cosine classifier (K, D), from t"}
-        tensors = {"weight": weight, "base": base.clone()}
-        if lambdas is not None:
-            tensors["lambdas"] = lambdas
-        meta = {
-            "method_config": chosen,
-            "classnames": data.classnames,
-            "logit_scale": data.logit_scale,
-            "logits": "logit_scale * normalize(f) @ normalize(weight).T",
+        gen = torch.Generator().manual_seed(plan.seed)
+        runs.append(ProbeRun(views, labels, lambdas, gen, val if best_val else None))
+        vals.append(val)
+    fits = train_probes(runs, base, cfg, scale=data.logit_scale, device=ctx.device, progress=ctx.tick)
+    seconds = (time.perf_counter() - start) / max(1, len(plans))
+    return [
+        _trained(ctx, plan, fit, run.lambdas, base, val, clap, seconds)
+        for plan, fit, run, val in zip(plans, fits, runs, vals, strict=True)
+    ]
+
+
+def _trained(ctx: FitContext, plan: RunPlan, fit: ProbeFit, lambdas, base, val, clap: bool, seconds: float) -> Trained:
+    cfg, data = ctx.config, ctx.data
+    if fit.record is not None:
+        kept = fit.record
+        selection = {"on": ctx.selection_source, "candidates": {"epochs": cfg.epochs}, "chosen": {}}
+    else:
+        kept = last_epoch_record(cfg.epochs, ctx.epoch_fallback)
+        selection = {
+            "on": "none",
+            "candidates": [{"epoch": cfg.epochs}],
+            "chosen": {},
+            "reason": "the paper selects nothing: the last epoch is kept"
+            + ("; val is only reported" if val else "; no val split"),
         }
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), time.perf_counter() - start))
-    return out
+    chosen = {"epoch": kept["chosen"]}
+    selection["chosen"], selection["epoch"] = chosen, kept
+    predict = _predictor(fit.weight, data.logit_scale)
+    val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
+    config = {**payload(ctx, clap), "chosen": chosen, "classifier": "learned cosine classifier (K, D), from t"}
+    tensors = {"weight": fit.weight, "base": base.clone()}
+    if lambdas is not None:
+        tensors["lambdas"] = lambdas
+    meta = {
+        "method_config": chosen,
+        "classnames": data.classnames,
+        "logit_scale": data.logit_scale,
+        "logits": "logit_scale * normalize(f) @ normalize(weight).T",
+    }
+    return Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds)
 
 
 def _predictor(weight: torch.Tensor, scale: float):
     return lambda feats: cosine_logits(feats, weight, scale).cpu()
-
-
-def _scorer(keeper: BestEpoch, val: tuple[torch.Tensor, torch.Tensor], scale: float):
-    """on_epoch for ``train_probe``: W's val top-1, kept by ``keeper`` when best so far."""
-
-    def on_epoch(epoch: int, weight: torch.Tensor) -> None:
-        preds = cosine_logits(val[0].to(weight.device), weight, scale)
-        keeper.observe(epoch, torch.tensor([top1_percent(preds, val[1])]), {"weight": weight[None]})
-
-    return on_epoch
 
 
 def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_scale: float, device: str):

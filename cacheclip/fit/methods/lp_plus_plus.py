@@ -16,14 +16,23 @@ with the gradient g of that same pass: by default this epoch's gradient (the pap
 which never zeroes alpha's ``.grad``. Kept: the last epoch with the best val top-1 (``>=``, as the
 code), or the last epoch without val. Randomness: ``torch.Generator().manual_seed(seed)``, drawn
 in this order: the view of each image, then the bias.
+
+Trained on :mod:`cacheclip.fit.trainer`: every seed of a shot count in one stack, the loss written
+once for R runs, (W, b) by torch.optim's SGD with one param group per run (the step size lr_w is
+each run's own, computed from its data; for a full-batch method, one step per epoch, that costs
+little), alpha by its own documented update (:func:`_alpha_step`: a plain step every n-th epoch,
+with the quirk's running sum, which no torch.optim step gives). Each run's draws are the one-run
+loop's, so its numbers are the same (float tolerance) whatever runs share its stack.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,8 +42,8 @@ from cacheclip.datasets.fewshot import VAL_SHOTS_CAP
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, view_differences
-from cacheclip.fit.methods.clap import sgd_step_
 from cacheclip.fit.metrics import classification_metrics
+from cacheclip.fit.trainer import Keeper, Recipe, Samples, Stack, run_cross_entropy, stack_chunks, train_stack
 from cacheclip.settings import setting
 
 LPP_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop scale
@@ -132,9 +141,18 @@ def lpp_logits(feats: torch.Tensor, weight, bias, alpha, text_hat) -> torch.Tens
     return f @ weight.t() + bias + alpha * (f @ text_hat.t())
 
 
+def lpp_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, alpha: torch.Tensor) -> torch.Tensor:
+    """Each run's mean CE (R,) of f W^T + b + alpha * sim: x (R, M, D + K) rows [f, f . t^] (the
+    text similarities ride along the features: computed once), y (R, M), W (R, K, D), b and alpha (R, K)."""
+    k = alpha.shape[-1]
+    f, sim = x[..., :-k], x[..., -k:]
+    z = torch.baddbmm(params["bias"][:, None, :], f, params["weight"].transpose(1, 2)) + alpha[:, None, :] * sim
+    return run_cross_entropy(z, y)
+
+
 @dataclass
 class LppFit:
-    """A trained LP++ probe (CPU tensors), the epoch kept and each epoch's val top-1 (%)."""
+    """A trained LP++ probe (CPU tensors), the epoch kept and each epoch's val top-1 (%, 4 decimals)."""
 
     weight: torch.Tensor  # (K, D)
     bias: torch.Tensor  # (K,)
@@ -144,6 +162,152 @@ class LppFit:
     lr_alpha: float
     epoch: int
     val_top1: list[float]
+
+
+@dataclass(frozen=True)
+class LppRun:
+    """One LP++ run: raw views (N, V, D), labels (N,), its own generator, and the val it keeps its
+    last best epoch on (None: the last epoch)."""
+
+    views: torch.Tensor
+    labels: torch.Tensor
+    gen: torch.Generator
+    val: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class _Prepared:  # one run's full batch, start and step sizes
+    table: torch.Tensor  # (M, D + K): [f, f . t^]
+    labels: torch.Tensor  # (M,)
+    weight: torch.Tensor
+    bias: torch.Tensor
+    alpha: torch.Tensor
+    lr_w: float
+    lr_alpha: float
+
+
+def train_lpps(
+    runs: Sequence[LppRun],
+    per_template: torch.Tensor,
+    cfg: LppConfig,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LppFit]:
+    """Train every run, stacked (:mod:`cacheclip.fit.trainer`), in chunks that keep their state in
+    the cache. Per run, from its own generator in this order: its training set (the view of each
+    image), then its bias; then its step sizes. (W, b) step by torch.optim's SGD at the run's own
+    lr_w: data-dependent, so one param group per run (a full-batch method: one step per epoch, the
+    groups cost little). alpha steps by a method-owned update (:func:`_alpha_step`), as LP++'s own
+    code does outside its optimiser. ``progress(done, total)`` counts run-epochs."""
+    text_hat = ensemble_text(per_template).to(device)
+    k, d = text_hat.shape
+    prepared = [_prepare(run, text_hat, cfg, device) for run in runs]
+    order = sorted(range(len(runs)), key=lambda r: prepared[r].lr_w)  # equal step sizes adjacent: one group
+    out: list[LppFit | None] = [None] * len(runs)
+    done, total = 0, len(runs) * cfg.epochs
+    for chunk in stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device):  # W, b, grads, momenta, alpha
+        rs = [order[i] for i in chunk]
+        tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
+        fits = _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
+        for r, fit in zip(rs, fits, strict=True):
+            out[r] = fit
+        done += len(rs) * cfg.epochs
+    return out  # type: ignore[return-value]
+
+
+def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
+    progress(done + epoch * runs, total)
+
+
+def _prepare(run: LppRun, text_hat: torch.Tensor, cfg: LppConfig, device: str) -> _Prepared:
+    f, y = training_set(run.views.to(device), run.labels.to(device, torch.long), run.gen, cfg.views)
+    weight, bias, alpha = init_params(f, y, text_hat, run.gen)
+    lr_w, lr_alpha = step_sizes(f, text_hat)
+    return _Prepared(torch.cat([f, f @ text_hat.t()], dim=1), y, weight, bias, alpha, lr_w, lr_alpha)
+
+
+def _alpha_step(alpha: torch.Tensor, grad_sum: torch.Tensor, lr_alpha: torch.Tensor, epoch: int, cfg: LppConfig):
+    """After epoch ``epoch``'s (W, b) step: take alpha's gradient of that epoch's pass (autograd left
+    it in ``alpha.grad``: alpha is no optimiser parameter), add it to the running sum, and every
+    ``alpha_every`` epochs step alpha -= lr_alpha * (the sum if cfg.quirk, else this gradient)."""
+    with torch.no_grad():
+        grad, alpha.grad = alpha.grad, None
+        grad_sum += grad
+        if epoch % cfg.alpha_every == 0:
+            alpha -= lr_alpha * (grad_sum if cfg.quirk else grad)
+
+
+def _train_stack(runs, prepared: list[_Prepared], text_hat, cfg: LppConfig, device, progress) -> list[LppFit]:
+    r, (k, d) = len(runs), text_hat.shape
+    m = max(len(p.labels) for p in prepared)
+    rows = torch.full((1, r, m), -1, dtype=torch.long)  # the full batch every epoch, -1 pads a smaller one
+    for j, p in enumerate(prepared):
+        rows[0, j, : len(p.labels)] = torch.arange(len(p.labels))
+    alpha = torch.stack([p.alpha for p in prepared]).requires_grad_(True)  # (R, K): method-owned, see _alpha_step
+    grad_sum = torch.zeros_like(alpha)
+    lr_alpha = torch.tensor([[p.lr_alpha] for p in prepared], device=device)
+    stack = Stack(
+        params={"weight": torch.stack([p.weight for p in prepared]), "bias": torch.stack([p.bias for p in prepared])},
+        loss=partial(lpp_loss, alpha=alpha),
+        recipe=Recipe("sgd", momentum=cfg.momentum),
+        lrs=[p.lr_w for p in prepared],
+        weight_decays=[0.0] * r,
+        schedule=lambda i, peak: peak,
+        samples=Samples([(p.table, p.labels) for p in prepared], range(r), device),
+        blocks=itertools.repeat(rows.to(device)),
+        step_flops=4.0 * r * m * k * d,
+    )
+    keeper = Keeper(r, ties="last") if runs[0].val is not None else None  # LP++'s code: >=, the last best
+    if keeper is not None:
+        fv, yv, sizes = _stacked_val([run.val for run in runs], text_hat, device)
+
+    def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
+        _alpha_step(alpha, grad_sum, lr_alpha, i + 1, cfg)
+        if keeper is not None:
+            state = {**params, "alpha": alpha.detach()}
+            keeper.observe(i + 1, _val_top1(fv, yv, sizes, state), state)
+        if progress is not None:
+            progress(i + 1)
+
+    last = {**train_stack(stack, cfg.epochs, after_step), "alpha": alpha.detach()}
+    state = keeper.state if keeper is not None else last
+    w, b, a = (state[n].cpu() for n in ("weight", "bias", "alpha"))
+    th = text_hat.cpu()
+    return [
+        LppFit(
+            w[j],
+            b[j],
+            a[j],
+            th.clone(),
+            lr_w=p.lr_w,
+            lr_alpha=p.lr_alpha,
+            epoch=int(keeper.at[j]) if keeper is not None else cfg.epochs,
+            val_top1=keeper.curves[j] if keeper is not None else [],
+        )
+        for j, p in enumerate(prepared)
+    ]
+
+
+def _stacked_val(vals, text_hat: torch.Tensor, device: str):
+    """([f, f . t^] (R, M, D + K) normalised, y (R, M), sizes (R,)): each run's val, zero-padded to
+    the largest with label -1 (never a prediction)."""
+    m, (k, d) = max(len(y) for _, y in vals), text_hat.shape
+    x = torch.zeros(len(vals), m, d + k, device=device)
+    y = torch.full((len(vals), m), -1, dtype=torch.long, device=device)
+    for j, (feats, labels) in enumerate(vals):
+        f = F.normalize(feats.to(device, torch.float32), dim=-1)
+        x[j, : len(labels)] = torch.cat([f, f @ text_hat.t()], dim=1)
+        y[j, : len(labels)] = labels.to(device, torch.long)
+    return x, y, torch.tensor([len(labels) for _, labels in vals], dtype=torch.float64)
+
+
+def _val_top1(x, y, sizes, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each run's val top-1 % (R,): 100 * correct / M, as the one-run loop computed it."""
+    with torch.no_grad():
+        k = state["alpha"].shape[-1]
+        z = torch.baddbmm(state["bias"][:, None, :], x[..., :-k], state["weight"].transpose(1, 2))
+        z = z + state["alpha"][:, None, :] * x[..., -k:]
+        return 100.0 * z.argmax(-1).eq(y).sum(1).cpu().double() / sizes.clamp(min=1)
 
 
 def train_lpp(
@@ -157,37 +321,10 @@ def train_lpp(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> LppFit:
-    """LP++ on raw views (N, V, D), labels (N,), raw text (T, K, D). With ``val`` (raw feats, labels)
-    every epoch is scored and the LAST best one is kept (ties: the later epoch); else the last."""
-    text_hat = ensemble_text(per_template).to(device)
-    f, y = training_set(views.to(device), labels.to(device, torch.long), gen, cfg.views)
-    w, b, a = (p.requires_grad_(True) for p in init_params(f, y, text_hat, gen))
-    lr_w, lr_a = step_sizes(f, text_hat)
-    sim = f @ text_hat.t()  # (M, K): fixed, computed once
-    buf_w, buf_b, grad_sum = torch.zeros_like(w), torch.zeros_like(b), torch.zeros_like(a)
-    if val is not None:  # scored every epoch: normalise once, keep its text similarities
-        fv, yv = F.normalize(val[0].to(device).float(), dim=-1), val[1].to(device)
-        sim_v = fv @ text_hat.t()
-    best, best_correct, accs = None, -1, []
-    for epoch in range(1, cfg.epochs + 1):
-        loss = F.cross_entropy(f @ w.t() + b + a * sim, y)
-        g_w, g_b, g_a = torch.autograd.grad(loss, [w, b, a])  # all at the same point, before W moves
-        with torch.no_grad():
-            sgd_step_(w, g_w, buf_w, lr_w, cfg.momentum)
-            sgd_step_(b, g_b, buf_b, lr_w, cfg.momentum)
-            grad_sum += g_a
-            if epoch % cfg.alpha_every == 0:
-                a -= lr_a * (grad_sum if cfg.quirk else g_a)
-            if val is not None:
-                correct = int(((fv @ w.t() + b + a * sim_v).argmax(1) == yv).sum())
-                accs.append(100.0 * correct / max(1, len(yv)))
-                if correct >= best_correct:  # >=: the last of equally good epochs, as LP++'s code
-                    best, best_correct = (epoch, w.clone(), b.clone(), a.clone()), correct
-        if progress is not None:
-            progress(epoch, cfg.epochs)
-    epoch, w, b, a = best if best is not None else (cfg.epochs, w, b, a)
-    cpu = [x.detach().cpu() for x in (w, b, a, text_hat)]
-    return LppFit(*cpu, lr_w=lr_w, lr_alpha=lr_a, epoch=epoch, val_top1=accs)
+    """LP++ alone (a stack of one) on raw views (N, V, D), labels (N,), raw text (T, K, D). With
+    ``val`` (raw feats, labels) every epoch is scored and the LAST best one is kept (ties: the
+    later epoch); else the last. See :func:`train_lpps`."""
+    return train_lpps([LppRun(views, labels, gen, val)], per_template, cfg, device, progress)[0]
 
 
 # ---------------------------------------------------------------- the method
@@ -216,58 +353,52 @@ def payload(ctx: FitContext) -> dict[str, Any]:
 
 
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
+    """Every seed of this shot count in one call: the runs train stacked (:func:`train_lpps`)."""
     cfg, data = ctx.config, ctx.data
-    out = []
-    for done, plan in enumerate(plans):
-        start = time.perf_counter()
+    start, runs, vals = time.perf_counter(), [], []
+    for plan in plans:
         _, views, labels = ctx.train_views(plan.split)  # views (N, V, D) raw
         if ctx.official and ctx.has_full_val and ctx.shots > VAL_SHOTS_CAP:  # the few-shot val: min(K, 4) per class
             (val, val_indices), val_set = ctx.val_per_class(plan.split, ctx.shots), "per-class"  # LP++: K per class
         else:
             val, val_set, val_indices = ctx.val_features(plan.split), "fewshot", None
         select = val is not None and (cfg.select == "val" or ctx.official)
+        runs.append(LppRun(views, labels, torch.Generator().manual_seed(plan.seed), val if select else None))
+        vals.append((val, val_set, val_indices))
+    fits = train_lpps(runs, data.per_template, cfg, ctx.device, ctx.tick)
+    seconds = (time.perf_counter() - start) / max(1, len(plans))
+    return [
+        _trained(ctx, plan, fit, run.val is not None, *val, seconds)
+        for plan, fit, run, val in zip(plans, fits, runs, vals, strict=True)
+    ]
 
-        def tick(epoch: int, total: int, offset: int = done * cfg.epochs) -> None:
-            ctx.tick(offset + epoch, len(plans) * total)
 
-        gen = torch.Generator().manual_seed(plan.seed)
-        fit = train_lpp(
-            views,
-            labels,
-            data.per_template,
-            cfg,
-            gen=gen,
-            val=val if select else None,
-            device=ctx.device,
-            progress=tick,
-        )
-        predict = _predictor(fit.weight, fit.bias, fit.alpha, fit.text_hat)
-        val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
-        chosen = {"epoch": fit.epoch}
-        if select:
-            selection = {
-                "on": f"{ctx.shots} val images per class" if val_set == "per-class" else ctx.selection_source,
-                "candidates": {"epochs": cfg.epochs},
-                "val_top1": [round(x, 4) for x in fit.val_top1],  # index i: after epoch i + 1
-                "rule": "the last epoch with the best val top-1 (>=, as LP++'s code)",
-                "chosen": chosen,
-            }
-        else:
-            why = "--lpp-select last: val is only reported" if val else "no val split"
-            selection = {"on": "none", "candidates": [dict(chosen)], "chosen": chosen, "reason": f"{why}: last epoch"}
-        steps = {"lr_w": fit.lr_w, "lr_alpha": fit.lr_alpha}
-        config = {**payload(ctx), "chosen": chosen, "step_sizes_used": steps, "classifier": "W, b + alpha * text"}
-        tensors = {"weight": fit.weight, "bias": fit.bias, "alpha": fit.alpha, "text_hat": fit.text_hat}
-        meta = {
-            "method_config": {**chosen, "quirk": cfg.quirk, **steps},
-            "classnames": data.classnames,
-            "logit_scale": data.logit_scale,  # unused by LP++'s logits (no scale), kept for the file format
-            "logits": "normalize(f) @ weight.T + bias + alpha * (normalize(f) @ text_hat.T)",
+def _trained(ctx: FitContext, plan: RunPlan, fit: LppFit, select: bool, val, val_set, val_indices, seconds) -> Trained:
+    cfg, data = ctx.config, ctx.data
+    predict = _predictor(fit.weight, fit.bias, fit.alpha, fit.text_hat)
+    val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
+    chosen = {"epoch": fit.epoch}
+    if select:
+        selection = {
+            "on": f"{ctx.shots} val images per class" if val_set == "per-class" else ctx.selection_source,
+            "candidates": {"epochs": cfg.epochs},
+            "val_top1": [round(x, 4) for x in fit.val_top1],  # index i: after epoch i + 1
+            "rule": "the last epoch with the best val top-1 (>=, as LP++'s code)",
+            "chosen": chosen,
         }
-        seconds = time.perf_counter() - start
-        trained = Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set, val_indices)
-        out.append(trained)
-    return out
+    else:
+        why = "--lpp-select last: val is only reported" if val else "no val split"
+        selection = {"on": "none", "candidates": [dict(chosen)], "chosen": chosen, "reason": f"{why}: last epoch"}
+    steps = {"lr_w": fit.lr_w, "lr_alpha": fit.lr_alpha}
+    config = {**payload(ctx), "chosen": chosen, "step_sizes_used": steps, "classifier": "W, b + alpha * text"}
+    tensors = {"weight": fit.weight, "bias": fit.bias, "alpha": fit.alpha, "text_hat": fit.text_hat}
+    meta = {
+        "method_config": {**chosen, "quirk": cfg.quirk, **steps},
+        "classnames": data.classnames,
+        "logit_scale": data.logit_scale,  # unused by LP++'s logits (no scale), kept for the file format
+        "logits": "normalize(f) @ weight.T + bias + alpha * (normalize(f) @ text_hat.T)",
+    }
+    return Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set, val_indices)
 
 
 def _predictor(weight, bias, alpha, text_hat):

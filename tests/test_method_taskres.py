@@ -5,7 +5,6 @@ then the registered method through ``fit_dataset`` on synthetic stores."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 
@@ -60,24 +59,31 @@ def _test_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------- the math
 
 
-def test_gradient_matches_autograd():
+def test_the_stacked_loss_is_each_runs_loss_and_gradient():
+    """residual_loss for R runs (each its own alpha and batch) against _forward_loss run by run."""
     views, labels, t = _data()
-    x = (0.3 * torch.randn(t.shape, generator=torch.Generator().manual_seed(5), dtype=t.dtype)).requires_grad_()
-    f = views[:, 1]
-    _forward_loss(x, t, 0.7, f, labels).backward()
-    ours = tr.residual_grad(F.normalize(f, dim=-1), labels, t, x.detach(), 0.7, S)
-    assert torch.allclose(ours, x.grad, rtol=0, atol=1e-12)
+    alphas = [0.7, 0.0, 2.0]
+    x = (0.3 * torch.randn(3, *t.shape, generator=torch.Generator().manual_seed(5), dtype=t.dtype)).requires_grad_()
+    f = torch.stack([views[:, j] for j in range(3)])  # (R, N, D): a different view per run
+    y = torch.stack([labels, labels.roll(1), labels])
+    got = tr.residual_loss(t, torch.tensor(alphas, dtype=t.dtype), S)({"residual": x}, f, y)
+    got.sum().backward()
+    for r, alpha in enumerate(alphas):
+        xr = x[r].detach().clone().requires_grad_()
+        want = _forward_loss(xr, t, alpha, f[r], y[r])
+        want.backward()
+        assert torch.allclose(got[r], want, rtol=0, atol=1e-12)
+        assert torch.allclose(x.grad[r], xr.grad, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_three_epochs_match_independent_adam(fused, monkeypatch):
+def test_three_epochs_match_independent_adam(fused):
     """N = 12, batch 5: 2 steps an epoch (the last 2 images dropped), 3 epochs, warm-up 1."""
-    monkeypatch.setattr(tr, "adam", functools.partial(tr.adam, fused=fused))
     views, labels, t = _data()
     n, v, _ = views.shape
     alpha, lr, wd, (b1, b2), eps, epochs, batch = 0.5, 0.05, 5e-4, (0.9, 0.999), 1e-8, 3, 5
     cfg = tr.TaskResConfig(batch_size=batch, weight_decay=wd, betas=(b1, b2))
-    got = tr.train_residual(views, labels, t, S, alpha, lr, epochs, cfg, torch.Generator().manual_seed(7))
+    got = tr.train_residual(views, labels, t, S, alpha, lr, epochs, cfg, 7, fused=fused)
 
     lrs = [1e-5, lr, lr * (1 + math.cos(math.pi / 3)) / 2]  # Dassl's schedule by hand
     g = torch.Generator().manual_seed(7)
@@ -102,6 +108,37 @@ def test_three_epochs_match_independent_adam(fused, monkeypatch):
     assert torch.allclose(tr.taskres_logits(views[:, 0], t, got, alpha, S), want, rtol=0, atol=1e-9)
 
 
+def test_a_stacked_run_equals_the_run_alone_whatever_its_neighbours():
+    """Every seed x alpha of a shot count trains in one stack; each run's residual and best val
+    epoch are the run's alone, with any other runs beside it (other data, alphas, seeds, sizes)."""
+    views, labels, _ = _data(n=20, v=3, dtype=torch.float32)
+    other_views, other_labels, _ = _data(n=20, v=3, seed=1, dtype=torch.float32)
+    small_views, small_labels, _ = _data(n=9, v=3, seed=2, dtype=torch.float32)  # another batch plan
+    t = _data(seed=3, dtype=torch.float32)[2]
+    val = (_data(n=16, v=1, seed=4, dtype=torch.float32)[0][:, 0], torch.arange(16) % 4)
+    other_val = (val[0].flip(0), val[1])
+    cfg = tr.TaskResConfig(batch_size=6)
+    runs = [tr.ResidualRun(views, labels, a, s, val) for a in (0.5, 1.0) for s in (1, 2)]
+    neighbours = [
+        tr.ResidualRun(other_views, other_labels, 2.0, 7, other_val),
+        tr.ResidualRun(small_views, small_labels, 0.5, 1, val),
+        tr.ResidualRun(views, labels, 0.25, 3, other_val),
+    ]
+
+    def train(stack):
+        return tr.train_residuals(stack, t, S, 0.05, 8, cfg, best_val=True)
+
+    alone = [train([run])[0] for run in runs]
+    assert all(a.epoch["rule"] == "best-val" and len(a.epoch["val_top1"]) == 8 for a in alone)
+    assert len({a.epoch["chosen"] for a in alone}) > 1 or len({tuple(a.residual.flatten()[:3]) for a in alone}) > 1
+    for stack in (runs, neighbours + runs, runs[::-1] + neighbours[:2]):
+        trained = {id(r): t for r, t in zip(stack, train(stack), strict=True)}
+        for run, want in zip(runs, alone, strict=True):
+            got = trained[id(run)]
+            assert got.epoch == want.epoch
+            assert torch.allclose(got.residual, want.residual, rtol=0, atol=1e-5)
+
+
 def test_batches_schedule_and_official_values():
     assert tr.batch_plan(6, 256) == (6, 1) and tr.batch_plan(600, 256) == (256, 2)  # Dassl's drop_last rule
     assert tr.lr_per_epoch(2e-3, 5) == pytest.approx([1e-5, 2e-3, 1.809017e-3, 1.309017e-3, 6.90983e-4])
@@ -117,9 +154,9 @@ def test_zero_residual_or_zero_alpha_is_exactly_zero_shot():
     zero_shot = S * (F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T)
     assert torch.equal(tr.taskres_logits(f, t, torch.zeros_like(t), 0.5, S), zero_shot)
     cfg = tr.TaskResConfig(batch_size=4)
-    x = tr.train_residual(views, labels, t, S, 0.5, 2e-3, 3, cfg, torch.Generator().manual_seed(3))
+    x = tr.train_residual(views, labels, t, S, 0.5, 2e-3, 3, cfg, 3)
     assert x.abs().max() > 0 and torch.equal(tr.taskres_logits(f, t, x, 0.0, S), zero_shot)
-    frozen = tr.train_residual(views, labels, t, S, 0.0, 2e-3, 3, cfg, torch.Generator().manual_seed(3))
+    frozen = tr.train_residual(views, labels, t, S, 0.0, 2e-3, 3, cfg, 3)
     assert torch.equal(frozen.abs(), torch.zeros_like(t))  # no gradient, and decay of 0 is 0
 
 
@@ -129,7 +166,7 @@ def test_same_seed_same_bits_and_no_global_rng():
     def run(seed, global_seed):
         torch.manual_seed(global_seed)  # must not matter: all draws come from the passed generator
         cfg = tr.TaskResConfig(batch_size=8)
-        return tr.train_residual(views, labels, t, S, 0.5, 2e-3, 6, cfg, torch.Generator().manual_seed(seed))
+        return tr.train_residual(views, labels, t, S, 0.5, 2e-3, 6, cfg, seed)
 
     a = run(1, 0)
     assert torch.equal(a, run(1, 12345)) and not torch.equal(a, run(2, 0))
@@ -182,6 +219,29 @@ def test_same_seed_same_run_bitwise(tmp_path):
     [again] = fit_dataset("eurosat", REF, dataclasses.replace(cfg, force=True))
     b, _, _ = load_adapter(tmp_path / "results" / _folder(tmp_path) / "adapter.safetensors")
     assert again["metrics"] == first["metrics"] and torch.equal(a["residual"], b["residual"])
+
+
+def test_the_seeds_of_a_shot_count_train_together_as_each_alone(tmp_path):
+    """fit trains every seed x alpha of a shot count in one stack: seed 2's run is the one fit
+    gives with seed 2 alone (its residual within float tolerance, the same selection)."""
+    clustered(tmp_path / "cache")
+    cfg = _cfg(tmp_path, alphas=(0.5, 2.0))
+    together = fit_dataset(
+        "eurosat",
+        REF,
+        dataclasses.replace(cfg, seeds=(1, 2)),
+    )
+    alone_dir = tmp_path / "alone"
+    [alone] = fit_dataset("eurosat", REF, dataclasses.replace(cfg, seeds=(2,), results_dir=str(alone_dir)))
+    [mine] = [r for r in together if r["seed"] == 2]
+    assert mine["run_key"] == alone["run_key"] and mine["selection"] == alone["selection"]
+    [a] = [load_adapter(p)[0] for p in alone_dir.rglob("adapter.safetensors")]
+    [b] = [
+        load_adapter(p.parent / "adapter.safetensors")[0]
+        for p in (tmp_path / "results").rglob("result.json")
+        if '"seed": 2' in p.read_text()
+    ]
+    assert torch.allclose(a["residual"], b["residual"], rtol=0, atol=1e-5)
 
 
 def test_alpha_zero_gives_the_zero_shot_run(tmp_path):
@@ -251,7 +311,5 @@ def test_clean_views_train_on_the_clean_features(tmp_path):
         feats, labels, _ = s.read("train", index)
         base = torch.from_numpy(s.text_features()[0]).mean(0)
     views, cfg = torch.from_numpy(feats)[:, None], tr.TaskResConfig(**QUICK)
-    x = tr.train_residual(
-        views, torch.from_numpy(labels), base, 100.0, 0.5, 0.05, 30, cfg, torch.Generator().manual_seed(1)
-    )
+    x = tr.train_residual(views, torch.from_numpy(labels), base, 100.0, 0.5, 0.05, 30, cfg, 1)
     assert torch.equal(tensors["residual"], x) and x.abs().max() > 0

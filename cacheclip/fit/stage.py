@@ -33,7 +33,7 @@ from cacheclip.features.freshness import check_freshness
 from cacheclip.features.models import ModelRef
 from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
 from cacheclip.fit.classifier import PAPER, choose_classifier, paper_for
-from cacheclip.fit.methods import FitContext, FitData, RunPlan, Trained, get_method
+from cacheclip.fit.methods import FitContext, FitData, Method, RunPlan, Trained, get_method
 from cacheclip.fit.methods.base import Progress, zero_shot_predictor
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.targets import Target, load_targets, score_targets
@@ -129,11 +129,13 @@ def check_seeds(seeds: tuple[int, ...]) -> None:
 # ---------------------------------------------------------------- store -> FitData
 
 
-def load_fit_data(store: FeatureStore, dataset: str, cfg: FitConfig | None = None, hint: str = "") -> FitData:
+def load_fit_data(
+    store: FeatureStore, dataset: str, cfg: FitConfig | None = None, hint: str = "", method: Method | None = None
+) -> FitData:
     """What ``cfg``'s runs read from ``store``, test excluded; the text is the classifier
-    ``cfg.classifier`` picks for ``cfg.method`` (``fit.classifier``)."""
+    ``cfg.classifier`` picks for ``cfg.method`` (``fit.classifier``), the resolved ``method``."""
     cfg = cfg or FitConfig()
-    method = get_method(cfg.method)
+    method = method or get_method(cfg.method)
     attrs = dict(store.attrs)
     spec = str(attrs.get("templates_spec", "default"))
     text = choose_classifier(
@@ -207,8 +209,10 @@ def fit_context(
     *,
     extract_hint: str = "",
     progress: Progress | None = None,
+    method: Method | None = None,
 ) -> FitContext:
-    """What the method sees for one shot count (``store`` None: planning only, nothing read)."""
+    """What the method sees for one shot count (``store`` None: planning only, nothing read);
+    ``method`` is cfg's, resolved by the caller (looked up here when not given)."""
     return FitContext(
         store,
         data,
@@ -221,6 +225,7 @@ def fit_context(
         progress=progress,
         protocol=cfg.protocol,
         epoch=cfg.epoch,
+        method=method or get_method(cfg.method),
     )
 
 
@@ -232,34 +237,36 @@ def run_payload(ctx: FitContext, seed: int, cfg: FitConfig) -> dict[str, Any]:
         "dataset": data.dataset,
         "shots": ctx.shots,
         "seed": seed,
-        "settings": get_method(cfg.method).payload(ctx),
+        "settings": ctx.method.payload(ctx),
         "selection": ctx.selection_source,
         "classifier": data.classifier,
         "templates": data.attrs.get("templates_spec"),
         "store": {k: data.attrs.get(k) for k in IDENTITY_KEYS},
         # only when not the default, so runs made before these settings keep their keys
         **({"protocol": cfg.protocol} if cfg.protocol != "fewshot" else {}),
-        **({"epoch": ctx.epoch_rule} if ctx.epoch_rule != "last" and follows_epoch(cfg.method) else {}),
+        **({"epoch": ctx.epoch_rule} if ctx.epoch_rule != "last" and follows_epoch(ctx.method) else {}),
     }
 
 
-def follows_epoch(method: str) -> bool:
+def follows_epoch(method: Method) -> bool:
     """Whether ``--epoch`` applies to ``method`` (it trains by epochs)."""
-    return not get_method(method).epoch_note
+    return not method.epoch_note
 
 
 def epoch_setting(ctx: FitContext, cfg: FitConfig) -> str:
     """--epoch as a result records it: the rule the run followed, or why it does not apply."""
-    note = get_method(cfg.method).epoch_note
+    note = ctx.method.epoch_note
     if note:
         return f"{cfg.epoch} (does not apply: {cfg.method} {note})"
     return ctx.epoch_rule + (f" ({ctx.epoch_fallback})" if ctx.epoch_fallback else "")
 
 
-def plan_runs(data: FitData, shots: int, cfg: FitConfig) -> tuple[list[RunPlan], list[Path]]:
+def plan_runs(
+    data: FitData, shots: int, cfg: FitConfig, method: Method | None = None
+) -> tuple[list[RunPlan], list[Path]]:
     """(runs to do, result folders of runs already done)."""
     todo, done = [], []
-    ctx = fit_context(None, data, shots, cfg)
+    ctx = fit_context(None, data, shots, cfg, method=method)
     for seed, split in sample_splits(data, shots, cfg).items():
         key = rr.run_key(run_payload(ctx, seed, cfg))
         folder = rr.run_dir(
@@ -299,7 +306,7 @@ def fit_dataset(
             f"fit on imagenet and evaluate on it: cacheclip fit --dataset imagenet --targets {dataset}",
         )
     require_writable_dir(cfg.results_dir, "--results-dir")  # before training, not after
-    method = get_method(cfg.method)
+    method = get_method(cfg.method)  # resolved once, handed down
     path = store_path(cfg.cache_dir, ref.model_id, ref.weights_id, dataset)
     if parts_dir(path).exists() or not path.is_file():
         what = "has an unfinished extraction" if path.is_file() else "does not exist"
@@ -310,16 +317,16 @@ def fit_dataset(
     fix = f"run: {extract_command(dataset, model_arg, pretrained_arg, cfg, {})}"
     with open_store(path, {"dataset": dataset, **ref.identity()}, fix) as store:
         hint = extract_command(dataset, model_arg, pretrained_arg, cfg, dict(store.attrs))
-        data = load_fit_data(store, dataset, cfg, hint)
+        data = load_fit_data(store, dataset, cfg, hint, method)
         inputs = verify_inputs(store, hint)
         targets = load_targets(
             cfg.targets, dataset, data.attrs, store.class_ids, cfg.cache_dir, ref.model_id, ref.weights_id, hint
         )
         for shots in cfg.shots:
-            todo, done = plan_runs(data, shots, cfg)
+            todo, done = plan_runs(data, shots, cfg, method)
             results += [add_missing_targets(folder, data, targets) for folder in done]
             if todo:
-                ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress)
+                ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress, method=method)
                 trained = method.train(ctx, todo)
                 results += evaluate_on_test(store, ctx, trained, cfg, inputs=inputs, targets=targets)
     return results
@@ -447,8 +454,7 @@ def pretrained_label(attrs: dict) -> str:
 
 def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
     """How this run departs from the protocol behind the published numbers."""
-    data = ctx.data
-    method = get_method(cfg.method)
+    data, method = ctx.data, ctx.method
     diffs = list(method.differences(ctx))
     if not method.judges_templates and data.attrs.get("templates_spec", "default") != "default":
         diffs.append(f"templates {data.attrs.get('templates_spec')} (CoOp: the dataset's single template)")
@@ -461,7 +467,7 @@ def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
         diffs.append(f"features encoded with {data.attrs.get('precision')} autocast")
     if not data.val_labels and cfg.no_val == "holdout":
         diffs.append("val held out from the train split (CoOp's ImageNet has no val)")
-    if ctx.epoch_fallback and follows_epoch(cfg.method):
+    if ctx.epoch_fallback and follows_epoch(method):
         diffs.append(ctx.epoch_fallback)
     return diffs
 
@@ -506,7 +512,7 @@ def build_result(
             **val_record(ctx, t, val_paths),
         },
         "protocol": {"name": cfg.protocol, "matches_paper": not diffs, "differences": diffs},
-        "classifier": classifier_record(data, cfg),
+        "classifier": classifier_record(data, ctx.method),
         "zero_shot": {"val": zs_val, "test": zs_test},
         "metrics": {"val": t.val_metrics, "test": test_metrics},
         "adapter_file": "adapter.safetensors" if t.artifact is not None else None,
@@ -514,10 +520,10 @@ def build_result(
     }
 
 
-def classifier_record(data: FitData, cfg: FitConfig) -> dict[str, Any]:
+def classifier_record(data: FitData, method: Method) -> dict[str, Any]:
     """Which text classifier the run (and its zero-shot) used, why, and its paper's."""
     text = data.text_classifier
-    paper = get_method(cfg.method).paper_classifier
+    paper = method.paper_classifier
     return {
         "name": text.name if text else None,
         "templates": list(data.templates),

@@ -105,8 +105,10 @@ class FitContext:
         progress: Progress | None = None,
         protocol: str = "fewshot",
         epoch: str = "last",
+        method: Method | None = None,
     ):
         self._store, self.data, self.config, self.shots = store, data, config, shots
+        self.method = method  # the resolved method these runs belong to (the stage sets it once per dataset)
         self.protocol = protocol  # fewshot | official (each method's published protocol, never tuned on test)
         self.epoch = epoch  # last | best-val, as asked (see ``epoch_rule``)
         self.views_requested = views  # aug | clean, as asked

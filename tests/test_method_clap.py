@@ -12,20 +12,25 @@ import numpy as np
 import pytest
 import torch
 from stores import REF, clustered, reads_while_training
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cacheclip.features import store as st
 from cacheclip.fit import stage
 from cacheclip.fit.methods import RunPlan, get_method
 from cacheclip.fit.methods.clap import (
     ClapConfig,
+    ProbeRun,
     base_text,
     clap_lambdas,
     coop_lr_schedule,
     epoch_batches,
     penalty,
+    probe_stack,
     train_probe,
+    train_probes,
 )
 from cacheclip.fit.stage import FitConfig, fit_dataset
+from cacheclip.fit.trainer import train_stack
 from cacheclip.results.runs import load_adapter
 
 METHODS = ("zs-lp", "clap")
@@ -157,6 +162,90 @@ def test_no_epoch_is_the_zero_shot_probe_and_the_penalty_pulls_to_t():
     zs = train_probe(views, labels, base, None, cfg, scale=100.0, gen=gen())
     clap = train_probe(views, labels, base, clap_lambdas(views, labels, base, 100.0), cfg, scale=100.0, gen=gen())
     assert (clap - base).norm() < (zs - base).norm()
+
+
+# ---------------------------------------------------------------- stacked
+
+
+def _run(views, labels, text, seed, *, clap=True, val=None):
+    """A fresh ProbeRun (its generator seeded anew: a generator is spent by training)."""
+    base = base_text(text)
+    lambdas = clap_lambdas(views, labels, base, 100.0) if clap else None
+    return ProbeRun(views, labels, lambdas, torch.Generator().manual_seed(seed), val)
+
+
+def _val(views, labels, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = views[:, 0] + 0.8 * torch.randn(views.shape[0], views.shape[2], generator=g)
+    return x, labels
+
+
+@pytest.mark.parametrize("sampling", ["image", "pool"])
+def test_a_stacked_run_equals_the_run_alone_whatever_its_neighbours(sampling):
+    """Every seed of a shot count trains in one stack; each run's W, its kept epoch and its val
+    curve are the run's alone, beside two different sets of neighbours (other data, other seeds,
+    ZS-LP beside CLAP, val sets of other sizes, a run of another batch shape in its own stack)."""
+    views, labels, text = small_problem(n_per_class=4)  # N = 12, batch 5: 2 steps per epoch
+    base = base_text(text)
+    cfg = ClapConfig(epochs=8, lr=0.5, batch_size=5, sampling=sampling)
+    val = _val(views, labels, 3)
+    mine = [lambda s=s: _run(views, labels, text, s, val=val) for s in (7, 8)]
+    other_v, other_l, _ = small_problem(seed=4, n_per_class=5)  # N = 15: 3 steps per epoch, its own stack
+    more_v, more_l, _ = small_problem(seed=5, n_per_class=4)
+    crowds = [
+        lambda: [_run(more_v, more_l, text, 1, clap=False, val=(more_v[:, 2], more_l))],
+        lambda: [
+            _run(other_v, other_l, text, 2, val=_val(other_v, other_l, 2)),
+            _run(more_v, more_l, text, 3, val=(more_v[:7, 1], more_l[:7])),
+            _run(views, labels, text, 7, clap=False, val=val),
+        ],
+    ]
+    alone = [train_probes([make()], base, cfg, scale=100.0)[0] for make in mine]
+    assert alone[0].record["chosen"] < cfg.epochs or alone[1].record["chosen"] < cfg.epochs  # the rule acts
+    for crowd in crowds:
+        runs = crowd()[:1] + [make() for make in mine] + crowd()[1:]
+        got = train_probes(runs, base, cfg, scale=100.0)[1:3]
+        for fit, want in zip(got, alone, strict=True):
+            assert fit.record == want.record and fit.epoch == want.epoch
+            torch.testing.assert_close(fit.weight, want.weight, rtol=0, atol=1e-5)
+
+
+def test_the_stacked_result_is_the_one_run_loops():
+    """train_probe (a stack of one) is what each run of a stack gets: every seed of a call alike."""
+    views, labels, text = small_problem(n_per_class=4)
+    base, cfg = base_text(text), ClapConfig(epochs=4, lr=0.1, batch_size=5)
+    lambdas = clap_lambdas(views, labels, base, 100.0)
+    fits = train_probes([_run(views, labels, text, s) for s in (1, 2, 3)], base, cfg, scale=100.0)
+    for seed, fit in zip((1, 2, 3), fits, strict=True):
+        one = train_probe(views, labels, base, lambdas, cfg, scale=100.0, gen=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(fit.weight, one, rtol=0, atol=1e-5)
+        assert fit.record is None and fit.epoch == 4
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_operations_per_step_do_not_grow_with_the_runs():
+    """A CLAP step (gather, loss with its penalty, backward, torch.optim's SGD) is as many torch
+    operations for 2 runs as for 9 (the batches drawn before counting)."""
+    views, labels, text = small_problem(n_per_class=4)
+    cfg = ClapConfig(epochs=4, lr=0.1, batch_size=3)  # 4 steps per epoch
+
+    def ops(runs):
+        stack, steps = probe_stack([_run(views, labels, text, s) for s in range(runs)], base_text(text), cfg, 100.0)
+        stack.blocks = iter([next(stack.blocks)])
+        with CountOps() as counter:
+            train_stack(stack, steps)
+        return counter.count
+
+    assert ops(2) == ops(9)
 
 
 # ---------------------------------------------------------------- through fit_dataset

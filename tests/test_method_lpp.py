@@ -16,7 +16,7 @@ from stores import REF, clustered, reads_while_training
 from cacheclip.features import store as st
 from cacheclip.fit import stage
 from cacheclip.fit.methods import RunPlan, get_method
-from cacheclip.fit.methods.lp_plus_plus import LppConfig, train_lpp, training_set
+from cacheclip.fit.methods.lp_plus_plus import LppConfig, LppRun, train_lpp, train_lpps, training_set
 from cacheclip.fit.stage import FitConfig, fit_dataset
 from cacheclip.results.runs import load_adapter
 
@@ -142,6 +142,44 @@ def test_all_views_mode_uses_every_view():
     assert f.shape == (36, 6) and torch.equal(y, labels.repeat_interleave(4))
     torch.testing.assert_close(f.norm(dim=-1), torch.ones(36))
     assert run(views, labels, text, epochs=2, views="all").weight.shape == (3, 6)
+
+
+def _lpp_run(views, labels, seed, val=None):
+    return LppRun(views, labels, torch.Generator().manual_seed(seed), val)  # a fresh generator each time
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_a_stacked_run_equals_the_run_alone_whatever_its_neighbours(quirk):
+    """Every seed of a shot count trains in one stack (one param group per run: its own lr_w); each
+    run's (W, b, alpha), kept epoch and val curve are the run's alone, beside two different sets of
+    neighbours: other data with more images (the run's full batch padded), val sets of other sizes,
+    a twin of the run (equal step sizes: one param group), a run without val (its own stack)."""
+    views, labels, text, test_x, test_y = separable_problem(seed=1, shots=2, text_noise=5.0)
+    val = (test_x[::7], test_y[::7])
+    other_v, other_l, _, ox, oy = separable_problem(seed=3, shots=3)
+    cfg = LppConfig(epochs=24, alpha_every=5, quirk=quirk)
+    mine = [lambda s=s: _lpp_run(views, labels, s, val) for s in (2, 6)]
+    crowds = [
+        lambda: [_lpp_run(other_v, other_l, 9, (ox[::3], oy[::3]))],
+        lambda: [
+            _lpp_run(views, labels, 2, val),
+            _lpp_run(other_v, other_l, 4, (ox[::11], oy[::11])),
+            _lpp_run(other_v, other_l, 5),
+        ],
+    ]
+    alone = [train_lpps([make()], text, cfg)[0] for make in mine]
+    assert any(a.epoch < cfg.epochs for a in alone)  # the last-best rule acts
+    for crowd in crowds:
+        got = train_lpps(crowd()[:1] + [make() for make in mine] + crowd()[1:], text, cfg)[1:3]
+        for fit, want in zip(got, alone, strict=True):
+            assert (fit.epoch, fit.val_top1, fit.lr_w, fit.lr_alpha) == (
+                want.epoch,
+                want.val_top1,
+                want.lr_w,
+                want.lr_alpha,
+            )
+            for name in ("weight", "bias", "alpha"):
+                torch.testing.assert_close(getattr(fit, name), getattr(want, name), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- through fit_dataset

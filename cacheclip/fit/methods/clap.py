@@ -234,15 +234,16 @@ def train_probes(
     on_epoch: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> list[ProbeFit]:
     """Train every run from W = base, stacked (:mod:`cacheclip.fit.trainer`): runs with the same
-    rows per step and steps per epoch together, in chunks that keep their state in the cache.
+    rows per step and steps per epoch (and val or none) together, in chunks that keep their state in the cache.
     Each run draws its batches from its own generator, so its result depends only on its own
     inputs. ``on_epoch(r, epoch, W)`` sees run r's W (K, D) after every epoch (1-based);
     ``progress(done, total)`` counts run-epochs. Generator draws stay on the CPU: a seed gives
     the same batches on any device."""
     k, d = base.shape
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, bool], list[int]] = {}
     for r, run in enumerate(runs):
-        groups.setdefault(step_rows(*run.views.shape[:2], cfg.batch_size, cfg.sampling), []).append(r)
+        key = (*step_rows(*run.views.shape[:2], cfg.batch_size, cfg.sampling), run.val is None)
+        groups.setdefault(key, []).append(r)
     out: list[ProbeFit | None] = [None] * len(runs)
     done, total = 0, len(runs) * cfg.epochs
     for members in groups.values():
@@ -266,24 +267,21 @@ def _relay_epoch(on_epoch, rs: list[int], j: int, epoch: int, w: torch.Tensor) -
     on_epoch(rs[j], epoch, w)
 
 
-def _train_stack(runs: Sequence[ProbeRun], base, cfg: ClapConfig, scale, device, progress, on_epoch) -> list[ProbeFit]:
-    """One stack: per run its table, its endless epochs of rows from its own generator, CLAP's
-    lambdas; SGD by torch.optim; val scored after each epoch in one batched forward."""
+def probe_stack(runs: Sequence[ProbeRun], base: torch.Tensor, cfg: ClapConfig, scale: float, device: str = "cpu"):
+    """(the :class:`~cacheclip.fit.trainer.Stack` of runs with equal rows per step and steps per
+    epoch, steps per epoch): per run its table, its endless epochs of rows from its own generator
+    and CLAP's lambdas (zeros for a ZS-LP run beside CLAP runs); SGD by torch.optim."""
     r, (k, d) = len(runs), base.shape
-    n, v, _ = runs[0].views.shape
-    size, steps = step_rows(n, v, cfg.batch_size, cfg.sampling)
+    size, steps = step_rows(*runs[0].views.shape[:2], cfg.batch_size, cfg.sampling)
     tables = [(run.views.float(), run.labels.to(torch.long).repeat_interleave(run.views.shape[1])) for run in runs]
     streams = [epoch_rows(*run.views.shape[:2], cfg.batch_size, run.gen, cfg.sampling) for run in runs]
     t = base.to(device, torch.float32)
-    clap = any(run.lambdas is not None for run in runs)
-    lambdas = (
-        torch.stack([torch.zeros(k) if run.lambdas is None else run.lambdas.float().cpu() for run in runs]).to(device)
-        if clap
-        else None
-    )
+    lambdas = None
+    if any(run.lambdas is not None for run in runs):
+        lambdas = torch.stack([torch.zeros(k) if run.lambdas is None else run.lambdas.float().cpu() for run in runs])
     stack = Stack(
         params={"weight": t.expand(r, k, d).clone()},
-        loss=partial(probe_loss, scale=scale, base=t, lambdas=lambdas),
+        loss=partial(probe_loss, scale=scale, base=t, lambdas=None if lambdas is None else lambdas.to(device)),
         recipe=Recipe("sgd", momentum=cfg.momentum),
         lrs=[cfg.lr] * r,
         weight_decays=[cfg.weight_decay] * r,
@@ -292,6 +290,13 @@ def _train_stack(runs: Sequence[ProbeRun], base, cfg: ClapConfig, scale, device,
         blocks=stack_blocks(streams, device),
         step_flops=4.0 * r * size * k * d,
     )
+    return stack, steps
+
+
+def _train_stack(runs: Sequence[ProbeRun], base, cfg: ClapConfig, scale, device, progress, on_epoch) -> list[ProbeFit]:
+    """One stack trained, val scored after each epoch in one batched forward (the first best kept)."""
+    r, d = len(runs), base.shape[1]
+    stack, steps = probe_stack(runs, base, cfg, scale, device)
     has_val = runs[0].val is not None
     keeper = Keeper(r, ties="first") if has_val else None
     val = stacked_val([run.val for run in runs], d, device) if has_val else None

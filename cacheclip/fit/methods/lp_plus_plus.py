@@ -202,16 +202,20 @@ def train_lpps(
     text_hat = ensemble_text(per_template).to(device)
     k, d = text_hat.shape
     prepared = [_prepare(run, text_hat, cfg, device) for run in runs]
-    order = sorted(range(len(runs)), key=lambda r: prepared[r].lr_w)  # equal step sizes adjacent: one group
     out: list[LppFit | None] = [None] * len(runs)
     done, total = 0, len(runs) * cfg.epochs
-    for chunk in stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device):  # W, b, grads, momenta, alpha
-        rs = [order[i] for i in chunk]
-        tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
-        fits = _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
-        for r, fit in zip(rs, fits, strict=True):
-            out[r] = fit
-        done += len(rs) * cfg.epochs
+    for with_val in (True, False):
+        order = [r for r in range(len(runs)) if (runs[r].val is not None) == with_val]
+        order.sort(key=lambda r: prepared[r].lr_w)  # equal step sizes adjacent: one param group
+        for chunk in stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device):  # W, b, grads, momenta, alpha
+            rs = [order[i] for i in chunk]
+            if not rs:
+                continue
+            tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
+            fits = _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
+            for r, fit in zip(rs, fits, strict=True):
+                out[r] = fit
+            done += len(rs) * cfg.epochs
     return out  # type: ignore[return-value]
 
 

@@ -13,6 +13,8 @@ split only, over a grid scored in a few matrix products; without val they keep f
 ``--protocol official`` follows Tip-Adapter's configs instead (data/tip_adapter_configs.json): the
 whole val split, the dataset's grid, Tip-Adapter-F's initial alpha/beta, epochs and lr; never test.
 Since L is one-hot, ``A @ L`` is computed as a per-class sum of A's columns (``index_add``).
+Tip-Adapter-F trains every seed of a shot count in one stack (:mod:`cacheclip.fit.trainer`): keys
+(R, NK, D), each run's cache labels and batches its own (:func:`finetune_runs`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,17 @@ from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
 from cacheclip.fit.metrics import classification_metrics
-from cacheclip.fit.train import BestEpoch, last_epoch_record, top1_percent
+from cacheclip.fit.train import last_epoch_record
+from cacheclip.fit.trainer import (
+    Keeper,
+    Recipe,
+    Samples,
+    Stack,
+    run_cross_entropy,
+    stack_blocks,
+    stack_chunks,
+    train_stack,
+)
 from cacheclip.settings import setting
 
 TIP_SCALE = (0.5, 1.0)  # Tip-Adapter's RandomResizedCrop scale for its cache views
@@ -144,6 +157,207 @@ def grid_top1(
     return out
 
 
+def cosine_per_step(lr: float, steps: int) -> list[float]:
+    """The lr of each of ``steps`` steps under ``CosineAnnealingLR(T_max=steps)`` stepped per step:
+    its recursive form, (1 + cos(pi i / T)) / (1 + cos(pi (i - 1) / T)) times the previous lr, as
+    torch computes it (equal to torch's values, not just to the closed form's)."""
+    out = [float(lr)]
+    for i in range(1, steps):
+        out.append((1 + math.cos(math.pi * i / steps)) / (1 + math.cos(math.pi * (i - 1) / steps)) * out[-1])
+    return out
+
+
+def tipf_batches(num_images: int, batch_size: int) -> tuple[int, int]:
+    """(rows per step, steps per epoch): every image once per epoch, the last batch smaller when
+    ``batch_size`` does not divide N (padded with rows -1 in a stack)."""
+    per_step = min(batch_size, num_images)
+    return per_step, math.ceil(num_images / per_step)
+
+
+def epoch_rows(n: int, v: int, per_step: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """A run's batches, one epoch per (steps, per_step) block of rows i V + j (image i, view j) of
+    its table: per epoch ``randint(V, (N,))`` (not drawn when V = 1) then ``randperm(N)``; the
+    last batch's missing rows are -1."""
+    while True:
+        pick = torch.randint(v, (n,), generator=generator) if v > 1 else None
+        perm = torch.randperm(n, generator=generator)
+        rows = torch.full((steps * per_step,), -1, dtype=torch.long)
+        rows[:n] = perm * v + (pick[perm] if pick is not None else 0)
+        yield rows.view(steps, per_step)
+
+
+def stacked_cache_logits(f_hat, keys, cache_index, num_classes: int, beta: float) -> torch.Tensor:
+    """``cache_logits`` for R runs, each with its own keys and labels: f_hat (R, B, D) normalised,
+    keys (R, NK, D), cache_index (R NK,) each run's cache labels + r K -> (R, B, K). The affinity
+    is computed as (R, NK, B), so one ``index_add_`` over the flattened runs sums each run's
+    classes (in cache order, as ``cache_logits``)."""
+    r, nk, _ = keys.shape
+    affinity = torch.bmm(keys, f_hat.transpose(1, 2))  # (R, NK, B)
+    weights = torch.exp(affinity.mul(beta).sub_(beta)).view(r * nk, -1)
+    out = weights.new_zeros(r * num_classes, weights.shape[1]).index_add_(0, cache_index, weights)
+    return out.view(r, num_classes, -1).transpose(1, 2)
+
+
+def keys_loss(cw: torch.Tensor, cache_index: torch.Tensor, scale: float, alpha: float, beta: float):
+    """The trainer's loss for R runs: each run's mean cross-entropy (R,) of Tip-Adapter's logits
+    with its own keys (R, NK, D) and cache labels (in ``cache_index``), on its batch x (R, B, D),
+    y (R, B). cw (K, D) is the normalised text classifier."""
+    k = cw.shape[0]
+
+    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(x, dim=-1)
+        logits = scale * f @ cw.t() + alpha * stacked_cache_logits(f, params["keys"], cache_index, k, beta)
+        return run_cross_entropy(logits, y)
+
+    return loss
+
+
+@dataclass(frozen=True)
+class KeysRun:
+    """One seed's cache to fine-tune: its images, initial keys, val (for --epoch best-val) and seed."""
+
+    views: torch.Tensor  # (N, V, D) raw
+    labels: torch.Tensor  # (N,): the cache labels, also the training labels
+    keys: torch.Tensor  # (N, D) initial keys (build_keys)
+    seed: int
+    val: tuple[torch.Tensor, torch.Tensor] | None = None  # (M, D) raw, (M,)
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """A trained cache: its keys (N, D) on the CPU and, when it kept its best val epoch, the record."""
+
+    keys: torch.Tensor
+    epoch: dict | None = None
+
+
+def finetune_runs(
+    runs: Sequence[KeysRun],
+    class_weights: torch.Tensor,
+    scale: float,
+    alpha: float,
+    beta: float,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    best_val: bool = False,
+    fused: bool = True,
+) -> list[FineTuned]:
+    """Tip-Adapter-F for every run, stacked (:mod:`cacheclip.fit.trainer`): runs with the same cache
+    size together, in chunks that keep their state in the cache. Each run trains its keys on its
+    views with AdamW (eps 1e-4, weight decay 0.01), cosine lr over all its steps (per step, to 0),
+    CE on ``tip_logits`` at the training alpha, beta; its batches come from its own
+    ``torch.Generator().manual_seed(seed)`` (see :func:`epoch_rows`), so its result does not depend
+    on its neighbours. ``best_val``: each run keeps its first best val epoch (scored with alpha,
+    beta), else its last. ``progress(done, total)`` counts run-epochs. float32 (float64 if keys are)."""
+    groups: dict[int, list[int]] = {}
+    for r, run in enumerate(runs):
+        groups.setdefault(run.keys.shape[0], []).append(r)
+    out: list[FineTuned | None] = [None] * len(runs)
+    done, settings = 0, (alpha, beta, epochs, lr, batch_size, device, best_val, fused)
+    for nk, members in groups.items():
+        dtype = torch.promote_types(runs[members[0]].keys.dtype, torch.float32)
+        state = 4 * nk * runs[members[0]].keys.shape[1] * dtype.itemsize  # keys, gradient, AdamW's two moments
+        for chunk in stack_chunks(len(members), state, device):
+            idx = [members[i] for i in chunk]
+            tick = None if progress is None else partial(_relay_progress, progress, done, len(idx), len(runs) * epochs)
+            trained = _finetune_stack([runs[r] for r in idx], class_weights, scale, dtype, tick, *settings)
+            for r, result in zip(idx, trained, strict=True):
+                out[r] = result
+            done += len(idx) * epochs
+    return out  # type: ignore[return-value]
+
+
+def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
+    progress(done + epoch * runs, total)
+
+
+def _finetune_stack(
+    runs, class_weights, scale, dtype, progress, alpha, beta, epochs, lr, batch_size, device, best_val, fused
+) -> list[FineTuned]:
+    """One stack: the tables (N V views each), each run's batch stream from its own generator, the
+    per-step cosine, and each run's first best val epoch when asked."""
+    r, (n, _, d) = len(runs), runs[0].views.shape
+    tables = [
+        (run.views.reshape(-1, d), run.labels.to(torch.long).repeat_interleave(run.views.shape[1])) for run in runs
+    ]
+    per_step, steps = tipf_batches(n, batch_size)
+    streams = [
+        epoch_rows(n, run.views.shape[1], per_step, steps, torch.Generator().manual_seed(int(run.seed))) for run in runs
+    ]
+    k = class_weights.shape[0]
+    cw = F.normalize(class_weights.to(dtype), dim=-1).to(device)
+    cache_index = torch.cat([run.labels.to(torch.long) + j * k for j, run in enumerate(runs)]).to(device)
+    lrs = {}  # peak lr -> its per-step lrs (one peak: every run trains at lr)
+
+    def lr_at(i: int, peak: float) -> float:
+        if peak not in lrs:
+            lrs[peak] = cosine_per_step(peak, epochs * steps)
+        return lrs[peak][i]
+
+    stack = Stack(
+        params={"keys": torch.stack([run.keys.to(dtype) for run in runs]).to(device)},
+        loss=keys_loss(cw, cache_index, scale, alpha, beta),
+        recipe=Recipe("adamw", eps=TIPF_EPS),
+        lrs=[lr] * r,
+        weight_decays=[TIPF_WEIGHT_DECAY] * r,
+        schedule=lr_at,
+        samples=Samples(tables, list(range(r)), device),
+        blocks=stack_blocks(streams, device),
+        dtype=dtype,
+        fused=fused,
+        step_flops=2.0 * r * per_step * n * d,  # the affinity (R, NK, B)
+    )
+    keeper = Keeper(r, ties="first") if best_val else None
+    scorer = _stacked_scorer(runs, class_weights, scale, alpha, beta, dtype, device, cache_index) if best_val else None
+
+    def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
+        if (i + 1) % steps:
+            return
+        epoch = (i + 1) // steps
+        if keeper is not None:
+            keeper.observe(epoch, scorer(params["keys"]), params)
+        if progress is not None:
+            progress(epoch)
+
+    last = train_stack(stack, epochs * steps, after_step)["keys"]
+    if keeper is None:
+        return [FineTuned(keys) for keys in last.cpu()]
+    kept = keeper.state["keys"].cpu()
+    return [
+        FineTuned(kept[j], {"rule": "best-val", "chosen": int(keeper.at[j]), "val_top1": keeper.curves[j]})
+        for j in range(r)
+    ]
+
+
+def _stacked_scorer(runs, class_weights, scale, alpha, beta, dtype, device, cache_index):
+    """keys (R, NK, D) -> each run's val top-1 % (R,) (float64, as ``top1_percent``) of ``tip_logits``
+    at the training alpha, beta, on its own val: one batched forward, in slices of val rows that
+    keep the affinity (R, NK, rows) near 64 MiB. Vals are zero-padded to the largest, label -1."""
+    m, d, k = max(len(run.val[1]) for run in runs), runs[0].views.shape[2], class_weights.shape[0]
+    f_hat = torch.zeros(len(runs), m, d, dtype=dtype, device=device)
+    y = torch.full((len(runs), m), -1, dtype=torch.long, device=device)
+    for j, run in enumerate(runs):
+        feats, labels = run.val
+        f_hat[j, : len(labels)] = F.normalize(feats.to(device=device, dtype=dtype), dim=-1)
+        y[j, : len(labels)] = labels.to(device=device, dtype=torch.long)
+    zs = scale * (f_hat @ F.normalize(class_weights.to(device=device, dtype=dtype), dim=-1).t())  # (R, M, K)
+    sizes = torch.tensor([len(run.val[1]) for run in runs], dtype=torch.float64)
+    rows = max(1, (16 << 20) // max(1, len(runs) * runs[0].keys.shape[0]))
+
+    def score(keys: torch.Tensor) -> torch.Tensor:
+        correct = torch.zeros(len(runs), dtype=torch.long, device=device)
+        for s in range(0, m, rows):
+            cache = stacked_cache_logits(f_hat[:, s : s + rows], keys, cache_index, k, beta)
+            correct += (zs[:, s : s + rows] + alpha * cache).argmax(-1).eq(y[:, s : s + rows]).sum(1)
+        return 100.0 * correct.to("cpu", torch.float64) / sizes
+
+    return score
+
+
 def finetune_keys(
     views: torch.Tensor,
     labels: torch.Tensor,
@@ -158,50 +372,24 @@ def finetune_keys(
     batch_size: int,
     seed: int,
     device: str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
-    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+    fused: bool = True,
 ) -> torch.Tensor:
-    """Tip-Adapter-F: train the keys (NK, D) on views (N, V, D) of the N cache images; returns the last
-    epoch's keys (``on_epoch(epoch, keys)`` sees them after every epoch, 1-based, e.g. to keep the
-    best). AdamW (eps 1e-4, weight decay 0.01), cosine lr over all steps (stepped per
-    step, to 0), CE on ``tip_logits``. Each epoch draws one view per image (``randint``) then a
-    permutation (``randperm``) from ``torch.Generator().manual_seed(seed)``; every image is seen
-    once per epoch (the last batch may be smaller)."""
-    n, v, _ = views.shape
-    gen = torch.Generator().manual_seed(seed)
-    weights = keys.detach().clone().to(device).requires_grad_(True)  # (NK, D)
-    cw = F.normalize(class_weights.float(), dim=-1).to(device)
-    cache_labels, y = labels.to(device), labels.to(device)
-    steps = math.ceil(n / batch_size)
-    opt = _adamw([weights], lr=lr, eps=TIPF_EPS, weight_decay=TIPF_WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
-    k = cw.shape[0]
-    for epoch in range(epochs):
-        pick = torch.randint(v, (n,), generator=gen) if v > 1 else torch.zeros(n, dtype=torch.long)
-        perm = torch.randperm(n, generator=gen)
-        for s in range(steps):
-            idx = perm[s * batch_size : (s + 1) * batch_size]
-            f = F.normalize(views[idx, pick[idx]].float().to(device), dim=-1)  # (B, D)
-            logits = scale * f @ cw.t() + alpha * cache_logits(f @ weights.t(), cache_labels, k, beta)
-            loss = F.cross_entropy(logits, y[idx.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1, weights.detach())
-        if progress is not None:
-            progress(epoch + 1, epochs)
-    return weights.detach().cpu()
-
-
-def _adamw(params: list[torch.Tensor], **settings) -> torch.optim.AdamW:
-    """torch's fused AdamW (one pass per step) where this torch and device have it, else the
-    plain one (CPU fused AdamW arrived in torch 2.4; the floor is older)."""
-    try:
-        return torch.optim.AdamW(params, fused=True, **settings)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, **settings)
+    """Tip-Adapter-F for one run alone (a stack of one): the last epoch's keys (NK, D), on the CPU.
+    See :func:`finetune_runs`."""
+    run = KeysRun(views, labels, keys, seed)
+    [trained] = finetune_runs(
+        [run],
+        class_weights,
+        scale,
+        alpha,
+        beta,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        fused=fused,
+    )
+    return trained.keys
 
 
 # ---------------------------------------------------------------- the official configs
@@ -312,39 +500,42 @@ def payload(ctx: FitContext, finetune: bool = False) -> dict[str, Any]:
 
 
 def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Trained]:
+    """Every seed of this shot count: the cache keys (Tip-Adapter-F: fine-tuned, all seeds in one
+    stack, :func:`finetune_runs`), then each seed's (alpha, beta) search on its val."""
     cfg, data = resolved(ctx), ctx.data
-    out = []
-    for done, plan in enumerate(plans):
-        start = time.perf_counter()
+    start, inputs = time.perf_counter(), []
+    for plan in plans:
         clean, views, labels = ctx.train_views(plan.split)  # views (N, V, D)
         keys = build_keys(clean, views if ctx.views == "aug" else None)
         val, val_set = ctx.official_val(plan.split)  # official: the whole val split, as Tip-Adapter
-        kept = None
-        if finetune:
-            keeper = BestEpoch(1) if ctx.epoch_rule == "best-val" and val is not None else None
-            keys = finetune_keys(
-                views,
-                labels,
-                keys,
-                data.class_weights,
-                data.logit_scale,
-                float(cfg.init[0]),
-                float(cfg.init[1]),
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                seed=plan.seed,
-                device=ctx.device,
-                on_epoch=None if keeper is None else _scorer(keeper, val, labels, data, cfg),
-            )
-            if keeper is not None:
-                keys, kept = keeper.state["keys"][0].cpu(), keeper.record()
-            else:
-                kept = last_epoch_record(cfg.epochs, ctx.epoch_fallback)
+        inputs.append((plan, views, labels, keys, val, val_set))
+    kept: list[dict | None] = [None] * len(plans)
+    if finetune:
+        best_val = ctx.epoch_rule == "best-val" and all(i[4] is not None for i in inputs)
+        runs = [KeysRun(views, labels, keys, plan.seed, val) for plan, views, labels, keys, val, _ in inputs]
+        trained = finetune_runs(
+            runs,
+            data.class_weights,
+            data.logit_scale,
+            float(cfg.init[0]),
+            float(cfg.init[1]),
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            device=ctx.device,
+            progress=ctx.tick,
+            best_val=best_val,
+        )
+        inputs = [(*i[:3], t.keys, *i[4:]) for i, t in zip(inputs, trained, strict=True)]
+        kept = [t.epoch or last_epoch_record(cfg.epochs, ctx.epoch_fallback) for t in trained]
+    seconds = (time.perf_counter() - start) / max(1, len(plans))  # training's share; each adds its search
+    out = []
+    for done, ((plan, _, labels, keys, val, val_set), record) in enumerate(zip(inputs, kept, strict=True)):
+        begin = time.perf_counter()
         source = "full val split" if val_set == "full" else ctx.selection_source
         alpha, beta, selection = choose(val, keys, labels, cfg, data, source)
-        if kept is not None:
-            selection["epoch"] = kept
+        if record is not None:
+            selection["epoch"] = record
         predict = _predictor(keys, labels, data, alpha, beta)
         val_metrics = classification_metrics(predict(val[0]), val[1], data.num_classes) if val else None
         chosen = {"alpha": alpha, "beta": beta}
@@ -363,21 +554,11 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
             "logits": "s * normalize(f) @ normalize(class_weights).T + alpha * exp(-beta * (1 - "
             "normalize(f) @ keys.T)) @ values",
         }
-        seconds = time.perf_counter() - start
-        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), seconds, val_set))
-        ctx.tick(done + 1, len(plans))
+        took = seconds + time.perf_counter() - begin
+        out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), took, val_set))
+        if not finetune:
+            ctx.tick(done + 1, len(plans))
     return out
-
-
-def _scorer(keeper: BestEpoch, val, cache_labels, data: FitData, cfg: TipAdapterConfig):
-    """on_epoch for ``finetune_keys``: the keys' val top-1 with the training alpha, beta."""
-    alpha, beta = float(cfg.init[0]), float(cfg.init[1])
-
-    def on_epoch(epoch: int, keys: torch.Tensor) -> None:
-        preds = tip_logits(val[0], keys.cpu(), cache_labels, data.class_weights, data.logit_scale, alpha, beta)
-        keeper.observe(epoch, torch.tensor([top1_percent(preds, val[1])]), {"keys": keys[None]})
-
-    return on_epoch
 
 
 def _predictor(keys, cache_labels, data: FitData, alpha: float, beta: float):

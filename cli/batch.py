@@ -70,10 +70,10 @@ def _say(console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _print_summary(summary, log_path: Path) -> None:
+def _print_summary(summary, log_path: Path, runs_table: bool = True) -> None:
     for w in summary.warnings:
         c.console.print("[bold yellow]warning:[/]", escape(w), highlight=False, soft_wrap=True)
-    for spec in summary.config.models:
+    for spec in summary.config.models if runs_table else ():
         results = [r for o in summary.outcomes if o.model == spec for r in o.results]
         if results:
             c.out.print(Text(spec.label, style="bold"))
@@ -296,10 +296,10 @@ def demo(
         Path, typer.Option("--out", "-o", help="Folder for the demo's data, model, stores and results.")
     ] = Path("cacheclip-demo"),
 ) -> None:
-    """Try cacheclip in a minute, offline: synthetic datasets + a tiny random-weight model, end to end."""
+    """Try cacheclip in a minute, offline: synthetic data, a tiny random-weight model, the fast methods side by side."""
     import torch
 
-    from cacheclip.batch.demo import REAL_COMMAND, headline, prepare_demo
+    from cacheclip.batch.demo import REAL_COMMAND, headline, prepare_demo, side_by_side
     from cacheclip.results.write import write_report
 
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and stall on a busy machine)
@@ -312,10 +312,11 @@ def demo(
     toml, cfg = prepare_demo(out)
     _say(c.console, f"data, model and batch config in {out}/ (config: {toml})")
     summary, log_path = _run_batch(cfg)
-    _print_summary(summary, log_path)
+    _print_summary(summary, log_path, runs_table=False)  # the report's side-by-side table says it shorter
     if not summary.ok:
         _exit(1)
     paths = write_report([Path(cfg.results_dir)], out / "report")
+    _say(c.out, "\n" + side_by_side(paths["md"].read_text("utf-8")) + "\n")
     for shots, (zs, ours) in headline(summary.results).items():
         _say(c.out, f"{shots}-shot: CLIP-Adapter {ours:.1f}% vs zero-shot {zs:.1f}% (mean over datasets and seeds)")
     _say(c.out, f"report: {paths['md']}  table: {paths['csv']}  figure: {paths['png']}")

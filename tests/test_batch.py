@@ -359,6 +359,9 @@ def test_demo_end_to_end(tmp_path):
     assert "cacheclip batch --root /data/coop --datasets coop11" in done.stdout
     for name in ("report.md", "report.csv", "report.png"):
         assert (tmp_path / "demo" / "report" / name).stat().st_size > 0
+    side_by_side = done.stdout[done.stdout.index("## Methods side by side") :]  # the fast methods, side by side
+    for label in ("Zero-shot CLIP", "CLIP-Adapter", "Tip-Adapter", "GDA", "LP++"):
+        assert f"| {label} |" in side_by_side, label
     lines = [line for line in done.stdout.splitlines() if "-shot: CLIP-Adapter" in line]
     assert len(lines) == 4
     ours, zero_shot = (float(v) for v in lines[-1].replace("%", "").split()[2:6:3])

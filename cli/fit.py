@@ -71,7 +71,7 @@ def fit(
     (`cacheclip methods NAME` describes it, `cacheclip methods` lists them).
     """
     from cacheclip.datasets.catalog import expand_names, store_name
-    from cacheclip.features.models import resolve_model
+    from cacheclip.features.locate import resolve_remembered
     from cacheclip.fit.stage import FitConfig, fit_dataset, stores_for
 
     cfg = FitConfig(
@@ -91,7 +91,7 @@ def fit(
         force=force,
     )
     cfg.validate()
-    ref = resolve_model(model, pretrained)
+    ref = resolve_remembered(model, pretrained, cache_dir)
     names = [store_name(n) for n in expand_names(c.split_names(dataset))] if dataset else stores_for(ref, cache_dir)
 
     def one(name: str) -> list[dict]:

@@ -121,13 +121,13 @@ def fit_config(config: BatchConfig, method: str, device: str = "cpu"):
 def plan_batch(config: BatchConfig) -> list[PlanItem]:
     """Every (model, dataset) unit with what is left to do; errors of a unit are recorded,
     not raised. The config is validated as the real run validates it."""
-    from cacheclip.features.models import resolve_model
+    from cacheclip.features.locate import resolve_remembered
 
     config.validate()
     items = []
     for spec in config.models:
         try:
-            ref, error = resolve_model(spec.model, spec.pretrained), None
+            ref, error = resolve_remembered(spec.model, spec.pretrained, config.cache_dir), None
         except Exception as e:
             ref, error = None, e
         for name in config.dataset_names():

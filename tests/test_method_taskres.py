@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from stores import REF, clustered, reads_while_training
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.features import store as st
@@ -59,21 +60,47 @@ def _test_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------- the math
 
 
-def test_the_stacked_loss_is_each_runs_loss_and_gradient():
-    """residual_loss for R runs (each its own alpha and batch) against _forward_loss run by run."""
-    views, labels, t = _data()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_written_out_gradient_is_autograds_run_by_run(dtype):
+    """residual_loss for R runs (each its own alpha, batch and padding rows -1) against autograd
+    through _forward_loss, run by run: the loss and dL/dx."""
+    views, labels, t = _data(dtype=dtype)
     alphas = [0.7, 0.0, 2.0]
-    x = (0.3 * torch.randn(3, *t.shape, generator=torch.Generator().manual_seed(5), dtype=t.dtype)).requires_grad_()
+    x = (0.3 * torch.randn(3, *t.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)).requires_grad_()
     f = torch.stack([views[:, j] for j in range(3)])  # (R, N, D): a different view per run
     y = torch.stack([labels, labels.roll(1), labels])
-    got = tr.residual_loss(t, torch.tensor(alphas, dtype=t.dtype), S)({"residual": x}, f, y)
-    got.sum().backward()
-    for r, alpha in enumerate(alphas):
+    y[1, 9:] = -1  # run 1's batch: 9 real rows, 3 padding
+    got = tr.residual_loss(t, torch.tensor(alphas, dtype=dtype), S)({"residual": x}, f, y)
+    (got * torch.tensor([1.0, 2.0, 0.5], dtype=dtype)).sum().backward()  # a weight per run reaches its gradient
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for r, (alpha, weight) in enumerate(zip(alphas, [1.0, 2.0, 0.5], strict=True)):
         xr = x[r].detach().clone().requires_grad_()
-        want = _forward_loss(xr, t, alpha, f[r], y[r])
-        want.backward()
-        assert torch.allclose(got[r], want, rtol=0, atol=1e-12)
-        assert torch.allclose(x.grad[r], xr.grad, rtol=0, atol=1e-12)
+        real = y[r] >= 0
+        want = _forward_loss(xr, t, alpha, f[r][real], y[r][real])
+        (weight * want).backward()
+        assert torch.allclose(got[r], want, rtol=0, atol=tol * 10)
+        assert torch.allclose(x.grad[r], xr.grad, rtol=0, atol=tol)
+    assert torch.equal(x.grad[1], torch.zeros_like(t))  # alpha 0: no gradient
+
+
+def test_the_loss_is_the_same_operations_for_any_number_of_runs():
+    class CountOps(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    views, labels, t = _data(dtype=torch.float32)
+
+    def ops(r):
+        x = torch.zeros(r, *t.shape, requires_grad=True)
+        loss = tr.residual_loss(t, torch.linspace(0.5, 1.0, r), S)
+        with CountOps() as counter:
+            loss({"residual": x}, views[:, 0].expand(r, -1, -1), labels.expand(r, -1)).sum().backward()
+        return counter.count
+
+    assert ops(2) == ops(3) == ops(7)
 
 
 @pytest.mark.parametrize("fused", [True, False])

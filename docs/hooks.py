@@ -16,6 +16,7 @@ A marker naming an unknown method fails the build (``mkdocs build --strict`` in 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from importlib import resources
 
@@ -117,6 +118,27 @@ def expand(markdown: str) -> str:
         raise ValueError(f"unknown marker cacheclip:{what}")
 
     return MARKER.sub(one, markdown)
+
+
+class _DocstringBrackets(logging.Filter):
+    """Docstring prose such as ``x[i][j]`` reads as a Markdown reference link, and mkdocs-autorefs
+    warns that it finds no target: under --strict that would fail the build for a docstring's
+    wording. Such warnings (those whose source is a ``.py`` file) are shown as notes instead;
+    the pages' own links stay strict."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and "cross-reference target" in message and ".py:" in message:
+            logging.getLogger("mkdocs.hooks.cacheclip").info("docstring, not a link: %s", message)
+            return False
+        return True
+
+
+def on_config(config):
+    for handler in logging.getLogger("mkdocs").handlers:  # the handlers count warnings for --strict
+        if not any(isinstance(f, _DocstringBrackets) for f in handler.filters):
+            handler.addFilter(_DocstringBrackets())
+    return config
 
 
 def on_page_markdown(markdown, page, config, files):  # MkDocs calls it with these names

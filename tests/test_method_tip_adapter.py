@@ -54,7 +54,7 @@ def _reference(views, labels, keys, cw, alpha, beta, epochs, lr, batch, seed):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_finetuning_is_the_loop_it_replaced(fused):
-    """N = 13, batch 5: 3 steps an epoch, the last of 3 images (padded in the stack), 4 epochs."""
+    """N = 13, batch 5: 3 steps an epoch, the last of 3 images, 4 epochs."""
     views, labels, keys, cw = _data()
     kw = {"epochs": 4, "lr": 0.05, "batch_size": 5}
     got = tip.finetune_keys(views, labels, keys, cw, S, 2.0, 3.0, seed=9, fused=fused, **kw)
@@ -165,9 +165,12 @@ def test_keys_stack_with_their_own_cache_labels():
         assert torch.allclose(got[r], tip.cache_logits(f[r] @ keys[r].t(), labels[r], K, 2.5), rtol=0, atol=1e-6)
 
 
-def test_padding_rows_leave_an_epoch_as_its_real_rows():
-    rows = next(tip.epoch_rows(13, 3, 5, 3, torch.Generator().manual_seed(0)))
-    assert rows.shape == (3, 5) and rows[-1, 3:].tolist() == [-1, -1]
+def test_an_epoch_is_its_full_batches_then_the_short_one():
+    blocks = tip.epoch_rows(13, 3, 5, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
-    pick, perm = torch.randint(3, (13,), generator=g), torch.randperm(13, generator=g)
-    assert rows.flatten()[:13].tolist() == (perm * 3 + pick[perm]).tolist()
+    for _ in range(2):  # two epochs
+        full, short = next(blocks), next(blocks)
+        pick, perm = torch.randint(3, (13,), generator=g), torch.randperm(13, generator=g)
+        assert full.shape == (2, 5) and short.shape == (1, 3)
+        assert torch.cat([full.flatten(), short.flatten()]).tolist() == (perm * 3 + pick[perm]).tolist()
+    assert next(tip.epoch_rows(10, 1, 5, torch.Generator())).shape == (2, 5)  # no short batch: one block

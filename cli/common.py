@@ -164,7 +164,10 @@ def attach_method_options(command, shown: Collection[str] | None = None) -> None
     signature = inspect.signature(command, eval_str=True)  # attached again on each call (tests run main often)
     params = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD and p.name not in ours]
     visible = None if shown is None else set(shown)
+    own = _own_flags(params)
     for flag, (param, help_text, owners) in flags.items():
+        if flag in own:  # the command's own option wins (batch --batch-size: extraction's); TOML sets the method's
+            continue
         mine = owners if visible is None else [o for o in owners if o in visible]
         if visible is not None and len(visible) == 1:
             panel, text = f"{next(iter(visible))} settings", help_text
@@ -178,6 +181,21 @@ def attach_method_options(command, shown: Collection[str] | None = None) -> None
             )
         )
     command.__signature__ = signature.replace(parameters=params)
+
+
+def _own_flags(params) -> set[str]:
+    """The option flags a command declares itself (from its ``typer.Option`` declarations, or its
+    parameter names)."""
+    import typing
+
+    flags = set()
+    for p in params:
+        infos = [m for m in typing.get_args(p.annotation)[1:] if hasattr(m, "param_decls")]
+        # in Annotated form typer keeps the first flag in ``default``
+        names = [n for info in infos for n in (info.default, *(info.param_decls or ())) if isinstance(n, str)]
+        declared = [d for n in names for d in n.split("/")]
+        flags |= {d for d in declared if d.startswith("--")} or {"--" + p.name.replace("_", "-")}
+    return flags
 
 
 def named_methods(argv: list[str], option: str) -> list[str]:

@@ -103,3 +103,19 @@ def test_methods_lists_them_and_an_unknown_one_is_an_error(cli):
     assert code == 0 and all(m in out for m in list_methods()) and "cacheclip methods NAME" in out
     code, _, err = cli("methods", "nope")
     assert code == 1 and "unknown method" in err
+
+
+def test_a_commands_own_option_wins_over_a_method_setting_of_the_same_flag():
+    """batch --batch-size is extraction's batch size (its documented meaning), not CLIP-Adapter's."""
+    import inspect
+
+    import typer.main
+
+    from cacheclip.cli import common
+    from cacheclip.cli import main as cli_main
+
+    common.attach_method_options(cli_main.batch.batch)
+    names = set(inspect.signature(cli_main.batch.batch).parameters)
+    assert "batch_size" in names and "m_batch_size" not in names
+    command = typer.main.get_command(cli_main.app).commands["batch"]
+    assert command.make_context("batch", ["--batch-size", "8"]).params["batch_size"] == 8

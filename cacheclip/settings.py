@@ -5,7 +5,9 @@ A settable field is declared with ``setting(default, help, flag=...)``: its type
 annotation says how a value is converted and checked, its help is the field's comment
 and the option's help, its flag is the command-line option. ``build`` makes a config
 from a mapping (unknown keys are an error that lists the valid ones); ``from_text``
-converts an option's text. Floats must be finite. No torch here.
+converts an option's text. Floats must be finite; integers must fit in 32 bits (what numpy,
+torch and the loops they drive accept), and a setting may bound its count lower with
+``most`` (``--epochs 99999999999999999999`` is refused at once, not run). No torch here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from cacheclip.errors import ConfigError
 
 _META = "cacheclip.setting"
+INT_LIMIT = 2**31 - 1  # the largest integer any setting takes (seeds, counts, sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +29,15 @@ class Setting:
     help: str
     flag: str | None = None  # command-line option, e.g. "--tip-alpha"
     none_word: str | None = None  # text that means None for an optional field, e.g. "coop"
+    most: int | None = None  # an integer's (or each list item's) largest value, below INT_LIMIT
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, none_word: str | None = None) -> Any:
-    """A dataclass field that users may set (TOML key = field name; ``flag`` on the command line)."""
-    return dataclasses.field(default=default, metadata={_META: Setting(help, flag, none_word)})
+def setting(
+    default: Any, help: str, *, flag: str | None = None, none_word: str | None = None, most: int | None = None
+) -> Any:
+    """A dataclass field that users may set (TOML key = field name; ``flag`` on the command line).
+    ``most``: the largest integer that can run (e.g. epochs), checked like the type."""
+    return dataclasses.field(default=default, metadata={_META: Setting(help, flag, none_word, most)})
 
 
 def settings_of(cls: type) -> dict[str, tuple[dataclasses.Field, Setting, Any]]:
@@ -49,25 +56,30 @@ def describe_type(kind: Any) -> str:
     return {int: "integer", float: "number", str: "string", bool: "true or false"}.get(kind, str(kind))
 
 
-def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None = None) -> Any:
-    """``value`` (from TOML or already typed) as ``kind``; ConfigError naming ``key`` and ``source``."""
+def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None = None, most: int | None = None) -> Any:
+    """``value`` (from TOML or already typed) as ``kind``; ConfigError naming ``key`` and ``source``.
+    Integers (and integer list items) must be within ``-INT_LIMIT..most`` (default ``INT_LIMIT``)."""
+    most = INT_LIMIT if most is None else min(most, INT_LIMIT)
 
     def fail() -> ConfigError:
-        want = describe_type(kind) + (f" or '{none_word}'" if none_word else "")
-        return ConfigError(f"{source}: '{key}' must be {want}, got {value!r}", f"fix '{key}' in {source}")
+        want = describe_type(kind) + _range_words(kind, most) + (f" or '{none_word}'" if none_word else "")
+        shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}... (huge)"
+        return ConfigError(f"{source}: '{key}' must be {want}, got {shown!r}", f"fix '{key}' in {source}")
 
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if type(None) in args:  # Optional[X]
         if value is None or (none_word and isinstance(value, str) and value.lower() == none_word):
             return None
-        return convert(next(a for a in args if a is not type(None)), value, key, source, none_word)
+        return convert(next(a for a in args if a is not type(None)), value, key, source, none_word, most)
     if origin is tuple:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         fixed = args[-1] is not Ellipsis
         if not items or (fixed and len(items) != len(args)):
             raise fail()
         try:
-            return tuple(convert(args[0] if not fixed else args[i], v, key, source) for i, v in enumerate(items))
+            return tuple(
+                convert(args[0] if not fixed else args[i], v, key, source, most=most) for i, v in enumerate(items)
+            )
         except ConfigError:
             raise fail() from None
     if kind is bool:
@@ -75,7 +87,7 @@ def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None 
             raise fail()
         return value
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, int) or not -INT_LIMIT <= value <= most:
             raise fail()
         return value
     if kind is float:
@@ -89,7 +101,15 @@ def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None 
     raise TypeError(f"unsupported setting type {kind!r} for '{key}'")
 
 
-def from_text(kind: Any, text: str, key: str, source: str, none_word: str | None = None) -> Any:
+def _range_words(kind: Any, most: int) -> str:
+    """ " up to N" when ``kind`` holds integers."""
+    inner = [a for a in typing.get_args(kind) if a is not type(None) and a is not Ellipsis] or [kind]
+    return f" of at most {most}" if int in inner else ""
+
+
+def from_text(
+    kind: Any, text: str, key: str, source: str, none_word: str | None = None, most: int | None = None
+) -> Any:
     """Command-line text (comma lists for tuples) as ``kind``."""
 
     def scalar(inner: Any, word: str) -> Any:
@@ -107,13 +127,13 @@ def from_text(kind: Any, text: str, key: str, source: str, none_word: str | None
         inner = next(a for a in args if a is not type(None))
         if none_word and text.lower() == none_word:
             return None
-        return from_text(inner, text, key, source, none_word)
+        return from_text(inner, text, key, source, none_word, most)
     if origin is tuple:
         words = [w for w in text.replace(" ", "").split(",") if w]
         fixed = args[-1] is not Ellipsis
         value = [scalar(args[0] if not fixed else args[min(i, len(args) - 1)], w) for i, w in enumerate(words)]
-        return convert(kind, value, key, source)
-    return convert(kind, scalar(kind, text.strip()), key, source, none_word)
+        return convert(kind, value, key, source, most=most)
+    return convert(kind, scalar(kind, text.strip()), key, source, none_word, most)
 
 
 def build(cls: type, values: Mapping[str, Any], source: str, base: Any = None) -> Any:
@@ -122,7 +142,9 @@ def build(cls: type, values: Mapping[str, Any], source: str, base: Any = None) -
     unknown = [k for k in values if k not in known]
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}'", f"valid keys: {', '.join(known) or '(none)'}")
-    converted = {k: convert(known[k][2], v, k, source, known[k][1].none_word) for k, v in values.items()}
+    converted = {
+        k: convert(known[k][2], v, k, source, known[k][1].none_word, known[k][1].most) for k, v in values.items()
+    }
     return dataclasses.replace(base if base is not None else cls(), **converted)
 
 

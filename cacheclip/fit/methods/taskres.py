@@ -24,7 +24,6 @@ epoch ``randint(V, (N,))`` (one cached view per image; not drawn when V = 1, the
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ from cacheclip.fit.trainer import (
     stack_blocks,
     stack_chunks,
     train_stack,
+    warmup_cosine,
 )
 from cacheclip.settings import setting
 
@@ -186,10 +186,7 @@ def residual_loss(base: torch.Tensor, alphas: torch.Tensor, scale: float):
 def lr_per_epoch(lr: float, epochs: int) -> list[float]:
     """Dassl's constant warm-up around CosineAnnealingLR(T_max=epochs), stepped per epoch: epoch
     e < W at 1e-5, then lr (1 + cos(pi (e - W) / epochs)) / 2 (the count restarts after warm-up)."""
-    return [
-        WARMUP_LR if e < WARMUP_EPOCHS else lr * (1 + math.cos(math.pi * (e - WARMUP_EPOCHS) / epochs)) / 2
-        for e in range(epochs)
-    ]
+    return [warmup_cosine(e, epochs, lr, WARMUP_EPOCHS, WARMUP_LR) for e in range(epochs)]
 
 
 def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
@@ -283,12 +280,9 @@ def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progre
     r, (k, d) = len(runs), base.shape
     t = base.to(device=device, dtype=dtype)
     alphas = torch.tensor([float(run.alpha) for run in runs], dtype=dtype, device=device)
-    schedule = {}  # peak lr -> its per-epoch lrs (one peak: every run trains at lr)
 
-    def lr_at(i: int, peak: float) -> float:
-        if peak not in schedule:
-            schedule[peak] = lr_per_epoch(peak, epochs)
-        return schedule[peak][i // steps]
+    def lr_at(i: int, peak: float) -> float:  # per epoch
+        return warmup_cosine(i // steps, epochs, peak, WARMUP_EPOCHS, WARMUP_LR)
 
     stack = Stack(
         params={"residual": torch.zeros(r, k, d, dtype=dtype, device=device)},  # t' = t before the first step
@@ -319,12 +313,7 @@ def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progre
     if keeper is None:
         return [Residual(x) for x in last.cpu()]
     kept = keeper.state["residual"].cpu()
-    return [Residual(kept[j], _record(keeper, j)) for j in range(r)]
-
-
-def _record(keeper: Keeper, r: int) -> dict:
-    """Run r's --epoch best-val record: the epoch kept and every epoch's val top-1."""
-    return {"rule": "best-val", "chosen": int(keeper.at[r]), "val_top1": keeper.curves[r]}
+    return [Residual(kept[j], keeper.record(j)) for j in range(r)]
 
 
 def stacked_val(runs, dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

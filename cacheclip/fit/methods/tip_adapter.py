@@ -331,10 +331,7 @@ def _finetune_stack(
     if keeper is None:
         return [FineTuned(keys) for keys in last.cpu()]
     kept = keeper.state["keys"].cpu()
-    return [
-        FineTuned(kept[j], {"rule": "best-val", "chosen": int(keeper.at[j]), "val_top1": keeper.curves[j]})
-        for j in range(r)
-    ]
+    return [FineTuned(kept[j], keeper.record(j)) for j in range(r)]
 
 
 def _stacked_scorer(runs, class_weights, scale, alpha, beta, dtype, device, cache_index):

@@ -67,7 +67,7 @@ def fit(
 ) -> None:
     """Fit a few-shot method (CLIP-Adapter by default) on cached features: shots x seeds, chosen on val, test once.
 
-    The options below are shared by every method. A method's own settings: `cacheclip fit --method NAME --help`
+    The Options panel holds what every method shares. A method's own settings: `cacheclip fit --method NAME --help`
     (`cacheclip methods NAME` describes it, `cacheclip methods` lists them).
     """
     from cacheclip.datasets.catalog import expand_names, store_name

@@ -111,7 +111,8 @@ def require_writable_dir(path: str | os.PathLike, flag: str) -> None:
     while not os.path.lexists(probe_in) and os.path.dirname(probe_in) != probe_in:
         probe_in = os.path.dirname(probe_in)
     if not os.path.isdir(probe_in):
-        problem = "is a file, not a folder" if probe_in == path else f"{probe_in} is a file, not a folder"
+        what = _not_a_folder(probe_in)
+        problem = f"is {what}" if probe_in == path else f"{probe_in} is {what}"
     else:
         try:
             fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".cacheclip-probe-")
@@ -123,3 +124,16 @@ def require_writable_dir(path: str | os.PathLike, flag: str) -> None:
             problem = problem if probe_in == path else f"cannot be created in {probe_in}: {problem}"
     if problem:
         raise EnvironmentFault(f"{flag} {path}: {problem}", f"pass a folder you can write to as {flag}")
+
+
+def _not_a_folder(path: str) -> str:
+    """What ``path`` (which exists, at least as a link) is instead of a folder."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop, not a folder"
+        if os.path.islink(path):
+            return f"a broken symlink (to {os.readlink(path)}), not a folder"
+        raise
+    return "a file, not a folder"

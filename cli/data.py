@@ -240,6 +240,8 @@ def _check_and_print(names: list[str], data_root: Path, overrides: dict, deep: b
     for name in names:
         with c.progress_bar("img") as bar:
             result = check_dataset(name, data_root, overrides=overrides, deep=deep, progress=bar)
+        for line in result.warnings:
+            c.console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         if result.ok:
             counts = "/".join(map(str, result.counts or ()))
             c.out.print(

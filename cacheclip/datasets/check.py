@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image
 
 from cacheclip.datasets.catalog import DatasetSplits, Item, dataset_folder, resolve_data_root, resolve_name
 from cacheclip.datasets.layouts import load_dataset
+from cacheclip.datasets.listing import SkippedFilesWarning
 from cacheclip.datasets.sources import DatasetSource, resolve_source
 from cacheclip.errors import CacheClipError, CorruptImageError, MissingImagesError, UnknownNameError
 
@@ -40,6 +43,7 @@ class CheckResult:
     name: str
     folder: Path
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth knowing, not a failure (duplicate items)
     counts: tuple[int, int, int] | None = None  # train / val / test items found in the split
     split_sha256: str = ""  # as load_dataset computes it (what a store records)
 
@@ -85,13 +89,40 @@ def scan_items(
 
 
 def _readable_image(path: str, deep: bool) -> bool:
+    """The header (``deep``: every pixel) decodes. PIL's raw DecompressionBombWarning is kept in:
+    decoding warns in our words (``listing.read_rgb``), and beyond twice the limit PIL refuses."""
     try:
-        with Image.open(path) as im:
-            if deep:
-                im.load()
-            return im.width > 0 and im.height > 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if deep:
+                    im.load()
+                return im.width > 0 and im.height > 0
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
+
+
+class DuplicateItemsWarning(SkippedFilesWarning):
+    """The same image twice in a split or in two splits (shown like skipped files: ``warning: ...``)."""
+
+
+def duplicate_items(ds: DatasetSplits) -> str:
+    """One line on images listed twice in one split or in two splits ("" when none: CoOp's splits
+    have none). A test image also trained on makes the test score not a held-out one."""
+    parts = []
+    for split in ("train", "val", "test"):
+        counts = Counter(it.path for it in ds.split(split))
+        twice = [p for p, n in counts.items() if n > 1]
+        if twice:
+            parts.append(f"{len(twice)} images more than once in {split} (e.g. {', '.join(sorted(twice)[:3])})")
+    paths = {s: {it.path for it in ds.split(s)} for s in ("train", "val", "test")}
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        both = paths[a] & paths[b]
+        if both:
+            parts.append(f"{len(both)} images in both {a} and {b} (e.g. {', '.join(sorted(both)[:3])})")
+    if not parts:
+        return ""
+    return f"{ds.name}: {'; '.join(parts)} in {ds.split_source}; scores on such splits are not held out"
 
 
 def check_items(
@@ -99,6 +130,9 @@ def check_items(
 ) -> None:
     """Raise MissingImagesError / CorruptImageError unless every item is a regular, readable image.
     What `extract` calls on the items it is about to encode, before any encoding."""
+    duplicates = duplicate_items(ds)
+    if duplicates:
+        warnings.warn(DuplicateItemsWarning(duplicates), stacklevel=2)
     bad = scan_items(ds.image_root, items, deep=deep, progress=progress, stage=f"check {ds.name}")
     fix = _get_fix(ds.name)
     if bad.missing:
@@ -161,6 +195,7 @@ def check_dataset(
         return result
     result.counts = (len(ds.train), len(ds.val), len(ds.test))
     result.split_sha256 = ds.split_sha256
+    result.warnings = [w for w in (duplicate_items(ds),) if w]
     if source is not None:
         result.problems.extend(_published(ds, source))
     bad = scan_items(ds.image_root, _unique_items(ds), deep=deep, progress=progress, stage=f"check {name}")

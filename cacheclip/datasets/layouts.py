@@ -51,8 +51,11 @@ def _classnames(splits: dict[str, list[Item]], source: str) -> tuple[str, ...]:
         raise DatasetLayoutError(f"{source} lists no items", f"re-download {source}")
     gaps = sorted(set(range(max(names) + 1)) - set(names))
     if gaps:
+        top = max(names)
+        holder = next((split, it.path) for split, items in splits.items() for it in items if it.label == top)
         raise DatasetLayoutError(
-            f"{source}: labels must be 0..K-1 but {', '.join(map(str, gaps[:5]))} never appear",
+            f"{source}: labels must be 0..K-1 but {', '.join(map(str, gaps[:5]))} never appear "
+            f"(the largest label, {top}, is held by {holder[0]} item {holder[1]})",
             f"labels must be contiguous from 0; re-download {source}",
         )
     return tuple(names[i] for i in range(len(names)))
@@ -400,7 +403,7 @@ def load_dataset(name: str, data_root: Path | None) -> DatasetSplits:
     """
     canonical = resolve_name(name)
     if canonical.startswith(IMAGEFOLDER_PREFIX):
-        return load_imagefolder(imagefolder_path(canonical))
+        return _refuse_empty_splits(load_imagefolder(imagefolder_path(canonical)), ("train", "test"))
     spec = get_dataset_spec(canonical)
     root = resolve_data_root(data_root)
     folder = root / spec.folder
@@ -417,4 +420,18 @@ def load_dataset(name: str, data_root: Path | None) -> DatasetSplits:
             f"{spec.name}: unknown loader '{spec.loader}'. Available: {', '.join(LOADERS)}",
             "fix the loader field of the registered DatasetSpec",
         ) from None
-    return loader(spec, folder)
+    return _refuse_empty_splits(loader(spec, folder), ("test",) if spec.shift_of else ("train", "test"))
+
+
+def _refuse_empty_splits(ds: DatasetSplits, needed: tuple[str, ...]) -> DatasetSplits:
+    """Every split a command reads (train to fit, test to score; a shift set: test) must list
+    items: an empty one is refused when the dataset is read, by `extract` and `data check`, not
+    met later as an error inside a fit. Val may be empty (ImageNet has none)."""
+    for split in needed:
+        if not ds.split(split):
+            use = "fit trains on" if split == "train" else "every score is computed on"
+            raise DatasetLayoutError(
+                f"{ds.name}: the {split} split ({ds.split_source}) lists no items; {split} images are what {use}",
+                f"fix or re-download {ds.split_source}; `cacheclip data check {ds.name}` checks the layout",
+            )
+    return ds

@@ -95,11 +95,14 @@ def notes(name: str) -> str:
 
 def methods_table() -> str:
     from cacheclip.cli.method_notes import NOTES
-    from cacheclip.fit.methods import list_methods
+    from cacheclip.fit.methods import get_method, list_methods
 
     rows = ["| method | paper | kind | cost (10 / 397 classes) |", "|---|---|---|---|"]
     for name in list_methods():
-        note = NOTES[name]
+        note = NOTES.get(name)
+        if note is None:  # registered without notes (tests/test_help.py asks for them)
+            rows.append(f"| `{name}` | {_cell(get_method(name).summary)} | | |")
+            continue
         rows.append(f"| [`{name}`]({note.page.removeprefix('methods/')}) | {note.paper} | {note.kind} | {note.cost} |")
     return "\n".join(rows) + "\n"
 

@@ -236,3 +236,25 @@ def test_a_freshly_extracted_store_is_verified_and_checks_clean(tmp_path, extrac
     assert _fit_tiny(tmp_path, tiny_loaded)[0]["store"]["inputs"] == "split files and images unchanged since encoding"
     result = check_store(path, in_cache=True)
     assert result.ok and not result.notes
+
+
+def test_rerunning_extract_on_a_store_of_the_schema_before_digests_rewrites_it_with_one(
+    tmp_path, extracted, tiny_loaded
+):
+    folder, cfg, path = extracted
+    with h5py.File(path, "r+") as f:
+        del f.attrs[ATTRS_DIGEST]
+        f.attrs["schema_version"] = 3
+        del f["splits/train/item_stats"]  # as a store upgraded from schema 1 may be
+    with st.open_store(path) as s:
+        before = {split: s.read(split)[0] for split in ("train", "test")}
+    summary = extract_dataset("eurosat", folder.parent, tiny_loaded, cfg)
+    assert not summary.encoded  # nothing encoded again: only rewritten
+    with h5py.File(path, "r") as f:
+        assert f.attrs["schema_version"] == st.SCHEMA_VERSION and ATTRS_DIGEST in f.attrs
+    with st.open_store(path) as s:
+        assert all(np.array_equal(s.read(split)[0], before[split]) for split in before)
+    inputs = _fit_tiny(tmp_path, tiny_loaded)[0]["store"]["inputs"]
+    assert inputs.startswith("not verified") and "train images" in inputs  # still said, never "unchanged"
+    result = check_store(path)
+    assert result.ok and not any("attribute digests" in n for n in result.notes)

@@ -321,7 +321,8 @@ def extract_dataset(
 
         def finish() -> None:
             text = old_text if old_text is not None else _encode_text(loaded, templates, ds, progress)
-            if summary.encoded or summary.text_updated or staged or st.parts_dir(path).exists():
+            upgrade = st.older_schema(path)  # rewritten at the current schema (its attribute digest)
+            if summary.encoded or summary.text_updated or staged or st.parts_dir(path).exists() or upgrade:
                 st.commit(path, _contents(ds, loaded, cfg, identity, templates, text), cfg.dtype)
 
         on_main(dist, finish)

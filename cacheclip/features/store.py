@@ -376,6 +376,15 @@ def open_store(path: Path, expect: dict[str, Any] | None = None, fix: str = "") 
     return store
 
 
+def older_schema(path: Path) -> bool:
+    """The committed store at ``path`` is of an older schema this cacheclip reads: the next
+    commit (re-encoding nothing) rewrites it at the current one."""
+    if not path.is_file():
+        return False
+    with h5py.File(path, "r") as f:
+        return int(plain_attr(f.attrs.get("schema_version", 1))) < SCHEMA_VERSION
+
+
 def check_identity(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], fix: str = "") -> None:
     """StoreMismatchError naming every identity attribute that differs."""
     diffs = [

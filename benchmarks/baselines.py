@@ -1,21 +1,29 @@
-"""Seconds and peak memory per run of every registered method on synthetic CLIP-like features
-(16 shots, D = 1024, 10 cached views).
+"""Seconds, GFLOP/s and peak memory per run of every registered method on synthetic CLIP-like
+features (16 shots, D = 1024, 10 cached views), the runs of a shot count stacked and one at a time.
 
-Times ``method.train`` for one (shots, seed) run through the real ``FitContext`` over an
-in-memory store: training plus selection on val, no file I/O, no test evaluation. 10 and 397
-classes have a 4-shot val (the selection grids are searched); 1000 classes has none, like
-ImageNet (fixed hyperparameters), unless ``--val-at-1000``. Each (method, classes) runs in its
-own process, so its peak memory (RSS above the process after the data was built) is its own.
+Times ``method.train`` for one shot count's three seeds (1, 2, 3) through the real ``FitContext``
+over an in-memory store: training plus selection on val, no file I/O, no test evaluation.
+``stacked`` is ``fit``'s way (every seed x grid configuration in the trainer's stacks);
+``alone`` trains one (seed, configuration) after another (the trainer's stacks of one run, one
+seed per call), the way every method but CLIP-Adapter trained before the stacked trainer.
+10, 100 and 397 classes have a 4-shot val (the selection grids are searched); 1000 classes has
+none, like ImageNet (fixed hyperparameters), unless ``--val-at-1000``. Each (method, classes,
+mode) runs in its own process, so its peak memory (RSS above the process after the data was
+built) is its own.
+
+GFLOP/s counts the matrix products the run executes (torch's FlopCounterMode over a run of
+1/10 of the measured length, scaled), divided by the seconds; ``vs mm`` divides that by a
+2048^3 float32 matmul timed in the same process with the same threads.
 
     .venv/bin/python benchmarks/baselines.py                    # every method but zero-shot
     .venv/bin/python benchmarks/baselines.py --methods gda,proker --classes 397
     .venv/bin/python benchmarks/baselines.py --full             # every epoch measured everywhere
     .venv/bin/python benchmarks/baselines.py --threads 0        # torch's default thread count
 
-A method with an ``epochs`` setting is measured over 1/20 of its epochs (at least 1) at 397+
-classes and its time extrapolated linearly in epochs (marked ~), unless ``--full``. The table
-also gives each method's top-1 on a synthetic test split (10 per class) beside zero-shot's, as a
-sanity check, and the CPU it ran on.
+A method with an ``epochs`` or ``iters`` setting is measured over 1/20 of them (at least 1) at
+100+ classes and its time extrapolated linearly (marked ~), unless ``--full``. The table also
+gives each method's top-1 on a synthetic test split (10 per class) beside zero-shot's (seed 1),
+as a sanity check, and the CPU it ran on.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -32,14 +41,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from cacheclip.datasets.fewshot import sample_run
+from cacheclip.fit import trainer
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method, list_methods
 from cacheclip.fit.methods.base import zero_shot_predictor
 from cacheclip.fit.metrics import top1
 
 SHOTS, DIM, VIEWS, VAL_SHOTS, TEST_SHOTS, TEMPLATES = 16, 1024, 10, 4, 10, 7
-SKIP = ("zero-shot", "clip-adapter")  # nothing to time; CLIP-Adapter: benchmarks/fit.py
+SEEDS = (1, 2, 3)
+SKIP = ("zero-shot",)  # nothing to time
+LENGTHS = ("epochs", "iters")  # the settings that set how long a trained method trains
 
 
 class MemoryStore:
@@ -56,7 +69,7 @@ class MemoryStore:
         return feats[idx], labels[idx], views[idx] if aug and views is not None else None
 
 
-def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore, FitData]:
+def synthetic(classes: int, with_val: bool, seed: int = 0, shots: int = SHOTS) -> tuple[MemoryStore, FitData]:
     """Clusters around a shared direction (cosines high, as CLIP's), raw norms varied, 10
     augmented views per train image; text weights = centres + noise (7 templates). At 397
     classes zero-shot gets about 50% and a nearest-class-mean of 16 shots about 64%."""
@@ -69,7 +82,7 @@ def synthetic(classes: int, with_val: bool, seed: int = 0) -> tuple[MemoryStore,
         feats = centers[labels] + 3.9 * rng.standard_normal((len(labels), DIM), dtype=np.float32)
         return feats * rng.uniform(0.5, 2, (len(labels), 1)).astype(np.float32), labels
 
-    train, train_labels = draw(SHOTS)
+    train, train_labels = draw(shots)
     views = train[:, None] + 1.5 * rng.standard_normal((len(train), VIEWS, DIM), dtype=np.float32)
     val, val_labels = draw(VAL_SHOTS) if with_val else (np.zeros((0, DIM), np.float32), np.zeros(0, np.int64))
     test, test_labels = draw(TEST_SHOTS)
@@ -101,39 +114,84 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(method: str, classes: int, with_val: bool, full: bool) -> dict:
-    """One run of ``method`` (default settings; fewer epochs when long, see the module doc)."""
+def resolved_length(payload: dict) -> tuple[str, int] | None:
+    """(setting, value) of the first ``epochs`` or ``iters`` in a method's resolved settings."""
+    for key, value in payload.items():
+        if key in LENGTHS and isinstance(value, int):
+            return key, value
+        if isinstance(value, dict) and (found := resolved_length(value)) is not None:
+            return found
+    return None
+
+
+def train_all(m, ctx: FitContext, plans: list[RunPlan], mode: str):
+    """``method.train`` as fit calls it (stacked), or one run at a time (alone)."""
+    if mode == "stacked":
+        return m.train(ctx, plans)
+    trainer.stack_chunks = lambda runs, state_bytes, device="cpu": [range(r, r + 1) for r in range(runs)]
+    return [t for plan in plans for t in m.train(ctx, [plan])]
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def measure(method: str, classes: int, with_val: bool, full: bool, mode: str) -> dict:
+    """One shot count (3 seeds) of ``method`` (default settings; shorter when long, see the module doc)."""
     store, data = synthetic(classes, with_val)
     base_rss = peak_rss_mb()
     m = get_method(method)
-    config = m.config()
-    epochs = getattr(config, "epochs", None)
-    measured = epochs
-    if isinstance(epochs, int) and not full and classes >= 397:
-        measured = max(1, epochs // 20)
-        config = dataclasses.replace(config, epochs=measured)
-    split = sample_run(data.train_labels, data.val_labels, SHOTS, 1)
-    ctx = FitContext(store, data, config, SHOTS, selection="val" if with_val else "none")
+    plans = [RunPlan(s, sample_run(data.train_labels, data.val_labels, SHOTS, s), "bench", Path("-")) for s in SEEDS]
+
+    def context(config):
+        return FitContext(store, data, config, SHOTS, selection="val" if with_val else "none", method=m)
+
+    length = resolved_length(m.payload(context(m.config())))
+    config, scale, note = m.config(), 1.0, ""
+    if length is not None and not full and classes >= 100:
+        name, value = length
+        measured = max(1, value // 20)
+        config, scale = dataclasses.replace(config, **{name: measured}), value / measured
+        note = f"~ ({measured} of {value} {name} measured, scaled)"
     start = time.perf_counter()
-    [trained] = m.train(ctx, [RunPlan(1, split, "bench", Path("unused"))])
-    seconds = time.perf_counter() - start
-    note = ""
-    if measured != epochs:
-        seconds *= epochs / measured  # everything scaled: an upper bound when part of the cost is per run
-        note = f"~ ({measured} of {epochs} epochs measured, scaled; test top-1 after {measured})"
+    trained = train_all(m, context(config), plans, mode)
+    seconds = (time.perf_counter() - start) * scale / len(plans)
+    flops = count_flops(m, context, config, plans, length, mode) * scale / len(plans)
     feats, labels, _ = store.splits["test"]
     return {
         "method": method,
         "classes": classes,
+        "mode": mode,
         "train": len(data.train_labels),
         "val": len(data.val_labels),
         "seconds": seconds,
+        "gflops": flops / seconds / 1e9,
+        "vs_mm": flops / seconds / 1e9 / matmul_gflops(),
         "peak_mb": peak_rss_mb() - base_rss,
-        "chosen": trained.selection.get("chosen"),
-        "top1": top1(trained.predict(torch.from_numpy(feats)), torch.from_numpy(labels)),
+        "chosen": trained[0].selection.get("chosen"),
+        "top1": top1(trained[0].predict(torch.from_numpy(feats)), torch.from_numpy(labels)),
         "zero_shot": top1(zero_shot_predictor(data)(torch.from_numpy(feats)), torch.from_numpy(labels)),
         "note": note,
     }
+
+
+def count_flops(m, context, config, plans, length, mode) -> float:
+    """Matrix-product FLOPs of the measured run: counted over a tenth of its length (scaled back)."""
+    factor = 1.0
+    if length is not None:
+        name, value = length
+        short = max(1, getattr(config, name) // 10)
+        factor = getattr(config, name) / short
+        config = dataclasses.replace(config, **{name: short})
+    with FlopCounterMode(display=False) as counter:
+        train_all(m, context(config), plans, mode)
+    return counter.get_total_flops() * factor
 
 
 def cpu_name() -> str:
@@ -149,43 +207,52 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
-    parser.add_argument("--classes", default="10,397,1000", help="comma list of class counts")
+    parser.add_argument("--classes", default="10,100,397,1000", help="comma list of class counts")
+    parser.add_argument("--modes", default="stacked,alone", help="stacked (fit's way), alone (one run at a time)")
     parser.add_argument("--full", action="store_true", help="measure every epoch at every size")
     parser.add_argument("--val-at-1000", action="store_true", help="give 1000 classes a 4-shot val too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "CLASSES"), help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--one", nargs=3, metavar=("METHOD", "CLASSES", "MODE"), help=argparse.SUPPRESS)  # child
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
         classes = int(args.one[1])
-        print(json.dumps(measure(args.one[0], classes, classes < 1000 or args.val_at_1000, args.full)))
+        print(json.dumps(measure(args.one[0], classes, classes < 1000 or args.val_at_1000, args.full, args.one[2])))
         return
     print(
         f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, {SHOTS} shots, D={DIM}, "
-        f"{VIEWS} aug views, {TEMPLATES} templates; each run in its own process"
+        f"{VIEWS} aug views, {TEMPLATES} templates, seeds {SEEDS}; each measurement in its own process"
     )
     rows = []
     for classes in (int(c) for c in args.classes.split(",")):
         for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--one", method, str(classes), "--threads", str(args.threads)]
-            cmd += ["--full"] * args.full + ["--val-at-1000"] * args.val_at_1000
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                print(f"  {classes:5d} classes  {method:14s} FAILED: {done.stderr.strip().splitlines()[-1:]}")
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(
-                f"  {classes:5d} classes  {method:14s} {row['seconds']:8.2f} s  {row['peak_mb']:7.0f} MB  "
-                f"{row['note']}",
-                flush=True,
-            )
-    print("\n| classes | train | val | method | s / run | peak MB | chosen | test top-1 (zero-shot) | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            for mode in args.modes.split(","):
+                cmd = [sys.executable, __file__, "--one", method, str(classes), mode, "--threads", str(args.threads)]
+                cmd += ["--full"] * args.full + ["--val-at-1000"] * args.val_at_1000
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    print(
+                        f"  {classes:5d} classes  {method:14s} {mode:7s} FAILED: "
+                        f"{done.stderr.strip().splitlines()[-1:]}"
+                    )
+                    continue
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(
+                    f"  {classes:5d} classes  {method:14s} {mode:7s} {row['seconds']:8.2f} s/run  "
+                    f"{row['gflops']:6.1f} GFLOP/s ({row['vs_mm']:.2f} of mm)  {row['peak_mb']:7.0f} MB  {row['note']}",
+                    flush=True,
+                )
+    print(
+        "\n| classes | method | mode | s / run | GFLOP/s | vs mm | peak MB | chosen (seed 1) "
+        "| test top-1 (zero-shot) | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['classes']} | {r['train']} | {r['val'] or 'none'} | {r['method']} | {r['seconds']:.2f} | "
+            f"| {r['classes']} | {r['method']} | {r['mode']} | {r['seconds']:.2f} | {r['gflops']:.1f} | "
+            f"{r['vs_mm']:.2f} | "
             f"{r['peak_mb']:.0f} | {json.dumps(r['chosen'])} | {r['top1']:.1f} ({r['zero_shot']:.1f}) | {r['note']} |"
         )
 

@@ -1,81 +1,101 @@
-"""Projected time of the whole coop11 grid (11 datasets x shots 1/2/4/8/16 x 3 seeds) per method
-on one CPU thread, from the 16-shot 397-class per-run costs measured by benchmarks/baselines.py
-(AMD EPYC, 2026-12-03), scaled by how each method's cost grows with N = classes x shots and K.
-Run: python3 benchmarks/grid_projection.py (no torch needed). The figures are inputs: remeasure
-with baselines.py on your machine and edit them."""
+"""Projected time of the whole coop11 grid (11 datasets x shots 1/2/4/8/16 x 3 seeds) per method,
+from rates measured here: no hand-entered figures.
 
-K = {
-    "imagenet": 1000,
-    "caltech101": 100,
-    "oxford_pets": 37,
-    "stanford_cars": 196,
-    "oxford_flowers": 102,
-    "food101": 101,
-    "fgvc_aircraft": 100,
-    "sun397": 397,
-    "dtd": 47,
-    "eurosat": 10,
-    "ucf101": 101,
+For each distinct class count of the 11 CoOp datasets (ImageNet 1000; 100 stands for Caltech101,
+Flowers102, Food101, Aircraft and UCF101, counted five times) and each shot count, the method's
+``train`` runs one shot count's three seeds the way ``fit`` does (every seed x grid configuration
+stacked) on synthetic features of that size (benchmarks/baselines.py's, 10 views, a 4-shot val;
+ImageNet's none, as CoOp's split). A method that trains for ``epochs`` or ``iters`` is timed at
+two short lengths, L1 = L / ``--divide`` and 2 L1, and projected to its full length L as
+t(L) = t1 + (t2 - t1) (L - L1) / L1 (its fixed costs counted once); a training-free method is timed
+in full. ProKeR is timed in full up to ``--proker-max`` train images and beyond that projected
+with the M^3 of its kernel solves from the largest size measured.
+
+    .venv/bin/python benchmarks/grid_projection.py                     # every method, 1 thread
+    .venv/bin/python benchmarks/grid_projection.py --methods cross-modal,taskres --threads 0
+    .venv/bin/python benchmarks/grid_projection.py --mode alone        # one run at a time, as before
+
+Prints, per method, the projected hours of the grid and its largest point, and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from baselines import SKIP, cpu_name, resolved_length, synthetic, train_all
+
+from cacheclip.datasets.fewshot import sample_run
+from cacheclip.fit.methods import FitContext, RunPlan, get_method, list_methods
+
+COOP11 = {  # classes -> how many of the 11 datasets have (about) that many
+    1000: 1,  # imagenet
+    100: 5,  # caltech101 100, oxford_flowers 102, food101 101, fgvc_aircraft 100, ucf101 101
+    37: 1,  # oxford_pets
+    196: 1,  # stanford_cars
+    397: 1,  # sun397
+    47: 1,  # dtd
+    10: 1,  # eurosat
 }
-SHOTS, SEEDS = (1, 2, 4, 8, 16), 3
-REF_N, REF_K = 397 * 16, 397
+SHOTS, SEEDS = (1, 2, 4, 8, 16), (1, 2, 3)
 
 
-def total(cost):  # cost(k, shots) seconds per run
-    return sum(SEEDS * cost(k, s) for k in K.values() for s in SHOTS)
+def timed(m, ctx_for, config, plans, mode) -> float:
+    start = time.perf_counter()
+    train_all(m, ctx_for(config), plans, mode)
+    return time.perf_counter() - start
 
 
-# N K D methods (SGD epochs fixed, full batch, Adam epochs): cost ~ t397 * (N K) / (N0 K0), floor = 10-class run
-def nk(t397, floor):
-    return lambda k, s: max(floor, t397 * (k * s * k) / (REF_N * REF_K))
+def project(method: str, classes: int, shots: int, divide: int, mode: str, proker_max: int) -> tuple[float, str]:
+    """Seconds of one shot count (3 seeds) of ``method`` at this size, and how it was obtained."""
+    store, data = synthetic(classes, with_val=classes < 1000, shots=shots)
+    m = get_method(method)
+    plans = [RunPlan(s, sample_run(data.train_labels, data.val_labels, shots, s), "grid", Path("-")) for s in SEEDS]
+
+    def ctx_for(config):
+        return FitContext(store, data, config, shots, selection="val" if data.val_labels else "none", method=m)
+
+    config = m.config()
+    if method == "proker" and len(data.train_labels) > proker_max:
+        return -1.0, "projected"
+    length = resolved_length(m.payload(ctx_for(config)))
+    if length is None:
+        return timed(m, ctx_for, config, plans, mode), "full"
+    name, full = length
+    short = max(1, full // divide)
+    t1 = timed(m, ctx_for, dataclasses.replace(config, **{name: short}), plans, mode)
+    t2 = timed(m, ctx_for, dataclasses.replace(config, **{name: 2 * short}), plans, mode)
+    return t2 + (t2 - t1) * (full - 2 * short) / short, f"{name} {short}, {2 * short} of {full}"
 
 
-def taskres(t397, floor):  # 100 epochs below 8 shots, 200 from 8 (t397 measured at 16 shots)
-    return lambda k, s: max(floor, t397 * (k * s * k) / (REF_N * REF_K) * (0.5 if s < 8 else 1))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
+    parser.add_argument("--divide", type=int, default=50, help="time 1/divide and 2/divide of each length")
+    parser.add_argument("--mode", default="stacked", choices=("stacked", "alone"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--proker-max", type=int, default=3200, help="largest ProKeR train set timed in full")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, mode {args.mode}")
+    for method in args.methods.split(","):
+        total, worst, measured = 0.0, (0.0, ""), {}
+        for classes, count in COOP11.items():
+            for shots in SHOTS:
+                seconds, how = project(method, classes, shots, args.divide, args.mode, args.proker_max)
+                if seconds < 0:  # ProKeR beyond what is timed: M^3 from the largest size measured
+                    n0, t0 = max(measured.items())
+                    seconds, how = t0 * (classes * shots / n0) ** 3, f"M^3 from {n0} images"
+                else:
+                    measured[classes * shots] = seconds
+                total += count * seconds
+                worst = max(worst, (seconds, f"{classes} classes {shots} shots ({how})"))
+        print(f"{method:14s} {total / 3600:7.2f} h   largest point: {worst[0] / 60:6.1f} min at {worst[1]}", flush=True)
 
 
-def xmodal(t397, floor):  # fixed iterations: cost ~ K
-    return lambda k, s: max(floor, t397 * k / REF_K)
-
-
-rows = {
-    "zs-lp (78 s)": nk(78.3, 0.35),
-    "clap (79 s)": nk(79.0, 0.34),
-    "lp++ (67 s)": nk(66.7, 0.20),
-    "taskres (71 s)": taskres(71.1, 1.65),
-    "cross-modal (~409 s)": xmodal(409, 47.2),
-}
-for name, cost in rows.items():
-    print(f"{name:24s} {total(cost) / 3600:6.2f} h")
-
-
-# GDA: covariance over M = V N views (D x D) + pinv: ~ t397 * N / N0 + pinv floor
-def g(k, s):
-    return max(0.18, 6.07 * (k * s) / REF_N)
-
-
-print(f"{'gda (6.1 s)':24s} {total(g) / 3600:6.2f} h")
-
-
-# ProKeR with --proker-views 1 (M = N): Cholesky path ~ grid x M^3; 20 x 10 grid at M = 6352: ~15 min (1 thread)
-def p(k, s):
-    return max(16.9, 900 * (k * s / REF_N) ** 3)
-
-
-print(
-    f"{'proker views=1 (~900 s)':24s} {total(p) / 3600:6.2f} h"
-    f"   (ImageNet 16-shot alone: {p(1000, 16) / 3600:.1f} h per run)"
-)
-lp = nk(76.1, 1.76)
-
-
-def tipf(k, s):
-    return max(1.42, 225.7 * ((k * s) / REF_N) ** 2)
-
-
-def tip(k, s):
-    return max(0.01, 6.33 * ((k * s) / REF_N) * (k / REF_K))
-
-
-for name, c in (("linear-probe (76 s)", lp), ("tip-adapter (6.3 s)", tip), ("tip-adapter-f (~226 s)", tipf)):
-    print(f"{name:24s} {total(c) / 3600:6.2f} h")
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,7 @@ from cacheclip.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
+MANY_THREADS_FLOPS = 256e6  # a step's largest product from which a stack trains on every core (threads_for)
 
 
 # ---------------------------------------------------------------- the optimiser
@@ -196,9 +197,12 @@ def train_stack(
     stack: Stack,
     steps: int,
     after_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    every: Callable[[int], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Train ``steps`` steps; ``after_step(i, params)`` runs after step i's update (0-based) with
-    the (R, ...) parameters, e.g. to score val at a checkpoint. Returns the final (R, ...) ones."""
+    the (R, ...) parameters, e.g. to score val at a checkpoint: after every step, or only where
+    ``every(i)`` holds (gathering a stack's groups into one tensor is a copy). Returns the final
+    (R, ...) parameters."""
     params = StackedParams(stack.params, stack.recipe, stack.lrs, stack.weight_decays, stack.fused)
     block, used = None, 0
     with threads(threads_for(stack.step_flops) if stack.step_flops else torch.get_num_threads()):
@@ -208,7 +212,7 @@ def train_stack(
             x, y = stack.samples.batch(block[used], stack.dtype)
             used += 1
             params.step(stack.loss(params.full(), x, y).sum(), lambda peak, i=i: stack.schedule(i, peak))
-            if after_step is not None:
+            if after_step is not None and (every is None or every(i)):
                 after_step(i, params.detached())
     return params.detached()
 
@@ -278,11 +282,13 @@ def stack_chunks(runs: int, state_bytes: int, device: str = "cpu") -> list[range
 
 
 def threads_for(flops_per_op: float) -> int:
-    """Torch CPU threads for work whose typical operation does ``flops_per_op`` FLOPs: one below
-    ~4 MFLOP (a second thread's wake-up costs more than it saves, and it stalls outright when the
-    other core is busy), else every core this process may use."""
+    """Torch CPU threads for a stack whose largest product per step does ``flops_per_op`` FLOPs:
+    every core this process may use from ~256 MFLOP (about 5 ms on one thread), else one. A second
+    thread halves a long product, but on short ones its wake-up costs as much as it saves, and when
+    another process holds a core each parallel operation waits for the descheduled thread: a fit of
+    small matrices on two threads beside one busy process ran 3-20x slower, on one thread ~1x."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if flops_per_op < 4e6 else cores
+    return cores if flops_per_op >= MANY_THREADS_FLOPS else 1
 
 
 @contextmanager

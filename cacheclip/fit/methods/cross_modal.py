@@ -280,7 +280,7 @@ def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, 
         samples=Samples(tables, owner, device),
         blocks=stack_blocks(streams, device),
         dtype=dtype,
-        step_flops=4.0 * r * b * d * k,
+        step_flops=2.0 * r * b * d * k,
     )
     has_val = runs[0].val is not None
     keeper, val = Keeper(r, ties="first"), _stacked_val(runs, dtype, device) if has_val else None
@@ -296,7 +296,10 @@ def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, 
         if progress is not None:
             progress(i)
 
-    last = train_stack(stack, opts.iters, after_step)["weight"].cpu()
+    def checkpoint(i: int) -> bool:  # evaluations, and the last step for the progress bar
+        return i % opts.eval_every == 0 or i == opts.iters - 1
+
+    last = train_stack(stack, opts.iters, after_step, every=checkpoint)["weight"].cpu()
     if not has_val:
         return [Run(run.candidate, last[j], opts.iters - 1, None) for j, run in enumerate(runs)]
     kept = keeper.state["weight"].cpu()

@@ -91,3 +91,43 @@ def test_thousands_of_bad_files_give_a_count_and_the_first_few(grid):
     assert len(skipped) == SHOWN_SKIPPED + 1
     assert skipped[-1] == f"skipped {1500 - SHOWN_SKIPPED} more files (the first {SHOWN_SKIPPED} are named above)"
     assert to_markdown(report).count("\n- skipped ") == SHOWN_SKIPPED + 1
+
+
+# ---------------------------------------------------------------- a run that diverged
+
+
+def test_a_run_that_diverges_is_flagged_in_its_result_and_in_the_report(tmp_path):
+    from stores import REF, clustered
+
+    from cacheclip.fit.methods.clip_adapter import ClipAdapterConfig
+    from cacheclip.fit.stage import FitConfig, fit_dataset
+
+    clustered(tmp_path / "cache", "eurosat")
+    results = {}
+    for lr in (1e30, 1e-3):
+        cfg = FitConfig(
+            shots=(2,), seeds=(1,), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / f"r{lr:g}"),
+            method_config=ClipAdapterConfig(epochs=3, lr=lr),
+        )  # fmt: skip
+        (results[lr],) = fit_dataset("eurosat", REF, cfg)
+    assert "training diverged" in results[1e30]["diverged"] and "lower the learning rate" in results[1e30]["diverged"]
+    assert "diverged" not in results[1e-3]  # a normal run is not flagged
+    (written,) = (tmp_path / "r1e+30").rglob("result.json")
+    assert json.loads(written.read_text())["diverged"] == results[1e30]["diverged"]
+    report = _report([tmp_path / "r1e+30"])
+    assert any(str(written) in w and "training diverged" in w for w in report.warnings)
+
+
+def test_divergence_is_read_from_the_saved_adapter(tmp_path):
+    import torch
+
+    from cacheclip.results import runs as rr
+
+    weights = torch.ones(3, 4)
+    for tensor, flagged in ((torch.full((4, 4), 0.5), None), (torch.full((4, 4), 3e9), "reaches 3e+09")):
+        rr.save_adapter(tmp_path / "adapter.safetensors", {"fc.weight": tensor}, weights, {})
+        result = {"adapter_file": "adapter.safetensors"}
+        rr.write_result(tmp_path, result)
+        assert (flagged is None and "diverged" not in result) or flagged in result["diverged"]
+    rr.save_adapter(tmp_path / "adapter.safetensors", {"fc.weight": torch.tensor([float("nan")])}, weights, {})
+    assert "NaN or inf" in rr.divergence(tmp_path, {"adapter_file": "adapter.safetensors"})

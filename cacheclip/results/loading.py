@@ -166,6 +166,8 @@ def result_problem(result: dict) -> str | None:
             return problem
     if test_top1(result.get("metrics")) is None:
         return "missing metrics.test.top1"
+    if result.get("diverged") is not None and not isinstance(result.get("diverged"), str):
+        return f"diverged is {result.get('diverged')!r}, not text"
     for name in ("config", "protocol", "store", "classifier", "fewshot"):
         if result.get(name) is not None and not isinstance(result.get(name), dict):
             return f"{name} is {type(result.get(name)).__name__}, not an object"

@@ -283,6 +283,8 @@ def build_reports(
         if problem:
             shared.append(f"skipped {result_source(result)}: {problem}")
             continue
+        if result.get("diverged"):  # its number is what the run gave: reported, and said
+            shared.append(f"{result_source(result)}: {result['diverged']}")
         key = (result["model"], result["pretrained"], result["method"], run_protocol(result))
         group = groups.setdefault(key, {})
         run = (result["dataset"], result["shots"], result["seed"])

@@ -40,8 +40,40 @@ def is_done(folder: Path, key: str) -> bool:
         return False
 
 
+DIVERGED_AT = 1e8  # no classifier on CLIP's unit-norm features has weights this large unless training blew up
+
+
+def divergence(folder: Path, result: dict[str, Any]) -> str | None:
+    """Why the run's saved adapter shows that training diverged (a tensor holding NaN or inf, or
+    values beyond ``DIVERGED_AT``, as ``--lr 1e30`` gives), else None. Read back from the file
+    the run saved, so every method is judged the same way."""
+    name = result.get("adapter_file")
+    if not name or not (folder / name).is_file():
+        return None
+    import torch
+
+    tensors, _, _ = load_adapter(folder / name)
+    for key, tensor in sorted(tensors.items()):
+        values = tensor.float()
+        if not values.numel() or not values.is_floating_point():
+            continue
+        if not torch.isfinite(values).all():
+            return f"training diverged: the adapter's {key} holds NaN or inf; lower the learning rate"
+        peak = float(values.abs().max())
+        if peak > DIVERGED_AT:
+            return (
+                f"training diverged: the adapter's {key} reaches {peak:.3g} (beyond {DIVERGED_AT:g}); "
+                "lower the learning rate"
+            )
+    return None
+
+
 def write_result(folder: Path, result: dict[str, Any]) -> None:
-    """Written last: its presence (with the run key) is what marks the run done."""
+    """Written last: its presence (with the run key) is what marks the run done. A run whose
+    adapter diverged is flagged (``result["diverged"]``), never recorded as a normal one."""
+    flag = divergence(folder, result)
+    if flag:
+        result["diverged"] = flag
     write_json_atomic(folder / "result.json", result)
 
 

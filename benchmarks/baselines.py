@@ -5,7 +5,8 @@ Times ``method.train`` for one shot count's three seeds (1, 2, 3) through the re
 over an in-memory store: training plus selection on val, no file I/O, no test evaluation.
 ``stacked`` is ``fit``'s way (every seed x grid configuration in the trainer's stacks);
 ``alone`` trains one (seed, configuration) after another (the trainer's stacks of one run, one
-seed per call), the way every method but CLIP-Adapter trained before the stacked trainer.
+seed per call); ``before`` runs the code of another checkout (``--before DIR``, e.g. a git worktree
+of the commit before the stacked trainer) one seed per call, in the same benchmark run.
 10, 100 and 397 classes have a 4-shot val (the selection grids are searched); 1000 classes has
 none, like ImageNet (fixed hyperparameters), unless ``--val-at-1000``. Each (method, classes,
 mode) runs in its own process, so its peak memory (RSS above the process after the data was
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
+import os
 import platform
 import resource
 import subprocess
@@ -44,7 +47,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit import trainer
 from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method, list_methods
 from cacheclip.fit.methods.base import zero_shot_predictor
 from cacheclip.fit.metrics import top1
@@ -125,11 +127,21 @@ def resolved_length(payload: dict) -> tuple[str, int] | None:
 
 
 def train_all(m, ctx: FitContext, plans: list[RunPlan], mode: str):
-    """``method.train`` as fit calls it (stacked), or one run at a time (alone)."""
+    """``method.train`` as fit calls it (stacked); one seed per call in stacks of one run (alone);
+    one seed per call of the code at ``--before`` (before)."""
     if mode == "stacked":
         return m.train(ctx, plans)
-    trainer.stack_chunks = lambda runs, state_bytes, device="cpu": [range(r, r + 1) for r in range(runs)]
+    if mode == "alone":
+        from cacheclip.fit import trainer
+
+        trainer.CPU_STACK_BYTES = 0  # every stack one run
     return [t for plan in plans for t in m.train(ctx, [plan])]
+
+
+def fit_context(store, data, config, shots: int, m) -> FitContext:
+    """The method's view of a shot count (``method=`` where this version of FitContext takes it)."""
+    extra = {"method": m} if "method" in inspect.signature(FitContext).parameters else {}
+    return FitContext(store, data, config, shots, selection="val" if data.val_labels else "none", **extra)
 
 
 def matmul_gflops() -> float:
@@ -150,7 +162,7 @@ def measure(method: str, classes: int, with_val: bool, full: bool, mode: str) ->
     plans = [RunPlan(s, sample_run(data.train_labels, data.val_labels, SHOTS, s), "bench", Path("-")) for s in SEEDS]
 
     def context(config):
-        return FitContext(store, data, config, SHOTS, selection="val" if with_val else "none", method=m)
+        return fit_context(store, data, config, SHOTS, m)
 
     length = resolved_length(m.payload(context(m.config())))
     config, scale, note = m.config(), 1.0, ""
@@ -208,7 +220,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
     parser.add_argument("--classes", default="10,100,397,1000", help="comma list of class counts")
-    parser.add_argument("--modes", default="stacked,alone", help="stacked (fit's way), alone (one run at a time)")
+    parser.add_argument(
+        "--modes", default="stacked,alone", help="stacked (fit's way), alone (one run at a time), before"
+    )
+    parser.add_argument(
+        "--before", metavar="DIR", help="a checkout of the code to compare (mode before), e.g. a git worktree"
+    )
     parser.add_argument("--full", action="store_true", help="measure every epoch at every size")
     parser.add_argument("--val-at-1000", action="store_true", help="give 1000 classes a 4-shot val too")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
@@ -230,7 +247,8 @@ def main() -> None:
             for mode in args.modes.split(","):
                 cmd = [sys.executable, __file__, "--one", method, str(classes), mode, "--threads", str(args.threads)]
                 cmd += ["--full"] * args.full + ["--val-at-1000"] * args.val_at_1000
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                env = {**os.environ, "PYTHONPATH": args.before} if mode == "before" else None
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if done.returncode:
                     print(
                         f"  {classes:5d} classes  {method:14s} {mode:7s} FAILED: "

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-from baselines import SKIP, cpu_name, resolved_length, synthetic, train_all
+from baselines import SKIP, cpu_name, fit_context, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import FitContext, RunPlan, get_method, list_methods
+from cacheclip.fit.methods import RunPlan, get_method, list_methods
 
 SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
 
@@ -35,7 +35,7 @@ def one(method: str, classes: int, divide: int) -> float:
     plans = [RunPlan(s, sample_run(data.train_labels, data.val_labels, 16, s), "busy", Path("-")) for s in (1, 2, 3)]
 
     def ctx_for(config):
-        return FitContext(store, data, config, 16, selection="val", method=m)
+        return fit_context(store, data, config, 16, m)
 
     config = m.config()
     length = resolved_length(m.payload(ctx_for(config)))

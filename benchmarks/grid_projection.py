@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from baselines import SKIP, cpu_name, resolved_length, synthetic, train_all
+from baselines import SKIP, cpu_name, fit_context, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import FitContext, RunPlan, get_method, list_methods
+from cacheclip.fit.methods import RunPlan, get_method, list_methods
 
 COOP11 = {  # classes -> how many of the 11 datasets have (about) that many
     1000: 1,  # imagenet
@@ -56,7 +56,7 @@ def project(method: str, classes: int, shots: int, divide: int, mode: str, proke
     plans = [RunPlan(s, sample_run(data.train_labels, data.val_labels, shots, s), "grid", Path("-")) for s in SEEDS]
 
     def ctx_for(config):
-        return FitContext(store, data, config, shots, selection="val" if data.val_labels else "none", method=m)
+        return fit_context(store, data, config, shots, m)
 
     config = m.config()
     if method == "proker" and len(data.train_labels) > proker_max:

@@ -60,6 +60,7 @@ from cacheclip.fit.trainer import (
     run_cross_entropy,
     stack_blocks,
     stack_chunks,
+    stack_vals,
     train_stack,
     warmup_cosine,
 )
@@ -291,19 +292,6 @@ def _train_all(runs, vals, class_weights, logit_scale, cfg, epochs, device, prog
     return states, records
 
 
-def _stack_vals(vals, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x (R, M, D) float32, y (R, M), sizes (R,)): each run's val, zero-padded to the largest with
-    labels -1 (never an argmax) so one batched forward scores every run."""
-    m = max(len(v[1]) for v in vals)
-    d = vals[0][0].shape[1]
-    x = torch.zeros(len(vals), m, d, device=device)
-    y = torch.full((len(vals), m), -1, dtype=torch.int64, device=device)
-    for r, (feats, labels) in enumerate(vals):
-        x[r, : len(labels)] = feats.to(device=device, dtype=torch.float32)
-        y[r, : len(labels)] = labels.to(device=device, dtype=torch.int64)
-    return x, y, torch.tensor([max(1, len(v[1])) for v in vals], dtype=torch.float64)
-
-
 def epoch_rows(n: int, v: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless epochs of one run as (steps, batch) row numbers i V + j into its (N V, D) views: per
     epoch ``randint(V, (N,))`` for the views (skipped when V = 1 or views="clean"), then
@@ -362,7 +350,7 @@ def _train_stack(runs, class_weights, logit_scale, cfg, epochs, device, progress
         step_flops=2.0 * len(runs) * batch * d * max(d // 4, cw.shape[0]),
     )
     keeper = Keeper(len(runs)) if vals is not None else None
-    scored = _stack_vals(vals, device) if vals is not None else None
+    scored = stack_vals(vals, torch.float32, device) if vals is not None else None
 
     def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
         if (i + 1) % steps:

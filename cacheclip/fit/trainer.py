@@ -217,6 +217,22 @@ def train_stack(
     return params.detached()
 
 
+def stack_vals(
+    vals: Sequence[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype, device: str, normalize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x (R, M, D), y (R, M), sizes (R,) float64): each run's val (features (M_r, D), labels), zero-padded
+    to the largest with label -1 (never an argmax), so one batched forward scores every run; features
+    L2-normalised when ``normalize``."""
+    m, d = max(len(labels) for _, labels in vals), vals[0][0].shape[1]
+    x = torch.zeros(len(vals), m, d, dtype=dtype, device=device)
+    y = torch.full((len(vals), m), -1, dtype=torch.long, device=device)
+    for r, (feats, labels) in enumerate(vals):
+        f = feats.to(device=device, dtype=dtype)
+        x[r, : len(labels)] = F.normalize(f, dim=-1) if normalize else f
+        y[r, : len(labels)] = labels.to(device=device, dtype=torch.long)
+    return x, y, torch.tensor([max(1, len(labels)) for _, labels in vals], dtype=torch.float64)
+
+
 class Keeper:
     """Per run, the parameters at the checkpoint with the best val score: ``ties="first"`` keeps the
     earliest of equal scores (a later one must be strictly better: CoOp's best-val checkpoint, the

@@ -45,6 +45,7 @@ from cacheclip.fit.trainer import (
     run_cross_entropy,
     stack_blocks,
     stack_chunks,
+    stack_vals,
     train_stack,
 )
 from cacheclip.settings import setting
@@ -283,7 +284,8 @@ def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, 
         step_flops=2.0 * r * b * d * k,
     )
     has_val = runs[0].val is not None
-    keeper, val = Keeper(r, ties="first"), _stacked_val(runs, dtype, device) if has_val else None
+    keeper = Keeper(r, ties="first")
+    val = stack_vals([run.val for run in runs], dtype, device, normalize=True) if has_val else None
 
     def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
         if i % opts.eval_every == 0:
@@ -304,18 +306,6 @@ def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, 
         return [Run(run.candidate, last[j], opts.iters - 1, None) for j, run in enumerate(runs)]
     kept = keeper.state["weight"].cpu()
     return [Run(run.candidate, kept[j], int(keeper.at[j]), int(keeper.best[j])) for j, run in enumerate(runs)]
-
-
-def _stacked_val(runs, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x^ (R, M, D) normalised, y (R, M)): each run's val, zero-padded to the largest with label -1."""
-    m, d = max(len(run.val[1]) for run in runs), runs[0].views.shape[2]
-    x = torch.zeros(len(runs), m, d, dtype=dtype, device=device)
-    y = torch.full((len(runs), m), -1, dtype=torch.long, device=device)
-    for j, run in enumerate(runs):
-        feats, labels = run.val
-        x[j, : len(labels)] = F.normalize(feats.to(device=device, dtype=dtype), dim=-1)
-        y[j, : len(labels)] = labels.to(device=device, dtype=torch.long)
-    return x, y
 
 
 def train_candidate(

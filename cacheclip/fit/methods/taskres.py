@@ -44,6 +44,7 @@ from cacheclip.fit.trainer import (
     Stack,
     stack_blocks,
     stack_chunks,
+    stack_vals,
     train_stack,
     warmup_cosine,
 )
@@ -298,7 +299,7 @@ def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progre
         step_flops=2.0 * r * per_step * d * k,
     )
     keeper = Keeper(r, ties="first") if best_val else None
-    val = stacked_val(runs, dtype, device) if best_val else None
+    val = stack_vals([run.val for run in runs], dtype, device, normalize=True) if best_val else None
 
     def after_step(i: int, params: dict[str, torch.Tensor]) -> None:
         if (i + 1) % steps:
@@ -314,19 +315,6 @@ def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progre
         return [Residual(x) for x in last.cpu()]
     kept = keeper.state["residual"].cpu()
     return [Residual(kept[j], keeper.record(j)) for j in range(r)]
-
-
-def stacked_val(runs, dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(f^ (R, M, D) normalised, y (R, M), sizes (R,)): each run's val, zero-padded to the largest
-    with label -1 (never right)."""
-    m, d = max(len(run.val[1]) for run in runs), runs[0].views.shape[2]
-    x = torch.zeros(len(runs), m, d, dtype=dtype, device=device)
-    y = torch.full((len(runs), m), -1, dtype=torch.long, device=device)
-    for j, run in enumerate(runs):
-        feats, labels = run.val
-        x[j, : len(labels)] = F.normalize(feats.to(device=device, dtype=dtype), dim=-1)
-        y[j, : len(labels)] = labels.to(device=device, dtype=torch.long)
-    return x, y, torch.tensor([len(run.val[1]) for run in runs], dtype=torch.float64)
 
 
 def val_top1(val, base, residual, alphas, scale) -> torch.Tensor:

@@ -44,6 +44,7 @@ from cacheclip.fit.trainer import (
     run_cross_entropy,
     stack_blocks,
     stack_chunks,
+    stack_vals,
     train_stack,
 )
 from cacheclip.settings import setting
@@ -338,15 +339,9 @@ def _stacked_scorer(runs, class_weights, scale, alpha, beta, dtype, device, cach
     """keys (R, NK, D) -> each run's val top-1 % (R,) (float64, as ``top1_percent``) of ``tip_logits``
     at the training alpha, beta, on its own val: one batched forward, in slices of val rows that
     keep the affinity (R, NK, rows) near 64 MiB. Vals are zero-padded to the largest, label -1."""
-    m, d, k = max(len(run.val[1]) for run in runs), runs[0].views.shape[2], class_weights.shape[0]
-    f_hat = torch.zeros(len(runs), m, d, dtype=dtype, device=device)
-    y = torch.full((len(runs), m), -1, dtype=torch.long, device=device)
-    for j, run in enumerate(runs):
-        feats, labels = run.val
-        f_hat[j, : len(labels)] = F.normalize(feats.to(device=device, dtype=dtype), dim=-1)
-        y[j, : len(labels)] = labels.to(device=device, dtype=torch.long)
+    f_hat, y, sizes = stack_vals([run.val for run in runs], dtype, device, normalize=True)
+    m, k = f_hat.shape[1], class_weights.shape[0]
     zs = scale * (f_hat @ F.normalize(class_weights.to(device=device, dtype=dtype), dim=-1).t())  # (R, M, K)
-    sizes = torch.tensor([len(run.val[1]) for run in runs], dtype=torch.float64)
     rows = max(1, (16 << 20) // max(1, len(runs) * runs[0].keys.shape[0]))
 
     def score(keys: torch.Tensor) -> torch.Tensor:

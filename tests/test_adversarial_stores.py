@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from stores import REF, clustered
 
-from cacheclip.errors import StoreDamagedError
+from cacheclip.errors import StoreDamagedError, StoreMismatchError
 from cacheclip.features import store as st
 from cacheclip.features.check import check_store, extract_command, health
 from cacheclip.features.extract import ExtractConfig, extract_dataset
@@ -258,3 +258,42 @@ def test_rerunning_extract_on_a_store_of_the_schema_before_digests_rewrites_it_w
     assert inputs.startswith("not verified") and "train images" in inputs  # still said, never "unchanged"
     result = check_store(path)
     assert result.ok and not any("attribute digests" in n for n in result.notes)
+
+
+# ---------------------------------------------------------------- --targets
+
+
+@pytest.fixture
+def shift_stores(tmp_path, make_data, tiny_loaded):
+    for name in ("imagenet", "imagenet-v2"):
+        make_data(name, n_classes=12, n_train=2, n_test=2)
+    cfg = ExtractConfig(
+        cache_dir=str(tmp_path / "cache"), workers=0, batch_size=32, shots=(1,), seeds=(1,), aug_views=0
+    )
+    for name in ("imagenet", "imagenet-v2"):
+        extract_dataset(name, tmp_path / "data", tiny_loaded, cfg)
+    return st.store_path(tmp_path / "cache", tiny_loaded.model_id, tiny_loaded.weights_id, "imagenet-v2")
+
+
+def _fit_targets(tmp_path, tiny_loaded):
+    cfg = _fit_cfg(tmp_path, method="linear-probe", views="clean", targets=("imagenet-v2",))
+    return fit_dataset("imagenet", tiny_loaded.ref, cfg)
+
+
+def test_a_target_store_is_verified_like_the_source(tmp_path, shift_stores, tiny_loaded):
+    """A target's test labels edited in place, or its images changed, gave a target score with exit 0."""
+    assert "imagenet-v2" in _fit_targets(tmp_path, tiny_loaded)[0]["metrics"]["targets"]
+    with h5py.File(shift_stores, "r+") as f:
+        _shift_labels(f)
+    with pytest.raises(StoreDamagedError, match="does not hold what its split file says"):
+        _fit_targets(tmp_path, tiny_loaded)
+    with h5py.File(shift_stores, "r+") as f:  # undo; then change an image instead
+        labels = f["splits/test/labels"]
+        labels[...] = (labels[()] - 1) % len(f["classnames"])
+        first = f["splits/test/paths"][0].decode()
+    with st.open_store(shift_stores) as s:
+        image = Path(s.attrs["image_root"]) / first
+    Image.new("RGB", (40, 30), (250, 10, 10)).save(image)
+    os.utime(image, ns=(10**18, 10**18))
+    with pytest.raises(StoreMismatchError, match=r"target imagenet-v2: .* is stale: image files changed"):
+        _fit_targets(tmp_path, tiny_loaded)

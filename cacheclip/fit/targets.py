@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from cacheclip.datasets.catalog import expand_names
-from cacheclip.errors import ConfigError, MissingFeaturesError
+from cacheclip.errors import ConfigError, MissingFeaturesError, StoreMismatchError
+from cacheclip.features.freshness import check_freshness
 from cacheclip.features.store import open_store, parts_dir, store_path
 from cacheclip.fit.metrics import classification_metrics
 
@@ -89,6 +90,9 @@ def _load_target(name, source_attrs, source_class_ids, cache_dir, model_id, weig
     expect = {"dataset": name, **{k: source_attrs.get(k) for k in SAME_AS_SOURCE if k in source_attrs}}
     with open_store(path, expect, f"the target must be encoded like the ImageNet store: {command}") as store:
         ids = store.class_ids  # checked now; the features are read after training
+        fresh = check_freshness(store)  # as the source's: its split file, content and images
+        if fresh.stale:
+            raise StoreMismatchError(f"target {name}: {path} is stale: {fresh.describe()}", f"run: {command}")
     where = {wnid: i for i, wnid in enumerate(source_class_ids)}
     unknown = [w for w in ids if w not in where]
     if not ids or unknown:

@@ -14,6 +14,7 @@ PROBE = """
 import json, sys, time
 from cacheclip.errors import ModelLoadError
 from cacheclip.features.models import load_model
+import huggingface_hub, open_clip  # imported first: the clock times the network wait, not imports
 start = time.perf_counter()
 try:
     load_model("RN50", "openai", weights_dir=sys.argv[1])

@@ -30,8 +30,11 @@ def main() -> None:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
     except typer.Exit as e:
         code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        code = INTERRUPTED
+    except (typer.Abort, KeyboardInterrupt) as e:
+        # click turns an EOFError escaping a command (a truncated gzip stream...) into Abort as
+        # well: only a real Ctrl-C reads as an interruption; the rest is an error like any other
+        eof = e.__cause__ if isinstance(e.__cause__, EOFError) else None
+        code = c.report_error(eof) if eof is not None else INTERRUPTED
     except Exception as e:
         code = c.report_error(e)  # click usage errors show themselves and give 2
     if code == INTERRUPTED:  # typer turns Ctrl-C into this exit code before our code sees it

@@ -169,3 +169,15 @@ def test_a_complete_layout_on_a_read_only_root_is_left_alone_without_error(cli, 
     code, out, err = _get(cli, root, server, sources, "eurosat")
     assert code == 0 and "already in place" in out, out + err
     assert load_dataset("eurosat", root).train
+
+
+def test_an_eof_error_escaping_a_command_is_an_error_never_an_interruption(cli, server, tmp_path, monkeypatch):
+    sources, _ = publish(server, tmp_path, ["eurosat"])
+
+    def eof(*args, **kw):  # what a truncated gzip stream raises, wherever it is read
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(dl, "get_dataset", eof)
+    code, out, err = _get(cli, tmp_path / "data", server, sources, "eurosat")
+    assert code == 1 and "EOFError: Compressed file ended" in err, out + err
+    assert "interrupted" not in err and "resume with" not in err

@@ -200,6 +200,7 @@ def _describe_method(method) -> None:
         say(f"paper: {note.paper}" + (f"; official code {note.code}" if note.code else ""))
         say(f"kind: {note.kind}; cost per 16-shot run at 10 / 397 classes (2-core CPU): {note.cost}")
         say(f"paper's protocol: {note.protocol}")
+        say(f"--protocol official: {note.official}")
         say("what cacheclip changes (each result lists its own, in protocol.differences):")
         for change in note.changes:
             say(f"  - {change}")

@@ -21,6 +21,7 @@ class MethodNotes:
     protocol: str  # the paper's protocol, in a sentence or two
     changes: tuple[str, ...]  # what cacheclip does differently (each run records its own list)
     page: str  # the manual's page, relative to docs/
+    official: str = "nothing changes: the defaults are the paper's protocol"  # what --protocol official does
 
 
 NOTES: dict[str, MethodNotes] = {
@@ -47,6 +48,7 @@ NOTES: dict[str, MethodNotes] = {
             "image features cached in float16 (extract --dtype float32 to avoid)",
         ),
         page="methods/clip-adapter.md",
+        official="the ratio fixed at 0.2, no selection; val is only reported",
     ),
     "linear-probe": MethodNotes(
         paper="Radford et al. 2021, arXiv 2103.00020, sec. 3.2; CoOp (Zhou et al. 2022, arXiv 2109.01134) "
@@ -76,6 +78,8 @@ NOTES: dict[str, MethodNotes] = {
             "cached views at the store's crop scale (default (0.08, 1); extract --aug-scale 0.5,1 to match)",
         ),
         page="methods/tip-adapter.md",
+        official="alpha, beta searched on the whole val split over the dataset's config grid (beta-major, first "
+        "best); ImageNet: the config's initial values without val, or its grid on --no-val holdout",
     ),
     "tip-adapter-f": MethodNotes(
         paper="Zhang et al., ECCV 2022, arXiv 2207.09519 (Tip-Adapter-F)",
@@ -90,6 +94,7 @@ NOTES: dict[str, MethodNotes] = {
             "the last epoch is kept, never the best on test",
         ),
         page="methods/tip-adapter-f.md",
+        official="as tip-adapter, and training with the config's initial alpha/beta, epochs and lr",
     ),
     "zs-lp": MethodNotes(
         paper="Silva-Rodriguez et al., CVPR 2024, arXiv 2312.12730 (ZS-LP baseline of CLAP)",
@@ -133,6 +138,7 @@ NOTES: dict[str, MethodNotes] = {
             "the paper's alpha update by default (--lpp-quirk true: the code's)",
         ),
         page="methods/lp-plus-plus.md",
+        official="its val rule on K val images per class (ImageNet: --no-val holdout)",
     ),
     "taskres": MethodNotes(
         paper="Yu et al., CVPR 2023, arXiv 2211.10277 (TaskRes)",
@@ -146,6 +152,7 @@ NOTES: dict[str, MethodNotes] = {
             "several --taskres-alpha values are chosen on the few-shot val (the official code fixes one)",
         ),
         page="methods/taskres.md",
+        official="the official scripts' per-dataset alpha, lr and epochs",
     ),
     "cross-modal": MethodNotes(
         paper="Lin et al., CVPR 2023, arXiv 2301.06267 (Multimodality Helps Unimodality)",
@@ -173,6 +180,7 @@ NOTES: dict[str, MethodNotes] = {
             "CoOp's few-shot sampling; the store's crop scale and view count",
         ),
         page="methods/gda.md",
+        official="alpha chosen on the whole val split (ImageNet: fixed, or on --no-val holdout)",
     ),
     "proker": MethodNotes(
         paper="Bendou et al., CVPR 2025, arXiv 2501.11175 (ProKeR)",
@@ -187,5 +195,6 @@ NOTES: dict[str, MethodNotes] = {
             "float64 solves; a memory guard that names --proker-views when the kernel does not fit",
         ),
         page="methods/proker.md",
+        official="the config grids searched on the whole val split (ImageNet: fixed, or on --no-val holdout)",
     ),
 }

@@ -85,6 +85,7 @@ def notes(name: str) -> str:
         f"- **Kind:** {note.kind}",
         f"- **Cost:** {note.cost} per 16-shot run at 10 / 397 classes (see [Benchmarks](../benchmarks.md))",
         f"- **Paper's protocol:** {note.protocol}",
+        f"- **`--protocol official`:** {note.official}",
         "- **What cacheclip changes** (every result lists its own, in `protocol.differences`): "
         + "; ".join(note.changes),
         f"- `cacheclip methods {name}` prints this and the settings; `cacheclip fit --method {name} --help` "

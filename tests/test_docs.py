@@ -138,3 +138,11 @@ def test_the_hook_fills_every_methods_tables():
         hooks.expand("<!-- cacheclip:nonsense gda -->")
     gda = hooks.published_table("gda")
     assert "| eurosat | 58.30 | 67.88 | 75.40 | 81.70 | 86.12 |" in gda  # published_rn50.json's numbers
+
+
+def test_the_readmes_links_into_the_manual_exist():
+    text = (ROOT / "README.md").read_text("utf-8")
+    targets = re.findall(r"\]\(((?!https?://)[^)#]+)(?:#[^)]*)?\)", text)
+    assert len(targets) > 20
+    for target in targets:
+        assert (ROOT / target).exists(), target

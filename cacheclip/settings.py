@@ -148,6 +148,14 @@ def build(cls: type, values: Mapping[str, Any], source: str, base: Any = None) -
     return dataclasses.replace(base if base is not None else cls(), **converted)
 
 
+def check_bounds(config: Any, source: str = "options") -> None:
+    """Every settable field of ``config`` as ``convert`` would accept it (integers within their
+    bounds, floats finite): for configs built from typed options rather than through ``build``.
+    ConfigError naming the option."""
+    for key, (_, spec, kind) in settings_of(type(config)).items():
+        convert(kind, getattr(config, key), spec.flag or key, source, spec.none_word, spec.most)
+
+
 def changed(config: Any) -> dict[str, Any]:
     """The settable fields of ``config`` that differ from their defaults."""
     default = type(config)()

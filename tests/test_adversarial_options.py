@@ -64,3 +64,17 @@ def test_every_integer_setting_is_bounded_and_a_setting_can_bound_it_lower():
             build(Config, values, "t")
     with pytest.raises(ConfigError, match="of at most"):
         from_text(int, "99999999999999999999", "--seed", "options")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--aug-views", "99999999999999999999", "'--aug-views' must be integer of at most 1000"),
+        ("--aug-views", "5000", "'--aug-views' must be integer of at most 1000"),
+        ("--batch-size", "99999999999999999999", "'--batch-size' must be integer of at most 2147483647"),
+        ("--shots", "1,99999999999999999999", "'--shots' must be a list of integers of at most 2147483647"),
+    ],
+)
+def test_extract_refuses_a_count_beyond_what_can_run_before_loading_anything(cli, tmp_path, option, value, words):
+    code, _, err = cli("extract", "--dataset", "eurosat", "--root", tmp_path, option, value, "--cache-dir", tmp_path)
+    assert code == 1 and words in err and "unexpected" not in err, err

@@ -34,9 +34,10 @@ from cacheclip.features.distributed import SINGLE, Dist, all_succeeded, on_main,
 from cacheclip.features.freshness import changed_items
 from cacheclip.features.models import LoadedModel, ModelRef, cpu_has_bf16, encode_text, prompt_ensemble
 from cacheclip.features.preprocess import PROTOCOLS, with_protocol
-from cacheclip.settings import setting
+from cacheclip.settings import check_bounds, setting
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+MAX_AUG_VIEWS = 1000  # papers cache 10 (CoOp, Tip-Adapter) to 100; beyond this no store fits a disk
 DEFAULT_SEEDS = (1, 2, 3)
 CHUNK_FORWARDS = 2048  # image forwards per committed chunk: bounds the work a kill can lose
 
@@ -62,7 +63,9 @@ class ExtractConfig:
         "default", "prompt template set (default, photo, imagenet7, imagenet80) or file", flag="--templates"
     )
     dtype: str = setting("float16", "stored feature dtype: float16 or float32", flag="--dtype")
-    aug_views: int = setting(10, "augmented views cached per train image (0: none)", flag="--aug-views")
+    aug_views: int = setting(
+        10, "augmented views cached per train image (0: none)", flag="--aug-views", most=MAX_AUG_VIEWS
+    )
     aug_scale: tuple[float, float] = setting(
         COOP_SCALE, "RandomResizedCrop scale range (CoOp: 0.08,1)", flag="--aug-scale"
     )
@@ -83,6 +86,7 @@ class ExtractConfig:
         return AugmentConfig(views=self.aug_views, scale=self.aug_scale, seed=self.aug_seed)
 
     def validate(self) -> None:
+        check_bounds(self)  # every count within what can run (e.g. --aug-views 99999999999999999999)
         if self.dtype not in ("float16", "float32"):
             raise ConfigError(f"--dtype {self.dtype} is not supported", "use float16 or float32")
         if self.train not in ("fewshot", "all"):

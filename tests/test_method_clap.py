@@ -301,6 +301,23 @@ def test_the_artifact_gives_the_runs_logits_exactly(tmp_path, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_one_call_for_every_seed_gives_each_seed_its_run_alone(tmp_path, method):
+    """train(ctx, plans) stacks every seed of the shot count; each result is that seed's run alone."""
+    path = clustered(tmp_path / "cache")
+    cfg = cfg_for(tmp_path, method, fit_kw={"seeds": (1, 2, 3), "epoch": "best-val"}, epochs=12)
+    with st.open_store(path) as store:
+        data = stage.load_fit_data(store, "eurosat")
+        ctx, splits = stage.fit_context(store, data, 4, cfg), stage.sample_splits(data, 4, cfg)
+        plans = [RunPlan(s, splits[s], "k", tmp_path) for s in (1, 2, 3)]
+        together = get_method(method).train(ctx, plans)
+        alone = [get_method(method).train(ctx, [plan])[0] for plan in plans]
+    for t, a in zip(together, alone, strict=True):
+        assert t.selection == a.selection and t.selection["epoch"]["rule"] == "best-val"
+        for name, tensor in a.artifact[0].items():
+            torch.testing.assert_close(t.artifact[0][name], tensor, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_training_reads_only_train_and_val(tmp_path, monkeypatch, method):
     clustered(tmp_path / "cache")
     reads = reads_while_training(

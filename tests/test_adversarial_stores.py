@@ -297,3 +297,12 @@ def test_a_target_store_is_verified_like_the_source(tmp_path, shift_stores, tiny
     os.utime(image, ns=(10**18, 10**18))
     with pytest.raises(StoreMismatchError, match=r"target imagenet-v2: .* is stale: image files changed"):
         _fit_targets(tmp_path, tiny_loaded)
+
+
+def test_a_target_store_whose_class_wnids_were_swapped_is_refused(tmp_path, shift_stores, tiny_loaded):
+    with h5py.File(shift_stores, "r+") as f:
+        ids = f["class_ids"][()]
+        ids[[0, 1]] = ids[[1, 0]]
+        f["class_ids"][...] = ids
+    with pytest.raises(StoreDamagedError, match="class wnids differ"):
+        _fit_targets(tmp_path, tiny_loaded)

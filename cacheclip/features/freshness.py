@@ -92,6 +92,8 @@ def verify_content(store: FeatureStore, ds: DatasetSplits) -> None:
             if diff is None
             else f"class {diff} is {store.classnames[diff]!r}, the split file says {ds.classnames[diff]!r}"
         )
+    if ds.class_ids and list(store.class_ids) != list(ds.class_ids):  # ImageNet family: maps targets' classes
+        problems.append("its class wnids differ from the dataset's")
     for split in store.splits:
         listing, items = store.listing(split), ds.split(split)
         if len(listing.paths) != len(items) or len(listing.labels) != len(items):

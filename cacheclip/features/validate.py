@@ -86,12 +86,13 @@ def _canonical(value: Any) -> list:
 
 def attrs_digest(f: h5py.File) -> str:
     """sha256 over every attribute of the file (root, groups, datasets), each with its path,
-    name, type and exact value, except the digest itself."""
+    name, type and exact value, except the digest itself and the commit time (which changes no
+    number: two stores built from the same inputs get the same digest)."""
     entries: list = []
 
     def add(name: str, obj: Any) -> None:
         for key in sorted(obj.attrs):
-            if not (name == "/" and key == ATTRS_DIGEST):
+            if not (name == "/" and key in (ATTRS_DIGEST, "committed_at")):
                 entries.append([name, key, _canonical(obj.attrs[key])])
 
     add("/", f)

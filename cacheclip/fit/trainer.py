@@ -199,12 +199,19 @@ class Samples:
         self.y = torch.cat([t[1].reshape(-1) for t in tables]).to(device=device, dtype=torch.long)
         starts = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)[:-1]
         self.offset = starts[torch.as_tensor(list(owner))].to(device).view(-1, 1)  # (R, 1)
+        self._out: torch.Tensor | None = None  # the step input, refilled each step
 
     def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(x (R, B, D) in dtype, y (R, B)) for rows (R, B) into each run's own table. A row -1 pads a
-        run's short batch: its label is -1, which :func:`run_cross_entropy` leaves out."""
+        run's short batch: its label is -1, which :func:`run_cross_entropy` leaves out. x is valid
+        until the next call (its buffer is reused)."""
         flat = (rows.clamp(min=0) + self.offset).reshape(-1)
-        x = self.x.index_select(0, flat).to(dtype)
+        if self.x.dtype == dtype:  # into the last step's buffer: a fresh one costs page faults each step
+            if self._out is None or self._out.shape[0] != flat.numel():
+                self._out = self.x.new_empty(flat.numel(), self.x.shape[1])
+            x = torch.index_select(self.x, 0, flat, out=self._out)
+        else:
+            x = self.x.index_select(0, flat).to(dtype)
         y = torch.where(rows < 0, -1, self.y.index_select(0, flat).view(rows.shape))
         return x.view(*rows.shape, -1), y
 

@@ -39,6 +39,7 @@ from cacheclip.errors import CacheClipError, ConfigError, DatasetLayoutError
 
 MIRROR_ENV = "CACHECLIP_MIRROR"  # replaces the base of every source: <mirror>/<dataset>/<filename>
 DOWNLOADS = ".cacheclip-downloads"  # under the data root, so renames into place stay on one filesystem
+STAGE = "stage"  # <downloads>/stage/<dataset folder>: the layout being built, moved into place at the end
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 Progress = Callable[[str, int, int], None]
@@ -371,7 +372,8 @@ def unpack(archive: Path, sf: SourceFile, stage_dir: Path, progress: Progress = 
 
 def _work_dir(stage_dir: Path, sf: SourceFile) -> Path:
     """Where ``sf`` is unpacked before its entries move into the staged dataset folder."""
-    return stage_dir.parent.parent / f"unpack-{sf.filename}"
+    stage_root = next((p for p in stage_dir.parents if p.name == STAGE), stage_dir.parent)
+    return stage_root.parent / f"unpack-{sf.filename}"
 
 
 def move_into_place(stage_dir: Path, folder: Path) -> list[str]:
@@ -410,8 +412,8 @@ def get_dataset(plan: DatasetPlan, *, progress: Progress = _no_progress, keep_ar
     todo = plan.to_fetch
     if not todo:
         return result
-    stage_root = plan.downloads / "stage"
-    stage_dir = stage_root / plan.folder.name  # the dataset folder as load_dataset finds it under stage_root
+    stage_root = plan.downloads / STAGE
+    stage_dir = _staged_folder(plan, stage_root)
     _clean_staging(plan, stage_root)  # ours: leftovers of an interrupted or failed unpack
     stage_dir.mkdir(parents=True)
     fetched: list[Path] = []
@@ -470,11 +472,16 @@ def get_dataset(plan: DatasetPlan, *, progress: Progress = _no_progress, keep_ar
     return result
 
 
+def _staged_folder(plan: DatasetPlan, stage_root: Path) -> Path:
+    """The dataset folder being staged: where load_dataset finds it with ``stage_root`` as the root."""
+    return stage_root / plan.folder.relative_to(plan.downloads.parent.parent)
+
+
 def _clean_staging(plan: DatasetPlan, stage_root: Path) -> None:
     """Remove the staging folder and every unpack folder of ``plan`` (never the downloads)."""
     shutil.rmtree(stage_root, ignore_errors=True)
     for fp in plan.files:
-        work = _work_dir(stage_root / plan.folder.name, fp.source)
+        work = _work_dir(_staged_folder(plan, stage_root), fp.source)
         for folder in (work, work.with_name(work.name + "-inner")):
             shutil.rmtree(folder, ignore_errors=True)
 

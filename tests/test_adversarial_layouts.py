@@ -133,3 +133,10 @@ def test_a_cache_dir_that_is_a_symlink_loop_is_named_as_such(cli, tmp_path, make
         "--cache-dir", loop, "--workers", 0,
     )  # fmt: skip
     assert code == 1 and "is a symlink loop, not a folder" in err and "unexpected" not in err
+
+
+def test_a_split_file_nested_too_deeply_is_a_layout_error(make_data):
+    folder = make_data("eurosat", n_classes=2, n_train=2, n_val=1, n_test=1, image_size=32)
+    (folder / SPLIT).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetLayoutError, match="is not valid JSON \\(nested too deeply\\)"):
+        load_dataset("eurosat", folder.parent)

@@ -131,3 +131,18 @@ def test_divergence_is_read_from_the_saved_adapter(tmp_path):
         assert (flagged is None and "diverged" not in result) or flagged in result["diverged"]
     rr.save_adapter(tmp_path / "adapter.safetensors", {"fc.weight": torch.tensor([float("nan")])}, weights, {})
     assert "NaN or inf" in rr.divergence(tmp_path, {"adapter_file": "adapter.safetensors"})
+
+
+def test_a_result_json_nested_too_deeply_is_skipped_not_a_crash(grid, tmp_path):
+    from cacheclip.results import runs as rr
+
+    deep = grid / "deep"
+    deep.mkdir()
+    (deep / "result.json").write_text("[" * 100_000 + "]" * 100_000)
+    report = _report([grid])
+    assert report.n_runs == 12 and any(
+        f"skipped {deep / 'result.json'}: not readable as JSON" in w for w in report.warnings
+    )
+    assert not rr.is_done(deep, "key")  # fit's resume check reads it too
+    (deep / "result.json").write_text("[1]")
+    assert not rr.is_done(deep, "key")

@@ -500,7 +500,7 @@ def validate_staged(plan: DatasetPlan, stage_dir: Path, progress: Progress = _no
     for path in sorted(stage_dir.rglob("*.json")):
         try:
             json.loads(path.read_bytes())
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise LayoutInvalidError(
                 f"{plan.name}: {path.relative_to(stage_dir)} is not valid JSON ({err})", ""
             ) from None

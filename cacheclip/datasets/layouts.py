@@ -126,9 +126,13 @@ def load_json_split(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     data = path.read_bytes()
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         detail = (
-            f"{err.msg} at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
+            f"{err.msg} at line {err.lineno}, column {err.colno}"
+            if isinstance(err, json.JSONDecodeError)
+            else "nested too deeply"
+            if isinstance(err, RecursionError)
+            else str(err)
         )
         raise DatasetLayoutError(
             f"{spec.name}: split file {path} is not valid JSON ({detail})",

@@ -86,7 +86,7 @@ def _read_result(path: Path, explicit: bool) -> tuple[dict | None, str | None]:
     try:
         data = json.loads(path.read_text("utf-8"))
         mtime = path.stat().st_mtime
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         return None, f"skipped {path}: not readable as JSON ({type(exc).__name__}: {exc})"
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema == RESULT_SCHEMA:

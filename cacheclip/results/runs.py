@@ -36,7 +36,7 @@ def run_dir(
 def is_done(folder: Path, key: str) -> bool:
     try:
         return json.loads((folder / "result.json").read_text()).get("run_key") == key
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError, AttributeError):  # unreadable, not JSON, too deep, not an object
         return False
 
 

@@ -111,7 +111,7 @@ def require_writable_dir(path: str | os.PathLike, flag: str) -> None:
     while not os.path.lexists(probe_in) and os.path.dirname(probe_in) != probe_in:
         probe_in = os.path.dirname(probe_in)
     if not os.path.isdir(probe_in):
-        what = _not_a_folder(probe_in)
+        what = not_a_folder(probe_in)
         problem = f"is {what}" if probe_in == path else f"{probe_in} is {what}"
     else:
         try:
@@ -126,7 +126,7 @@ def require_writable_dir(path: str | os.PathLike, flag: str) -> None:
         raise EnvironmentFault(f"{flag} {path}: {problem}", f"pass a folder you can write to as {flag}")
 
 
-def _not_a_folder(path: str) -> str:
+def not_a_folder(path: str | os.PathLike) -> str:
     """What ``path`` (which exists, at least as a link) is instead of a folder."""
     try:
         os.stat(path)

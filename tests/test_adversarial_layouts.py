@@ -140,3 +140,11 @@ def test_a_split_file_nested_too_deeply_is_a_layout_error(make_data):
     (folder / SPLIT).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DatasetLayoutError, match="is not valid JSON \\(nested too deeply\\)"):
         load_dataset("eurosat", folder.parent)
+
+
+def test_check_and_ls_name_a_cache_dir_that_is_a_symlink_loop(cli, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for command in ("check", "ls"):
+        code, out, err = cli(command, "--cache-dir", loop)
+        assert code == 1 and f"--cache-dir {loop} is a symlink loop, not a folder" in err, out + err

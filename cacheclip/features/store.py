@@ -49,7 +49,7 @@ import numpy as np
 
 from cacheclip.common import atomic_path, stale_temporaries
 from cacheclip.datasets.templates import ENSEMBLE, SINGLE, named_classifiers
-from cacheclip.errors import StoreDamagedError, StoreError, StoreLockedError, StoreMismatchError
+from cacheclip.errors import StoreDamagedError, StoreError, StoreLockedError, StoreMismatchError, not_a_folder
 from cacheclip.features.parts import (  # the store's public API includes its parts
     Chunk,
     part_index,
@@ -561,7 +561,13 @@ def _write_split_features(g: h5py.Group, sources: list[_Source], dtype: str) -> 
 
 
 def find_stores(cache_dir: str | Path) -> list[Path]:
+    """Every store under ``cache_dir`` ([] when it does not exist; an error when it is there but
+    is not a folder: a file, a symlink loop, a broken link)."""
     root = Path(cache_dir)
+    if os.path.lexists(root) and not root.is_dir():
+        raise StoreError(
+            f"--cache-dir {root} is {not_a_folder(root)}", "pass the folder that holds the stores as --cache-dir"
+        )
     return sorted(p for p in root.glob("*/*/*.h5") if p.is_file()) if root.is_dir() else []
 
 

@@ -102,8 +102,21 @@ def fit(
     results = [r for per_dataset in done for r in per_dataset]
     c.out.print(c.results_table(results, cfg.seeds))
     _say_short_classes(results)
+    _say_diverged(results)
     c.out.print(f"results in {results_dir}/", highlight=False)
     c.exit_on_failures(failures, len(names))
+
+
+def _say_diverged(results: list[dict]) -> None:
+    """A run whose training diverged (``result["diverged"]``, e.g. --lr 1e30) is said, not shown as normal."""
+    for r in results:
+        if r.get("diverged"):
+            c.console.print(
+                f"[bold yellow]warning:[/] {escape(r['dataset'])} {escape(r['method'])} {r['shots']}-shot seed "
+                f"{r['seed']}: {escape(r['diverged'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _say_short_classes(results: list[dict]) -> None:

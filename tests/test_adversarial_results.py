@@ -146,3 +146,15 @@ def test_a_result_json_nested_too_deeply_is_skipped_not_a_crash(grid, tmp_path):
     assert not rr.is_done(deep, "key")  # fit's resume check reads it too
     (deep / "result.json").write_text("[1]")
     assert not rr.is_done(deep, "key")
+
+
+def test_fit_says_which_run_diverged(cli, tmp_path):
+    from stores import clustered
+
+    clustered(tmp_path / "cache", "eurosat")
+    code, out, err = cli(
+        "fit", "-d", "eurosat", "--model", "RN50", "--pretrained", "none", "--shots", "2", "--seeds", "1",
+        "--epochs", "2", "--lr", "1e30", "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "r",
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert "warning: eurosat clip-adapter 2-shot seed 1: training diverged" in err

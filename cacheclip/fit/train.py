@@ -43,7 +43,7 @@ Same seed and inputs give bitwise-identical states on the same device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -57,6 +57,7 @@ from cacheclip.fit.trainer import (
     Recipe,
     Samples,
     Stack,
+    epoch_rows,
     run_cross_entropy,
     stack_blocks,
     stack_chunks,
@@ -292,17 +293,6 @@ def _train_all(runs, vals, class_weights, logit_scale, cfg, epochs, device, prog
     return states, records
 
 
-def epoch_rows(n: int, v: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless epochs of one run as (steps, batch) row numbers i V + j into its (N V, D) views: per
-    epoch ``randint(V, (N,))`` for the views (skipped when V = 1 or views="clean"), then
-    ``randperm(N)``, the remainder dropped (Dassl's drop_last)."""
-    batch, steps = batch_plan(n, cfg.batch_size)
-    while True:
-        draw = torch.randint(v, (n,), generator=generator) if v > 1 and cfg.views == "aug" else None
-        perm = torch.randperm(n, generator=generator)[: steps * batch]
-        yield (perm * v + (draw[perm] if draw is not None else 0)).view(steps, batch)
-
-
 def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals=None):
     """train_runs for runs of one shape, in stacks of the trainer (:mod:`cacheclip.fit.trainer`) as
     large as the CPU's cache budget allows (one on a GPU). With ``vals``, each run keeps its first
@@ -310,13 +300,15 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
     d = runs[0].views.shape[2]
     a = runs[0].adapter
     state_bytes = 3 * 4 * 2 * d * a.hidden_dim(d) * (int(a.visual) + int(a.text))  # weights, gradients, momentum
+    samples = Samples.of_views([run.views for run in runs], [run.labels for run in runs], device)  # once
     states: list[dict[str, torch.Tensor]] = []
     records: list[dict] = []
     chunks = stack_chunks(len(runs), state_bytes, device)
     for c, chunk in enumerate(chunks):
         tick = None if progress is None else partial(_relay, progress, c, len(chunks))
         part = None if vals is None else vals[chunk.start : chunk.stop]
-        got = _train_stack(runs[chunk.start : chunk.stop], class_weights, logit_scale, cfg, epochs, device, tick, part)
+        members = runs[chunk.start : chunk.stop]
+        got = _train_stack(members, samples.subset(chunk), class_weights, logit_scale, cfg, epochs, device, tick, part)
         states += got[0]
         records += got[1]
     return states, records
@@ -326,18 +318,13 @@ def _relay(progress, chunk: int, chunks: int, epoch: int, epochs: int) -> None:
     progress(chunk * epochs + epoch, chunks * epochs)
 
 
-def _train_stack(runs, class_weights, logit_scale, cfg, epochs, device, progress, vals):
+def _train_stack(runs, samples, class_weights, logit_scale, cfg, epochs, device, progress, vals):
     n, v, d = runs[0].views.shape
-    tables, owner, index = [], [], {}
-    for run in runs:  # runs sharing a views tensor (the ratios of a seed) share its rows
-        if id(run.views) not in index:
-            index[id(run.views)] = len(tables)
-            tables.append((run.views.reshape(n * v, d), run.labels.to(torch.long).repeat_interleave(v)))
-        owner.append(index[id(run.views)])
     gens = [torch.Generator().manual_seed(run.seed) for run in runs]  # CPU: same draws on any device
     heads = [ClipAdapterHead(run.adapter, d, g).state_dict() for run, g in zip(runs, gens, strict=True)]  # first
     batch, steps = batch_plan(n, cfg.batch_size)
     shape, cw, scale = AdapterShape.of(runs, device), class_weights.to(device, torch.float32), float(logit_scale)
+    aug = cfg.views == "aug"
     stack = Stack(
         params={name: torch.stack([head[name] for head in heads]).to(device) for name in heads[0]},
         loss=lambda params, x, y: run_cross_entropy(adapter_logits(params, x, cw, scale, shape), y),
@@ -345,8 +332,8 @@ def _train_stack(runs, class_weights, logit_scale, cfg, epochs, device, progress
         lrs=[cfg.lr] * len(runs),
         weight_decays=[cfg.weight_decay] * len(runs),
         schedule=lambda i, _peak: epoch_lr(cfg, epochs, i // steps),
-        samples=Samples(tables, owner, device),
-        blocks=stack_blocks([epoch_rows(n, v, cfg, g) for g in gens], device),
+        samples=samples,
+        blocks=stack_blocks([epoch_rows(n, v, batch, steps, g, draw_views=aug) for g in gens], device),
         step_flops=2.0 * len(runs) * batch * d * max(d // 4, cw.shape[0]),
     )
     keeper = Keeper(len(runs)) if vals is not None else None

@@ -32,6 +32,7 @@ one after another. On a GPU every run of a group goes in one stack.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -197,9 +198,37 @@ class Samples:
         feats = [t[0].reshape(-1, t[0].shape[-1]) for t in tables]
         self.x = torch.cat(feats).to(device) if len(feats) > 1 else feats[0].to(device)
         self.y = torch.cat([t[1].reshape(-1) for t in tables]).to(device=device, dtype=torch.long)
-        starts = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)[:-1]
-        self.offset = starts[torch.as_tensor(list(owner))].to(device).view(-1, 1)  # (R, 1)
+        self.starts = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)[:-1].to(device)
+        self.offset = self.starts[torch.as_tensor(list(owner), device=device)].view(-1, 1)  # (R, 1)
         self._out: torch.Tensor | None = None  # the step input, refilled each step
+
+    @classmethod
+    def of_views(
+        cls,
+        views: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        device: str = "cpu",
+        extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Samples:
+        """One table per distinct views tensor (N, V, D) of the runs (runs that share one, e.g. the
+        configurations of a seed, share its rows): row i V + j is image i's view j; ``extra`` rows
+        (x (E, D), y (E,)) follow in every table (cross-modal's text samples), in ``dtype`` if given."""
+        tables, owner, index = [], [], {}
+        for v, y in zip(views, labels, strict=True):
+            if id(v) not in index:
+                index[id(v)] = len(tables)
+                x = v.reshape(-1, v.shape[-1]) if dtype is None else v.reshape(-1, v.shape[-1]).to(dtype)
+                rows = y.to(torch.long).repeat_interleave(v.shape[1])
+                tables.append((x, rows) if extra is None else (torch.cat([x, extra[0]]), torch.cat([rows, extra[1]])))
+            owner.append(index[id(v)])
+        return cls(tables, owner, device)
+
+    def subset(self, runs: Sequence[int]) -> Samples:
+        """The same tables for a stack of some of the runs (their indices, in the stack's order)."""
+        part = copy.copy(self)
+        part.offset, part._out = self.offset[torch.as_tensor(list(runs), device=self.offset.device)], None
+        return part
 
     def batch(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(x (R, B, D) in dtype, y (R, B)) for rows (R, B) into each run's own table. A row -1 pads a
@@ -221,6 +250,18 @@ def run_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     (R, B) with -1 on padding rows."""
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-1)
     return loss.view_as(labels).sum(dim=1) / (labels >= 0).sum(dim=1).clamp(min=1)
+
+
+def epoch_rows(
+    n: int, v: int, per_step: int, steps: int, generator: torch.Generator, draw_views: bool = True
+) -> Iterator[torch.Tensor]:
+    """A run's epochs as Dassl draws them, one (steps, per_step) block of rows i V + j (image i, view
+    j) of its table per epoch: ``randint(V, (N,))`` (not drawn when V = 1 or not ``draw_views``: view
+    0 then), then ``randperm(N)``, the images past ``steps * per_step`` dropped."""
+    while True:
+        view = torch.randint(v, (n,), generator=generator) if v > 1 and draw_views else None
+        perm = torch.randperm(n, generator=generator)[: steps * per_step]
+        yield (perm * v + (view[perm] if view is not None else 0)).view(steps, per_step)
 
 
 def stack_blocks(streams: Sequence[Iterator[torch.Tensor]], device: str = "cpu") -> Iterator[torch.Tensor]:

@@ -234,13 +234,19 @@ def train_runs(
     for members in by_batch.values():  # configuration-major: one optimiser group per (lr, wd)
         members.sort(key=lambda r: (runs[r].candidate.lr, runs[r].candidate.weight_decay))
         stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), 4 * k * d * 4, device)]
+    samples = Samples.of_views(  # each seed's views once, its text samples after them
+        [run.views for run in runs], [run.labels for run in runs], device, extra=(txt, y_txt), dtype=dtype
+    )
     done = 0  # run-iterations trained, for progress
     for chunk in stacks:
         hook = None if on_eval is None else partial(_relay_eval, on_eval, chunk)
         tick = (
             None if progress is None else partial(_relay_progress, progress, done, len(chunk), len(runs) * opts.iters)
         )
-        trained = _train_stack([runs[r] for r in chunk], per_template, txt, y_txt, opts, dtype, device, tick, hook)
+        members = [runs[r] for r in chunk]
+        trained = _train_stack(
+            members, samples.subset(chunk), per_template, len(y_txt), opts, dtype, device, tick, hook
+        )
         for r, result in zip(chunk, trained, strict=True):
             out[r] = result
         done += len(chunk) * opts.iters
@@ -255,21 +261,13 @@ def _relay_progress(progress, done: int, runs: int, total: int, i: int) -> None:
     progress(done + (i + 1) * runs, total)
 
 
-def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, on_eval) -> list[Run]:
-    """One stack: the tables (each distinct views tensor once), each run's init then batch stream
-    from its own generator, and the early stopping on each run's own val."""
-    tables, owner, index = [], [], {}
-    for run in runs:
-        if id(run.views) not in index:
-            index[id(run.views)] = len(tables)
-            n, v, d = run.views.shape
-            feats = torch.cat([run.views.reshape(n * v, d).to(dtype), txt])
-            tables.append((feats, torch.cat([run.labels.to(torch.long).repeat_interleave(v), y_txt])))
-        owner.append(index[id(run.views)])
+def _train_stack(runs, samples, per_template, num_text, opts, dtype, device, progress, on_eval) -> list[Run]:
+    """One stack: each run's init then batch stream from its own generator, and the early stopping
+    on each run's own val."""
     gens = [torch.Generator().manual_seed(int(run.seed)) for run in runs]
     init = torch.stack([init_weights(per_template.to(dtype), opts.init, g) for g in gens])  # (R, K, D): draws first
     streams = [
-        batch_rows(*run.views.shape[:2], len(y_txt), run.candidate.batch_size, opts.text_ratio, g, BLOCK)
+        batch_rows(*run.views.shape[:2], num_text, run.candidate.batch_size, opts.text_ratio, g, BLOCK)
         for run, g in zip(runs, gens, strict=True)
     ]
     r, (k, d), b = len(runs), init.shape[1:], runs[0].candidate.batch_size
@@ -280,7 +278,7 @@ def _train_stack(runs, per_template, txt, y_txt, opts, dtype, device, progress, 
         lrs=[run.candidate.lr for run in runs],
         weight_decays=[run.candidate.weight_decay for run in runs],
         schedule=lambda i, peak: lr_at(i, peak, opts.iters),
-        samples=Samples(tables, owner, device),
+        samples=samples,
         blocks=stack_blocks(streams, device),
         dtype=dtype,
         step_flops=2.0 * r * b * d * k,

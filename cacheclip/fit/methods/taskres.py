@@ -25,7 +25,7 @@ epoch ``randint(V, (N,))`` (one cached view per image; not drawn when V = 1, the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -42,6 +42,7 @@ from cacheclip.fit.trainer import (
     Recipe,
     Samples,
     Stack,
+    epoch_rows,
     stack_blocks,
     stack_chunks,
     stack_vals,
@@ -195,16 +196,6 @@ def batch_plan(num_images: int, batch_size: int) -> tuple[int, int]:
     return (batch_size, num_images // batch_size) if num_images >= batch_size else (num_images, 1)
 
 
-def epoch_rows(n: int, v: int, per_step: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """A run's batches, one epoch per (steps, per_step) block of rows i V + j (image i, view j) of
-    its table: per epoch ``randint(V, (N,))`` (not drawn when V = 1) then ``randperm(N)``, the
-    images past ``steps * per_step`` dropped."""
-    while True:
-        view = torch.randint(v, (n,), generator=generator) if v > 1 else None
-        perm = torch.randperm(n, generator=generator)[: steps * per_step]
-        yield (perm * v + (view[perm] if view is not None else 0)).view(steps, per_step)
-
-
 @dataclass(frozen=True)
 class ResidualRun:
     """One (seed, alpha) to train: its images, its val (for --epoch best-val) and its generator's seed."""
@@ -246,13 +237,26 @@ def train_residuals(
     for r, run in enumerate(runs):
         groups.setdefault(batch_plan(run.views.shape[0], cfg.batch_size), []).append(r)
     out: list[Residual | None] = [None] * len(runs)
+    samples = Samples.of_views([run.views for run in runs], [run.labels for run in runs], device)  # once
     done = 0
     for plan, members in groups.items():
         for chunk in stack_chunks(len(members), 4 * k * d * dtype.itemsize, device):
             idx = [members[i] for i in chunk]
             tick = None if progress is None else partial(_relay_progress, progress, done, len(idx), len(runs) * epochs)
             trained = _train_stack(
-                [runs[r] for r in idx], base, scale, lr, epochs, cfg, plan, dtype, device, tick, best_val, fused
+                [runs[r] for r in idx],
+                samples.subset(idx),
+                base,
+                scale,
+                lr,
+                epochs,
+                cfg,
+                plan,
+                dtype,
+                device,
+                tick,
+                best_val,
+                fused,
             )
             for r, result in zip(idx, trained, strict=True):
                 out[r] = result
@@ -264,16 +268,11 @@ def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> N
     progress(done + epoch * runs, total)
 
 
-def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progress, best_val, fused) -> list[Residual]:
+def _train_stack(
+    runs, samples, base, scale, lr, epochs, cfg, plan, dtype, device, progress, best_val, fused
+) -> list[Residual]:
     """One stack: the tables (each distinct views tensor once), each run's batch stream from its own
     generator, Dassl's per-epoch schedule, and each run's first best val epoch when asked."""
-    tables, owner, index = [], [], {}
-    for run in runs:
-        if id(run.views) not in index:
-            index[id(run.views)] = len(tables)
-            n, v, d = run.views.shape
-            tables.append((run.views.reshape(n * v, d), run.labels.to(torch.long).repeat_interleave(v)))
-        owner.append(index[id(run.views)])
     per_step, steps = plan
     streams = [
         epoch_rows(*run.views.shape[:2], per_step, steps, torch.Generator().manual_seed(int(run.seed))) for run in runs
@@ -292,7 +291,7 @@ def _train_stack(runs, base, scale, lr, epochs, cfg, plan, dtype, device, progre
         lrs=[lr] * r,
         weight_decays=[cfg.weight_decay] * r,
         schedule=lr_at,
-        samples=Samples(tables, owner, device),
+        samples=samples,
         blocks=stack_blocks(streams, device),
         dtype=dtype,
         fused=fused,

@@ -181,3 +181,10 @@ def test_an_eof_error_escaping_a_command_is_an_error_never_an_interruption(cli, 
     code, out, err = _get(cli, tmp_path / "data", server, sources, "eurosat")
     assert code == 1 and "EOFError: Compressed file ended" in err, out + err
     assert "interrupted" not in err and "resume with" not in err
+
+
+def test_a_sources_file_nested_too_deeply_is_a_config_error(cli, tmp_path):
+    sources = tmp_path / "sources.json"
+    sources.write_text("[" * 100_000 + "]" * 100_000)
+    code, out, err = cli("data", "get", "eurosat", "--root", tmp_path / "data", "--sources", sources, "--dry-run")
+    assert code == 1 and "cannot read sources overrides" in err and "unexpected" not in err, out + err

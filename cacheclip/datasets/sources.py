@@ -466,7 +466,7 @@ def load_overrides(path: str | Path | None) -> dict:
         return {}
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested too deeply
         raise ConfigError(f"cannot read sources overrides {path}: {err}", "pass a JSON file to --sources") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"sources overrides {path} must be a JSON object", '{"eurosat": {"files": {...}}}')

@@ -158,3 +158,14 @@ def test_fit_says_which_run_diverged(cli, tmp_path):
     )  # fmt: skip
     assert code == 0, out + err
     assert "warning: eurosat clip-adapter 2-shot seed 1: training diverged" in err
+
+
+def test_a_result_json_too_large_for_a_result_is_skipped_unread(grid, monkeypatch):
+    from cacheclip.results import loading
+
+    monkeypatch.setattr(loading, "MAX_RESULT_BYTES", 1000)  # the real bound is 64 MB
+    big = grid / "big"
+    big.mkdir()
+    (big / "result.json").write_text(json.dumps({**make_result("dtd", 1, 1, 50.0), "pad": "x" * 2000}))
+    report = _report([grid])
+    assert report.n_runs == 12 and any("too large for a result" in w for w in report.warnings)

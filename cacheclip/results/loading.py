@@ -60,14 +60,18 @@ RESULT_FILE = "result.json"  # the name fit writes each result under: such a fil
 SHOWN_SKIPPED = 5  # skipped files named one per line; the rest are counted
 
 
+MAX_RESULT_BYTES = 64 << 20  # a result (ImageNet 16 shots: ~1 MB of train paths) is far smaller
+
+
 def _not_a_file(path: Path) -> str:
-    """Why ``path`` is not a regular file to read ("" when it is one)."""
+    """Why ``path`` is not a regular file to read ("" when it is one, of a result's size)."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    mode = info.st_mode
     if stat.S_ISREG(mode):
-        return ""
+        return f"{info.st_size:,} bytes, too large for a result" if info.st_size > MAX_RESULT_BYTES else ""
     return "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
 
 

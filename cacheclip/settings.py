@@ -62,7 +62,7 @@ def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None 
     most = INT_LIMIT if most is None else min(most, INT_LIMIT)
 
     def fail() -> ConfigError:
-        want = describe_type(kind) + _range_words(kind, most) + (f" or '{none_word}'" if none_word else "")
+        want = describe_setting(kind, none_word, most)
         shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}... (huge)"
         return ConfigError(f"{source}: '{key}' must be {want}, got {shown!r}", f"fix '{key}' in {source}")
 
@@ -99,6 +99,12 @@ def convert(kind: Any, value: Any, key: str, source: str, none_word: str | None 
             raise fail()
         return value
     raise TypeError(f"unsupported setting type {kind!r} for '{key}'")
+
+
+def describe_setting(kind: Any, none_word: str | None = None, most: int | None = None) -> str:
+    """What a setting's value must be, in words: "integer of at most 2147483647 or 'coop'"."""
+    most = INT_LIMIT if most is None else min(most, INT_LIMIT)
+    return describe_type(kind) + _range_words(kind, most) + (f" or '{none_word}'" if none_word else "")
 
 
 def _range_words(kind: Any, most: int) -> str:

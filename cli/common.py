@@ -216,11 +216,11 @@ def method_config(method: str, method_options: dict[str, str | None]):
     method is a usage error (exit 2) naming the methods that have it."""
     from cacheclip.errors import ConfigError
     from cacheclip.fit.methods import get_method
-    from cacheclip.settings import build, describe_type, from_text, settings_of
+    from cacheclip.settings import build, describe_setting, from_text, settings_of
 
     flags = _method_flags()
     specs = {
-        spec.flag: (key, kind, spec.none_word)
+        spec.flag: (key, kind, spec.none_word, spec.most)
         for key, (_, spec, kind) in settings_of(get_method(method).config).items()
         if spec.flag
     }
@@ -228,12 +228,13 @@ def method_config(method: str, method_options: dict[str, str | None]):
     for flag, text in given_method_options(method_options).items():
         if flag not in specs:
             raise typer.BadParameter(f"is a setting of {', '.join(flags[flag][2])}, not of {method}", param_hint=flag)
-        key, kind, none_word = specs[flag]
+        key, kind, none_word, most = specs[flag]
         try:
-            values[key] = from_text(kind, text, flag, "options", none_word)
+            values[key] = from_text(kind, text, flag, "options", none_word, most)
         except ConfigError:
-            want = describe_type(kind) + (f" or '{none_word}'" if none_word else "")
-            raise typer.BadParameter(f"must be {want}, got {text!r}", param_hint=flag) from None
+            raise typer.BadParameter(
+                f"must be {describe_setting(kind, none_word, most)}, got {text!r}", param_hint=flag
+            ) from None
     return build(get_method(method).config, values, "options")
 
 

@@ -38,7 +38,7 @@ from cacheclip.fit.methods.base import Progress, zero_shot_predictor
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.targets import Target, load_targets, score_targets
 from cacheclip.results import runs as rr
-from cacheclip.settings import setting
+from cacheclip.settings import check_bounds, setting
 
 NO_VAL_POLICIES = ("none", "holdout")
 VIEW_MODES = ("aug", "clean")
@@ -93,6 +93,7 @@ class FitConfig:
 
     def validate(self) -> None:
         get_method(self.method).validate(self.settings)
+        check_bounds(self.settings, f"--method {self.method}")  # counts within what can run, floats finite
         if self.no_val not in NO_VAL_POLICIES:
             raise ConfigError(f"--no-val {self.no_val} is not supported", "use none or holdout")
         if self.views not in VIEW_MODES:

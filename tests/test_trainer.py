@@ -157,3 +157,25 @@ def test_padding_rows_are_left_out_of_their_runs_loss():
     z = torch.randn(2, 3, K)
     want = torch.stack([F.cross_entropy(z[0], yb[0]), F.cross_entropy(z[1, :2], yb[1, :2])])
     assert torch.allclose(tr.run_cross_entropy(z, yb), want)
+
+
+def test_stacks_trained_at_once_equal_stacks_trained_one_after_another(monkeypatch):
+    """run_stacks trains independent stacks on the cores at once; each stack's result is the one it
+    gets alone, the results come back in run order and progress sums every stack's steps."""
+    recipe = tr.Recipe("adamw")
+    seeds = [5, 6, 7, 8, 9]
+
+    def train(idx, tick):
+        stack = _stack([seeds[r] for r in idx], [0.05] * len(idx), [1e-2] * len(idx), recipe)
+        ticks = (lambda i, params: tick(i + 1)) if tick is not None else None
+        return list(tr.train_stack(stack, steps=8, after_step=ticks)["w"])
+
+    seen = []
+    monkeypatch.setattr(tr, "_cores", lambda: 2)
+    together = tr.run_stacks([[3, 1], [0], [4, 2]], train, 5, 8, progress=lambda d, t: seen.append((d, t)))
+    monkeypatch.setattr(tr, "PARALLEL_STACKS", False)
+    apart = tr.run_stacks([[3, 1], [0], [4, 2]], train, 5, 8)
+    alone = [train([r], None)[0] for r in range(5)]
+    for a, b, c in zip(together, apart, alone, strict=True):
+        assert torch.equal(a, b) and torch.allclose(a, c, rtol=0, atol=1e-6)
+    assert seen[-1] == (40, 40) and all(t == 40 for _, t in seen) and len(seen) == 3 * 8

@@ -59,6 +59,7 @@ from cacheclip.fit.trainer import (
     Stack,
     epoch_rows,
     run_cross_entropy,
+    run_stacks,
     stack_blocks,
     stack_chunks,
     stack_vals,
@@ -279,12 +280,7 @@ def _train_all(runs, vals, class_weights, logit_scale, cfg, epochs, device, prog
     states: list[dict[str, torch.Tensor]] = [{} for _ in runs]
     records: list[dict] = [last_epoch_record(epochs) for _ in runs]
     for g, members in enumerate(groups):
-        tick = None
-        if progress is not None:
-
-            def tick(epoch: int, _: int, offset: int = g * epochs) -> None:
-                progress(offset + epoch, len(groups) * epochs)
-
+        tick = None if progress is None else partial(_group_progress, progress, g, len(groups), epochs)
         group = [runs[i] for i in members]
         group_vals = None if vals is None else [vals[i] for i in members]
         trained, kept = _train_group(group, class_weights, logit_scale, cfg, epochs, device, tick, group_vals)
@@ -301,21 +297,22 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
     a = runs[0].adapter
     state_bytes = 3 * 4 * 2 * d * a.hidden_dim(d) * (int(a.visual) + int(a.text))  # weights, gradients, momentum
     samples = Samples.of_views([run.views for run in runs], [run.labels for run in runs], device)  # once
-    states: list[dict[str, torch.Tensor]] = []
-    records: list[dict] = []
-    chunks = stack_chunks(len(runs), state_bytes, device)
-    for c, chunk in enumerate(chunks):
-        tick = None if progress is None else partial(_relay, progress, c, len(chunks))
-        part = None if vals is None else vals[chunk.start : chunk.stop]
-        members = runs[chunk.start : chunk.stop]
-        got = _train_stack(members, samples.subset(chunk), class_weights, logit_scale, cfg, epochs, device, tick, part)
-        states += got[0]
-        records += got[1]
-    return states, records
+
+    def train(chunk: Sequence[int], tick) -> list[tuple[dict, dict]]:
+        members, part = [runs[i] for i in chunk], None if vals is None else [vals[i] for i in chunk]
+        states, records = _train_stack(
+            members, samples.subset(chunk), class_weights, logit_scale, cfg, epochs, device, tick, part
+        )
+        return list(zip(states, records, strict=True))
+
+    stacks = [list(chunk) for chunk in stack_chunks(len(runs), state_bytes, device)]
+    pairs = run_stacks(stacks, train, len(runs), epochs, progress, device)
+    return [state for state, _ in pairs], [record for _, record in pairs]
 
 
-def _relay(progress, chunk: int, chunks: int, epoch: int, epochs: int) -> None:
-    progress(chunk * epochs + epoch, chunks * epochs)
+def _group_progress(progress, group: int, groups: int, epochs: int, done: int, total: int) -> None:
+    """A group's run-epochs as epochs over every group (the bar moves by epochs, not by runs)."""
+    progress(group * epochs + done * epochs // total, groups * epochs)
 
 
 def _train_stack(runs, samples, class_weights, logit_scale, cfg, epochs, device, progress, vals):
@@ -347,7 +344,7 @@ def _train_stack(runs, samples, class_weights, logit_scale, cfg, epochs, device,
             right = adapter_logits(params, x, cw, scale, shape).argmax(-1).eq(y).sum(1)
             keeper.observe((i + 1) // steps, 100.0 * right.cpu().double() / sizes, params)
         if progress is not None:
-            progress((i + 1) // steps, epochs)
+            progress((i + 1) // steps)
 
     final = train_stack(stack, epochs * steps, after_step)
     kept = keeper.state if keeper is not None else final

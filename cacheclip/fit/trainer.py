@@ -35,9 +35,13 @@ from __future__ import annotations
 import copy
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +54,9 @@ from cacheclip.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
 MANY_THREADS_FLOPS = 256e6  # a step's largest product from which a stack trains on every core (threads_for)
+PARALLEL_STACKS = True  # independent stacks train at once on a CPU's cores (run_stacks); off: one after another
+T = TypeVar("T")
+_LOCAL = threading.local()
 
 
 # ---------------------------------------------------------------- the optimiser
@@ -302,7 +309,8 @@ def train_stack(
     (R, ...) parameters."""
     params = StackedParams(stack.params, stack.recipe, stack.lrs, stack.weight_decays, stack.fused)
     block, used = None, 0
-    with threads(threads_for(stack.step_flops) if stack.step_flops else torch.get_num_threads()):
+    chosen = threads_for(stack.step_flops) if stack.step_flops and not getattr(_LOCAL, "parallel", False) else None
+    with threads(chosen or torch.get_num_threads()):
         for i in range(steps):
             if block is None or used == block.shape[0]:
                 block, used = next(stack.blocks), 0
@@ -394,22 +402,75 @@ def stack_chunks(runs: int, state_bytes: int, device: str = "cpu") -> list[range
     return [range(s, s + n) for s, n in zip(starts, sizes, strict=True)]
 
 
+def run_stacks(
+    stacks: Sequence[Sequence[int]],
+    train: Callable[[Sequence[int], Callable[[int], None] | None], Sequence[T]],
+    runs: int,
+    length: int,
+    progress: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
+) -> list[T]:
+    """Train independent stacks (each a list of run indices) with ``train(indices, tick)`` and
+    return the runs' results in run order. ``tick(k)`` reports k of ``length`` steps (epochs,
+    iterations) done in that stack; ``progress(done, total)`` gets run-steps over every stack.
+
+    On a CPU with several cores, as many stacks train at once as there are cores, each on one
+    thread (:data:`PARALLEL_STACKS`): independent stacks keep both cores busy without the per-op
+    wait of a second thread inside small products, which stalls outright when another process
+    holds a core. Each stack's result is the same whichever thread trains it."""
+    out: list[T | None] = [None] * runs
+    lock, done = threading.Lock(), [0] * len(stacks)
+    total = length * sum(len(s) for s in stacks)
+
+    def one(k: int) -> Sequence[T]:
+        def tick(steps: int) -> None:
+            with lock:
+                done[k] = steps * len(stacks[k])
+                progress(sum(done), total)
+
+        return train(stacks[k], None if progress is None else tick)
+
+    cores = _cores()
+    if PARALLEL_STACKS and len(stacks) > 1 and cores > 1 and not str(device).startswith("cuda"):
+        with threads(1), ThreadPoolExecutor(min(cores, len(stacks))) as pool:
+            results = list(pool.map(partial(_in_parallel, one), range(len(stacks))))
+    else:
+        results = [one(k) for k in range(len(stacks))]
+    for stack, trained in zip(stacks, results, strict=True):
+        for r, result in zip(stack, trained, strict=True):
+            out[r] = result
+    return out  # type: ignore[return-value]
+
+
+def _in_parallel(fn: Callable[[int], Sequence[T]], k: int) -> Sequence[T]:
+    _LOCAL.parallel = True  # train_stack leaves torch's (process-wide) thread count alone
+    try:
+        return fn(k)
+    finally:
+        _LOCAL.parallel = False
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_for(flops_per_op: float) -> int:
     """Torch CPU threads for a stack whose largest product per step does ``flops_per_op`` FLOPs:
     every core this process may use from ~256 MFLOP (about 5 ms on one thread), else one. A second
     thread halves a long product, but on short ones its wake-up costs as much as it saves, and when
     another process holds a core each parallel operation waits for the descheduled thread: a fit of
     small matrices on two threads beside one busy process ran 3-20x slower, on one thread ~1x."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if flops_per_op >= MANY_THREADS_FLOPS else 1
+    return _cores() if flops_per_op >= MANY_THREADS_FLOPS else 1
 
 
 @contextmanager
 def threads(n: int) -> Iterator[None]:
     """Run a block with torch's CPU threads set to n, restoring the previous count after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if n != before:
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if n != before:
+            torch.set_num_threads(before)

@@ -53,6 +53,7 @@ from cacheclip.fit.trainer import (
     Samples,
     Stack,
     run_cross_entropy,
+    run_stacks,
     stack_blocks,
     stack_chunks,
     train_stack,
@@ -248,23 +249,17 @@ def train_probes(
     for r, run in enumerate(runs):
         key = (*step_rows(*run.views.shape[:2], cfg.batch_size, cfg.sampling), run.val is None)
         groups.setdefault(key, []).append(r)
-    out: list[ProbeFit | None] = [None] * len(runs)
-    done, total = 0, len(runs) * cfg.epochs
-    for members in groups.values():
-        for chunk in stack_chunks(len(members), 3 * k * d * 4, device):  # W, its gradient, SGD's momentum
-            rs = [members[i] for i in chunk]
-            tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
-            hook = None if on_epoch is None else partial(_relay_epoch, on_epoch, rs)
-            for r, fit in zip(
-                rs, _train_stack([runs[r] for r in rs], base, cfg, scale, device, tick, hook), strict=True
-            ):
-                out[r] = fit
-            done += len(rs) * cfg.epochs
-    return out  # type: ignore[return-value]
+    stacks = [
+        [members[i] for i in chunk]
+        for members in groups.values()
+        for chunk in stack_chunks(len(members), 3 * k * d * 4, device)  # W, its gradient, SGD's momentum
+    ]
 
+    def train(rs: list[int], tick: Callable[[int], None] | None) -> list[ProbeFit]:
+        hook = None if on_epoch is None else partial(_relay_epoch, on_epoch, rs)
+        return _train_stack([runs[r] for r in rs], base, cfg, scale, device, tick, hook)
 
-def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
-    progress(done + epoch * runs, total)
+    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device)
 
 
 def _relay_epoch(on_epoch, rs: list[int], j: int, epoch: int, w: torch.Tensor) -> None:

@@ -43,6 +43,7 @@ from cacheclip.fit.trainer import (
     Samples,
     Stack,
     run_cross_entropy,
+    run_stacks,
     stack_blocks,
     stack_chunks,
     stack_vals,
@@ -226,7 +227,6 @@ def train_runs(
     dtype = torch.promote_types(per_template.dtype, torch.float32)
     txt, y_txt = text_samples(per_template.to(dtype))
     k, d = per_template.shape[1:]
-    out: list[Run | None] = [None] * len(runs)
     by_batch: dict[int, list[int]] = {}
     for r, run in enumerate(runs):
         by_batch.setdefault(run.candidate.batch_size, []).append(r)
@@ -237,28 +237,17 @@ def train_runs(
     samples = Samples.of_views(  # each seed's views once, its text samples after them
         [run.views for run in runs], [run.labels for run in runs], device, extra=(txt, y_txt), dtype=dtype
     )
-    done = 0  # run-iterations trained, for progress
-    for chunk in stacks:
+
+    def train(chunk: list[int], tick: Callable[[int], None] | None) -> list[Run]:
         hook = None if on_eval is None else partial(_relay_eval, on_eval, chunk)
-        tick = (
-            None if progress is None else partial(_relay_progress, progress, done, len(chunk), len(runs) * opts.iters)
-        )
-        members = [runs[r] for r in chunk]
-        trained = _train_stack(
-            members, samples.subset(chunk), per_template, len(y_txt), opts, dtype, device, tick, hook
-        )
-        for r, result in zip(chunk, trained, strict=True):
-            out[r] = result
-        done += len(chunk) * opts.iters
-    return out  # type: ignore[return-value]
+        members, part = [runs[r] for r in chunk], samples.subset(chunk)
+        return _train_stack(members, part, per_template, len(y_txt), opts, dtype, device, tick, hook)
+
+    return run_stacks(stacks, train, len(runs), opts.iters, progress, device)
 
 
 def _relay_eval(on_eval, chunk: list[int], j: int, i: int, w: torch.Tensor) -> None:
     on_eval(chunk[j], i, w)
-
-
-def _relay_progress(progress, done: int, runs: int, total: int, i: int) -> None:
-    progress(done + (i + 1) * runs, total)
 
 
 def _train_stack(runs, samples, per_template, num_text, opts, dtype, device, progress, on_eval) -> list[Run]:
@@ -296,7 +285,7 @@ def _train_stack(runs, samples, per_template, num_text, opts, dtype, device, pro
             if val is not None:  # argmax of x^ W^T: the positive scale cannot change it
                 keeper.observe(i, torch.matmul(val[0], w.transpose(1, 2)).argmax(-1).eq(val[1]).sum(1), params)
         if progress is not None:
-            progress(i)
+            progress(i + 1)
 
     def checkpoint(i: int) -> bool:  # evaluations, and the last step for the progress bar
         return i % opts.eval_every == 0 or i == opts.iters - 1

@@ -43,7 +43,7 @@ from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, view_differences
 from cacheclip.fit.metrics import classification_metrics
-from cacheclip.fit.trainer import Keeper, Recipe, Stack, run_cross_entropy, stack_chunks, train_stack
+from cacheclip.fit.trainer import Keeper, Recipe, Stack, run_cross_entropy, run_stacks, stack_chunks, train_stack
 from cacheclip.settings import setting
 
 LPP_SCALE = (0.5, 1.0)  # LP++'s RandomResizedCrop scale
@@ -203,25 +203,18 @@ def train_lpps(
     text_hat = ensemble_text(per_template).to(device)
     k, d = text_hat.shape
     prepared = [_prepare(run, text_hat, cfg, device) for run in runs]
-    out: list[LppFit | None] = [None] * len(runs)
-    done, total = 0, len(runs) * cfg.epochs
+    stacks = []
     for with_val in (True, False):
         order = [r for r in range(len(runs)) if (runs[r].val is not None) == with_val]
         order.sort(key=lambda r: prepared[r].lr_w)  # equal step sizes adjacent: one param group
-        for chunk in stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device):  # W, b, grads, momenta, alpha
-            rs = [order[i] for i in chunk]
-            if not rs:
-                continue
-            tick = None if progress is None else partial(_relay_progress, progress, done, len(rs), total)
-            fits = _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
-            for r, fit in zip(rs, fits, strict=True):
-                out[r] = fit
-            done += len(rs) * cfg.epochs
-    return out  # type: ignore[return-value]
+        if order:
+            chunks = stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device)  # W, b, grads, momenta, alpha
+            stacks += [[order[i] for i in chunk] for chunk in chunks]
 
+    def train(rs: list[int], tick: Callable[[int], None] | None) -> list[LppFit]:
+        return _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
 
-def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
-    progress(done + epoch * runs, total)
+    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device)
 
 
 def _prepare(run: LppRun, text_hat: torch.Tensor, cfg: LppConfig, device: str) -> _Prepared:

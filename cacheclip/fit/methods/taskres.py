@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from cacheclip.fit.trainer import (
     Samples,
     Stack,
     epoch_rows,
+    run_stacks,
     stack_blocks,
     stack_chunks,
     stack_vals,
@@ -236,36 +236,21 @@ def train_residuals(
     groups: dict[tuple[int, int], list[int]] = {}
     for r, run in enumerate(runs):
         groups.setdefault(batch_plan(run.views.shape[0], cfg.batch_size), []).append(r)
-    out: list[Residual | None] = [None] * len(runs)
     samples = Samples.of_views([run.views for run in runs], [run.labels for run in runs], device)  # once
-    done = 0
-    for plan, members in groups.items():
-        for chunk in stack_chunks(len(members), 4 * k * d * dtype.itemsize, device):
-            idx = [members[i] for i in chunk]
-            tick = None if progress is None else partial(_relay_progress, progress, done, len(idx), len(runs) * epochs)
-            trained = _train_stack(
-                [runs[r] for r in idx],
-                samples.subset(idx),
-                base,
-                scale,
-                lr,
-                epochs,
-                cfg,
-                plan,
-                dtype,
-                device,
-                tick,
-                best_val,
-                fused,
-            )
-            for r, result in zip(idx, trained, strict=True):
-                out[r] = result
-            done += len(idx) * epochs
-    return out  # type: ignore[return-value]
+    stacks = [
+        [members[i] for i in chunk]
+        for members in groups.values()
+        for chunk in stack_chunks(len(members), 4 * k * d * dtype.itemsize, device)
+    ]
 
+    def train(idx: list[int], tick: Callable[[int], None] | None) -> list[Residual]:
+        plan = batch_plan(runs[idx[0]].views.shape[0], cfg.batch_size)
+        members = [runs[r] for r in idx]
+        return _train_stack(
+            members, samples.subset(idx), base, scale, lr, epochs, cfg, plan, dtype, device, tick, best_val, fused
+        )
 
-def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
-    progress(done + epoch * runs, total)
+    return run_stacks(stacks, train, len(runs), epochs, progress, device)
 
 
 def _train_stack(

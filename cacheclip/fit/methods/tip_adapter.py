@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from cacheclip.fit.trainer import (
     Samples,
     Stack,
     run_cross_entropy,
+    run_stacks,
     stack_blocks,
     stack_chunks,
     stack_vals,
@@ -261,23 +261,18 @@ def finetune_runs(
     groups: dict[int, list[int]] = {}
     for r, run in enumerate(runs):
         groups.setdefault(run.keys.shape[0], []).append(r)
-    out: list[FineTuned | None] = [None] * len(runs)
-    done, settings = 0, (alpha, beta, epochs, lr, batch_size, device, best_val, fused)
+    settings = (alpha, beta, epochs, lr, batch_size, device, best_val, fused)
+    stacks = []
     for nk, members in groups.items():
         dtype = torch.promote_types(runs[members[0]].keys.dtype, torch.float32)
         state = 4 * nk * runs[members[0]].keys.shape[1] * dtype.itemsize  # keys, gradient, AdamW's two moments
-        for chunk in stack_chunks(len(members), state, device):
-            idx = [members[i] for i in chunk]
-            tick = None if progress is None else partial(_relay_progress, progress, done, len(idx), len(runs) * epochs)
-            trained = _finetune_stack([runs[r] for r in idx], class_weights, scale, dtype, tick, *settings)
-            for r, result in zip(idx, trained, strict=True):
-                out[r] = result
-            done += len(idx) * epochs
-    return out  # type: ignore[return-value]
+        stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), state, device)]
 
+    def train(idx: list[int], tick: Callable[[int], None] | None) -> list[FineTuned]:
+        dtype = torch.promote_types(runs[idx[0]].keys.dtype, torch.float32)
+        return _finetune_stack([runs[r] for r in idx], class_weights, scale, dtype, tick, *settings)
 
-def _relay_progress(progress, done: int, runs: int, total: int, epoch: int) -> None:
-    progress(done + epoch * runs, total)
+    return run_stacks(stacks, train, len(runs), epochs, progress, device)
 
 
 def _finetune_stack(

@@ -140,12 +140,15 @@ def test_keeper_keeps_the_first_or_the_last_best():
     assert first.state["w"][:, 0].tolist() == [1.0, 0.0] and last.state["w"][:, 0].tolist() == [2.0, 1.0]
 
 
-def test_stack_chunks_keep_the_state_in_budget():
+def test_stack_chunks_keep_the_state_in_budget(monkeypatch):
+    monkeypatch.setattr(tr, "_cores", lambda: 1)
     assert tr.stack_chunks(36, 1 << 10) == [range(36)]
     chunks = tr.stack_chunks(10, tr.CPU_STACK_BYTES // 3)
     assert chunks == [range(3), range(3, 6), range(6, 8), range(8, 10)]
     assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4) == [range(i, i + 1) for i in range(10)]
     assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4, "cuda") == [range(10)]
+    monkeypatch.setattr(tr, "_cores", lambda: 2)  # a stack per core at least, trained at once
+    assert tr.stack_chunks(36, 1 << 10) == [range(18), range(18, 36)] and tr.stack_chunks(1, 1) == [range(1)]
 
 
 def test_padding_rows_are_left_out_of_their_runs_loss():

@@ -393,10 +393,13 @@ def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup
 def stack_chunks(runs: int, state_bytes: int, device: str = "cpu") -> list[range]:
     """Consecutive runs that train in one stack: all of them on a GPU; on a CPU as many as keep
     their parameters, gradients and optimiser state within :data:`CPU_STACK_BYTES` (at least one),
-    in chunks as even as that allows."""
+    and at least one stack per core (:func:`run_stacks` trains them at once), in chunks as even as
+    that allows."""
     if str(device).startswith("cuda") or runs <= 1:
         return [range(runs)]
     count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
+    if PARALLEL_STACKS:
+        count = max(count, min(runs, _cores()))
     sizes = [runs // count + (i < runs % count) for i in range(count)]
     starts = [sum(sizes[:i]) for i in range(count)]
     return [range(s, s + n) for s, n in zip(starts, sizes, strict=True)]

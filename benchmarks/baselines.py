@@ -19,7 +19,7 @@ the measured length), divided by the seconds; ``vs mm`` divides that by a
     .venv/bin/python benchmarks/baselines.py                    # every method but zero-shot
     .venv/bin/python benchmarks/baselines.py --methods gda,proker --classes 397
     .venv/bin/python benchmarks/baselines.py --full             # every epoch measured everywhere
-    .venv/bin/python benchmarks/baselines.py --threads 0        # torch's default thread count
+    .venv/bin/python benchmarks/baselines.py --threads 1        # one torch thread (and stacks one at a time)
 
 A method with an ``epochs`` or ``iters`` setting is measured over 1/20 of them (at least 1) at
 100+ classes and its time extrapolated linearly (marked ~), unless ``--full``. The table also
@@ -134,7 +134,7 @@ def train_all(m, ctx: FitContext, plans: list[RunPlan], mode: str):
     if mode == "alone":
         from cacheclip.fit import trainer
 
-        trainer.CPU_STACK_BYTES = 0  # every stack one run
+        trainer.CPU_STACK_BYTES, trainer.PARALLEL_STACKS = 0, False  # every stack one run, one after another
     return [t for plan in plans for t in m.train(ctx, [plan])]
 
 
@@ -142,6 +142,18 @@ def fit_context(store, data, config, shots: int, m) -> FitContext:
     """The method's view of a shot count (``method=`` where this version of FitContext takes it)."""
     extra = {"method": m} if "method" in inspect.signature(FitContext).parameters else {}
     return FitContext(store, data, config, shots, selection="val" if data.val_labels else "none", **extra)
+
+
+def one_core(threads: int) -> None:
+    """torch's threads; with 1, the trainer's stacks also train one after another (one core)."""
+    torch.set_num_threads(threads)
+    if threads == 1:
+        try:
+            from cacheclip.fit import trainer
+
+            trainer.PARALLEL_STACKS = False
+        except ImportError:  # --before code older than the trainer
+            pass
 
 
 def matmul_gflops() -> float:
@@ -195,7 +207,14 @@ def measure(method: str, classes: int, with_val: bool, full: bool, mode: str) ->
 
 def count_flops(m, context, config, plans, mode) -> float:
     """Matrix-product FLOPs of the measured run (the same length: a shorter one would scale its
-    fixed costs, e.g. CLAP's lambdas, with it)."""
+    fixed costs, e.g. CLAP's lambdas, with it), its stacks one after another (the counter sees only
+    the operations of its own thread)."""
+    try:
+        from cacheclip.fit import trainer
+
+        trainer.PARALLEL_STACKS = False
+    except ImportError:  # --before code older than the trainer
+        pass
     with FlopCounterMode(display=False) as counter:
         train_all(m, context(config), plans, mode)
     return counter.get_total_flops()
@@ -223,11 +242,11 @@ def main() -> None:
     )
     parser.add_argument("--full", action="store_true", help="measure every epoch at every size")
     parser.add_argument("--val-at-1000", action="store_true", help="give 1000 classes a 4-shot val too")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's, as fit runs)")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "CLASSES", "MODE"), help=argparse.SUPPRESS)  # child
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        one_core(args.threads)
     if args.one:
         classes = int(args.one[1])
         print(json.dumps(measure(args.one[0], classes, classes < 1000 or args.val_at_1000, args.full, args.one[2])))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from baselines import SKIP, cpu_name, fit_context, resolved_length, synthetic, train_all
+from baselines import SKIP, cpu_name, fit_context, one_core, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
 from cacheclip.fit.methods import RunPlan, get_method, list_methods
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        one_core(args.threads)
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.divide)))
         return

@@ -11,8 +11,8 @@ t(L) = t1 + (t2 - t1) (L - L1) / L1 (its fixed costs counted once); a training-f
 in full. ProKeR is timed in full up to ``--proker-max`` train images and beyond that projected
 with the M^3 of its kernel solves from the largest size measured.
 
-    .venv/bin/python benchmarks/grid_projection.py                     # every method, 1 thread
-    .venv/bin/python benchmarks/grid_projection.py --methods cross-modal,taskres --threads 0
+    .venv/bin/python benchmarks/grid_projection.py                     # every method, as fit runs
+    .venv/bin/python benchmarks/grid_projection.py --methods cross-modal,taskres --threads 1
     .venv/bin/python benchmarks/grid_projection.py --mode alone        # one run at a time, as before
 
 Prints, per method, the projected hours of the grid and its largest point, and the CPU.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from baselines import SKIP, cpu_name, fit_context, resolved_length, synthetic, train_all
+from baselines import SKIP, cpu_name, fit_context, one_core, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
 from cacheclip.fit.methods import RunPlan, get_method, list_methods
@@ -76,11 +76,11 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
     parser.add_argument("--divide", type=int, default=50, help="time 1/divide and 2/divide of each length")
     parser.add_argument("--mode", default="stacked", choices=("stacked", "alone"))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's, as fit runs)")
     parser.add_argument("--proker-max", type=int, default=3200, help="largest ProKeR train set timed in full")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        one_core(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, mode {args.mode}")
     for method in args.methods.split(","):
         total, worst, measured = 0.0, (0.0, ""), {}

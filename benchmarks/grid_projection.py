@@ -86,7 +86,11 @@ def main() -> None:
         total, worst, measured = 0.0, (0.0, ""), {}
         for classes, count in COOP11.items():
             for shots in SHOTS:
-                seconds, how = project(method, classes, shots, args.divide, args.mode, args.proker_max)
+                try:
+                    seconds, how = project(method, classes, shots, args.divide, args.mode, args.proker_max)
+                except Exception as e:  # e.g. ProKeR's memory guard: name it, count nothing
+                    print(f"  {method} {classes} classes {shots} shots: {type(e).__name__}: {e}", flush=True)
+                    continue
                 if seconds < 0:  # ProKeR beyond what is timed: M^3 from the largest size measured
                     n0, t0 = max(measured.items())
                     seconds, how = t0 * (classes * shots / n0) ** 3, f"M^3 from {n0} images"

@@ -147,8 +147,10 @@ def test_stack_chunks_keep_the_state_in_budget(monkeypatch):
     assert chunks == [range(3), range(3, 6), range(6, 8), range(8, 10)]
     assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4) == [range(i, i + 1) for i in range(10)]
     assert tr.stack_chunks(10, tr.CPU_STACK_BYTES * 4, "cuda") == [range(10)]
-    monkeypatch.setattr(tr, "_cores", lambda: 2)  # a stack per core at least, trained at once
-    assert tr.stack_chunks(36, 1 << 10) == [range(18), range(18, 36)] and tr.stack_chunks(1, 1) == [range(1)]
+    monkeypatch.setattr(tr, "_cores", lambda: 2)  # a stack per core, trained at once, when the steps are large
+    assert tr.stack_chunks(36, 1 << 10, step_flops=tr.PARALLEL_FLOPS / 18) == [range(18), range(18, 36)]
+    assert tr.stack_chunks(36, 1 << 10, step_flops=tr.PARALLEL_FLOPS / 20) == [range(36)]
+    assert tr.stack_chunks(1, 1, step_flops=1e12) == [range(1)]
 
 
 def test_padding_rows_are_left_out_of_their_runs_loss():

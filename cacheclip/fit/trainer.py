@@ -55,6 +55,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
 MANY_THREADS_FLOPS = 256e6  # a step's largest product from which a stack trains on every core (threads_for)
 PARALLEL_STACKS = True  # independent stacks train at once on a CPU's cores (run_stacks); off: one after another
+# a step's products from which a stack is split to train on every core: below, its operations are
+# so short that two threads contend for the interpreter more than they compute (TaskRes at 10
+# classes: 0.29-0.32 s one stack, 0.39-0.55 s two at once)
+PARALLEL_FLOPS = 32e6
 T = TypeVar("T")
 _LOCAL = threading.local()
 
@@ -390,16 +394,18 @@ def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup
 # ---------------------------------------------------------------- stacks and threads
 
 
-def stack_chunks(runs: int, state_bytes: int, device: str = "cpu") -> list[range]:
+def stack_chunks(runs: int, state_bytes: int, device: str = "cpu", step_flops: float = 0.0) -> list[range]:
     """Consecutive runs that train in one stack: all of them on a GPU; on a CPU as many as keep
     their parameters, gradients and optimiser state within :data:`CPU_STACK_BYTES` (at least one),
-    and at least one stack per core (:func:`run_stacks` trains them at once), in chunks as even as
-    that allows."""
+    and, when each run's step does ``step_flops`` enough for a core's share to reach
+    :data:`PARALLEL_FLOPS`, at least one stack per core (:func:`run_stacks` trains them at once),
+    in chunks as even as that allows."""
     if str(device).startswith("cuda") or runs <= 1:
         return [range(runs)]
     count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
-    if PARALLEL_STACKS:
-        count = max(count, min(runs, _cores()))
+    cores = _cores()
+    if PARALLEL_STACKS and step_flops * runs / cores >= PARALLEL_FLOPS:
+        count = max(count, min(runs, cores))
     sizes = [runs // count + (i < runs % count) for i in range(count)]
     starts = [sum(sizes[:i]) for i in range(count)]
     return [range(s, s + n) for s, n in zip(starts, sizes, strict=True)]

@@ -249,10 +249,10 @@ def train_probes(
     for r, run in enumerate(runs):
         key = (*step_rows(*run.views.shape[:2], cfg.batch_size, cfg.sampling), run.val is None)
         groups.setdefault(key, []).append(r)
-    stacks = [
+    stacks = [  # state: W, its gradient, SGD's momentum; a step: the forward and W's gradient
         [members[i] for i in chunk]
-        for members in groups.values()
-        for chunk in stack_chunks(len(members), 3 * k * d * 4, device)  # W, its gradient, SGD's momentum
+        for (rows, _, _), members in groups.items()
+        for chunk in stack_chunks(len(members), 3 * k * d * 4, device, 4.0 * rows * k * d)
     ]
 
     def train(rs: list[int], tick: Callable[[int], None] | None) -> list[ProbeFit]:

@@ -233,7 +233,8 @@ def train_runs(
     stacks = []
     for members in by_batch.values():  # configuration-major: one optimiser group per (lr, wd)
         members.sort(key=lambda r: (runs[r].candidate.lr, runs[r].candidate.weight_decay))
-        stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), 4 * k * d * 4, device)]
+        flops = 4.0 * runs[members[0]].candidate.batch_size * d * k  # forward and weight gradient
+        stacks += [[members[i] for i in c] for c in stack_chunks(len(members), 4 * k * d * 4, device, flops)]
     samples = Samples.of_views(  # each seed's views once, its text samples after them
         [run.views for run in runs], [run.labels for run in runs], device, extra=(txt, y_txt), dtype=dtype
     )

@@ -208,7 +208,10 @@ def train_lpps(
         order = [r for r in range(len(runs)) if (runs[r].val is not None) == with_val]
         order.sort(key=lambda r: prepared[r].lr_w)  # equal step sizes adjacent: one param group
         if order:
-            chunks = stack_chunks(len(order), (3 * k * d + 5 * k) * 4, device)  # W, b, grads, momenta, alpha
+            rows = prepared[order[0]].labels.numel()  # full batch: every row each step
+            chunks = stack_chunks(
+                len(order), (3 * k * d + 5 * k) * 4, device, 4.0 * rows * k * d
+            )  # W, b, grads, momenta
             stacks += [[order[i] for i in chunk] for chunk in chunks]
 
     def train(rs: list[int], tick: Callable[[int], None] | None) -> list[LppFit]:

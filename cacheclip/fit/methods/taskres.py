@@ -239,8 +239,8 @@ def train_residuals(
     samples = Samples.of_views([run.views for run in runs], [run.labels for run in runs], device)  # once
     stacks = [
         [members[i] for i in chunk]
-        for members in groups.values()
-        for chunk in stack_chunks(len(members), 4 * k * d * dtype.itemsize, device)
+        for plan, members in groups.items()
+        for chunk in stack_chunks(len(members), 4 * k * d * dtype.itemsize, device, 4.0 * plan[0] * d * k)
     ]
 
     def train(idx: list[int], tick: Callable[[int], None] | None) -> list[Residual]:

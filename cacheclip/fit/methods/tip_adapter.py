@@ -266,7 +266,8 @@ def finetune_runs(
     for nk, members in groups.items():
         dtype = torch.promote_types(runs[members[0]].keys.dtype, torch.float32)
         state = 4 * nk * runs[members[0]].keys.shape[1] * dtype.itemsize  # keys, gradient, AdamW's two moments
-        stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), state, device)]
+        flops = 4.0 * min(batch_size, runs[members[0]].views.shape[0]) * nk * runs[members[0]].keys.shape[1]
+        stacks += [[members[i] for i in chunk] for chunk in stack_chunks(len(members), state, device, flops)]
 
     def train(idx: list[int], tick: Callable[[int], None] | None) -> list[FineTuned]:
         dtype = torch.promote_types(runs[idx[0]].keys.dtype, torch.float32)

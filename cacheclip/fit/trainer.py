@@ -398,13 +398,15 @@ def stack_chunks(runs: int, state_bytes: int, device: str = "cpu", step_flops: f
     """Consecutive runs that train in one stack: all of them on a GPU; on a CPU as many as keep
     their parameters, gradients and optimiser state within :data:`CPU_STACK_BYTES` (at least one),
     and, when each run's step does ``step_flops`` enough for a core's share to reach
-    :data:`PARALLEL_FLOPS`, at least one stack per core (:func:`run_stacks` trains them at once),
-    in chunks as even as that allows."""
+    :data:`PARALLEL_FLOPS` but too little for two threads per product (:data:`MANY_THREADS_FLOPS`),
+    at least one stack per core (:func:`run_stacks` trains them at once), in chunks as even as
+    that allows. (Three runs of ZS-LP at 397 classes, 416 MFLOP a step each, ran 1.4x slower as
+    stacks of 2 and 1 on one thread each than one stack of 3 on two: the odd run idles a core.)"""
     if str(device).startswith("cuda") or runs <= 1:
         return [range(runs)]
     count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
     cores = _cores()
-    if PARALLEL_STACKS and step_flops * runs / cores >= PARALLEL_FLOPS:
+    if PARALLEL_STACKS and step_flops * runs / cores >= PARALLEL_FLOPS and step_flops < MANY_THREADS_FLOPS:
         count = max(count, min(runs, cores))
     sizes = [runs // count + (i < runs % count) for i in range(count)]
     starts = [sum(sizes[:i]) for i in range(count)]

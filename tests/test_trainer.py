@@ -151,7 +151,7 @@ def test_stack_chunks_keep_the_state_in_budget(monkeypatch):
     assert tr.stack_chunks(36, 1 << 10, step_flops=tr.PARALLEL_FLOPS / 18) == [range(18), range(18, 36)]
     assert tr.stack_chunks(36, 1 << 10, step_flops=tr.PARALLEL_FLOPS / 20) == [range(36)]
     assert tr.stack_chunks(1, 1, step_flops=1e12) == [range(1)]
-    assert tr.stack_chunks(3, 1 << 10, step_flops=tr.MANY_THREADS_FLOPS) == [range(3)]  # two threads per product
+    assert tr.stack_chunks(3, 1 << 10, step_flops=tr.MANY_THREADS_FLOPS) == [range(1), range(1, 2), range(2, 3)]
 
 
 def test_padding_rows_are_left_out_of_their_runs_loss():

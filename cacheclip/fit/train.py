@@ -307,7 +307,7 @@ def _train_group(runs, class_weights, logit_scale, cfg, epochs, device, progress
 
     flops = 6.0 * batch_plan(runs[0].views.shape[0], cfg.batch_size)[0] * d * max(a.hidden_dim(d), len(class_weights))
     stacks = [list(chunk) for chunk in stack_chunks(len(runs), state_bytes, device, flops)]
-    pairs = run_stacks(stacks, train, len(runs), epochs, progress, device)
+    pairs = run_stacks(stacks, train, len(runs), epochs, progress, device, flops)
     return [state for state, _ in pairs], [record for _, record in pairs]
 
 

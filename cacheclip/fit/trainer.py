@@ -400,13 +400,17 @@ def stack_chunks(runs: int, state_bytes: int, device: str = "cpu", step_flops: f
     and, when each run's step does ``step_flops`` enough for a core's share to reach
     :data:`PARALLEL_FLOPS` but too little for two threads per product (:data:`MANY_THREADS_FLOPS`),
     at least one stack per core (:func:`run_stacks` trains them at once), in chunks as even as
-    that allows. (Three runs of ZS-LP at 397 classes, 416 MFLOP a step each, ran 1.4x slower as
-    stacks of 2 and 1 on one thread each than one stack of 3 on two: the odd run idles a core.)"""
+    that allows. A run whose step reaches :data:`MANY_THREADS_FLOPS` is a stack of its own, trained
+    on every core (``run_stacks`` with that ``step_flops``): its products are long enough for two
+    threads, and stacking them only adds bmm's batch split (3 runs on 2 threads) or a core idling on
+    an odd stack (ZS-LP, CLAP, LP++, TaskRes at 397 classes: 1.2-1.4x slower stacked)."""
     if str(device).startswith("cuda") or runs <= 1:
         return [range(runs)]
     count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
     cores = _cores()
-    if PARALLEL_STACKS and step_flops * runs / cores >= PARALLEL_FLOPS and step_flops < MANY_THREADS_FLOPS:
+    if step_flops >= MANY_THREADS_FLOPS:  # products long enough for both threads: a run per stack
+        count = runs
+    elif PARALLEL_STACKS and step_flops * runs / cores >= PARALLEL_FLOPS:
         count = max(count, min(runs, cores))
     sizes = [runs // count + (i < runs % count) for i in range(count)]
     starts = [sum(sizes[:i]) for i in range(count)]
@@ -420,6 +424,7 @@ def run_stacks(
     length: int,
     progress: Callable[[int, int], None] | None = None,
     device: str = "cpu",
+    step_flops: float = 0.0,
 ) -> list[T]:
     """Train independent stacks (each a list of run indices) with ``train(indices, tick)`` and
     return the runs' results in run order. ``tick(k)`` reports k of ``length`` steps (epochs,
@@ -428,7 +433,8 @@ def run_stacks(
     On a CPU with several cores, as many stacks train at once as there are cores, each on one
     thread (:data:`PARALLEL_STACKS`): independent stacks keep both cores busy without the per-op
     wait of a second thread inside small products, which stalls outright when another process
-    holds a core. Each stack's result is the same whichever thread trains it."""
+    holds a core; runs whose step reaches :data:`MANY_THREADS_FLOPS` (``step_flops``, per run) train
+    one after another on every core instead. Each stack's result is the same whichever thread trains it."""
     out: list[T | None] = [None] * runs
     lock, done = threading.Lock(), [0] * len(stacks)
     total = length * sum(len(s) for s in stacks)
@@ -442,7 +448,8 @@ def run_stacks(
         return train(stacks[k], None if progress is None else tick)
 
     cores = _cores()
-    if PARALLEL_STACKS and len(stacks) > 1 and cores > 1 and not str(device).startswith("cuda"):
+    small = step_flops < MANY_THREADS_FLOPS
+    if PARALLEL_STACKS and small and len(stacks) > 1 and cores > 1 and not str(device).startswith("cuda"):
         with threads(1), ThreadPoolExecutor(min(cores, len(stacks))) as pool:
             results = list(pool.map(partial(_in_parallel, one), range(len(stacks))))
     else:

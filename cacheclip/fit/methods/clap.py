@@ -259,7 +259,8 @@ def train_probes(
         hook = None if on_epoch is None else partial(_relay_epoch, on_epoch, rs)
         return _train_stack([runs[r] for r in rs], base, cfg, scale, device, tick, hook)
 
-    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device)
+    flops = 4.0 * max(rows for rows, _, _ in groups) * k * d
+    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device, flops)
 
 
 def _relay_epoch(on_epoch, rs: list[int], j: int, epoch: int, w: torch.Tensor) -> None:

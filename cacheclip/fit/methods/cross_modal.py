@@ -244,7 +244,8 @@ def train_runs(
         members, part = [runs[r] for r in chunk], samples.subset(chunk)
         return _train_stack(members, part, per_template, len(y_txt), opts, dtype, device, tick, hook)
 
-    return run_stacks(stacks, train, len(runs), opts.iters, progress, device)
+    flops = 4.0 * max(run.candidate.batch_size for run in runs) * d * k
+    return run_stacks(stacks, train, len(runs), opts.iters, progress, device, flops)
 
 
 def _relay_eval(on_eval, chunk: list[int], j: int, i: int, w: torch.Tensor) -> None:

@@ -217,7 +217,8 @@ def train_lpps(
     def train(rs: list[int], tick: Callable[[int], None] | None) -> list[LppFit]:
         return _train_stack([runs[r] for r in rs], [prepared[r] for r in rs], text_hat, cfg, device, tick)
 
-    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device)
+    flops = 4.0 * max(p.labels.numel() for p in prepared) * k * d
+    return run_stacks(stacks, train, len(runs), cfg.epochs, progress, device, flops)
 
 
 def _prepare(run: LppRun, text_hat: torch.Tensor, cfg: LppConfig, device: str) -> _Prepared:

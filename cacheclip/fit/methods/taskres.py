@@ -250,7 +250,8 @@ def train_residuals(
             members, samples.subset(idx), base, scale, lr, epochs, cfg, plan, dtype, device, tick, best_val, fused
         )
 
-    return run_stacks(stacks, train, len(runs), epochs, progress, device)
+    flops = 4.0 * max(plan[0] for plan in groups) * d * k
+    return run_stacks(stacks, train, len(runs), epochs, progress, device, flops)
 
 
 def _train_stack(

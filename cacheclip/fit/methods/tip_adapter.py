@@ -273,7 +273,10 @@ def finetune_runs(
         dtype = torch.promote_types(runs[idx[0]].keys.dtype, torch.float32)
         return _finetune_stack([runs[r] for r in idx], class_weights, scale, dtype, tick, *settings)
 
-    return run_stacks(stacks, train, len(runs), epochs, progress, device)
+    flops = max(
+        4.0 * min(batch_size, runs[m[0]].views.shape[0]) * nk * runs[m[0]].keys.shape[1] for nk, m in groups.items()
+    )
+    return run_stacks(stacks, train, len(runs), epochs, progress, device, flops)
 
 
 def _finetune_stack(

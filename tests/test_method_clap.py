@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from dispatch import CountOps
 from stores import REF, clustered, reads_while_training
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cacheclip.features import store as st
 from cacheclip.fit import stage
@@ -220,16 +220,6 @@ def test_the_stacked_result_is_the_one_run_loops():
         one = train_probe(views, labels, base, lambdas, cfg, scale=100.0, gen=torch.Generator().manual_seed(seed))
         torch.testing.assert_close(fit.weight, one, rtol=0, atol=1e-5)
         assert fit.record is None and fit.epoch == 4
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_operations_per_step_do_not_grow_with_the_runs():

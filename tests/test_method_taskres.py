@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from dispatch import CountOps
 from stores import REF, clustered, reads_while_training
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.features import store as st
@@ -84,13 +84,6 @@ def test_the_written_out_gradient_is_autograds_run_by_run(dtype):
 
 
 def test_the_loss_is_the_same_operations_for_any_number_of_runs():
-    class CountOps(TorchDispatchMode):
-        count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += 1
-            return func(*args, **(kwargs or {}))
-
     views, labels, t = _data(dtype=torch.float32)
 
     def ops(r):

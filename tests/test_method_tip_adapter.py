@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from dispatch import CountOps
 from stores import REF, clustered
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cacheclip.fit.methods import get_method
 from cacheclip.fit.methods import tip_adapter as tip
@@ -102,16 +102,6 @@ def test_a_stacked_run_equals_the_run_alone_whatever_its_neighbours():
             got = trained[id(run)]
             assert got.epoch == want.epoch
             assert torch.allclose(got.keys, want.keys, rtol=0, atol=1e-5)
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_loss_is_the_same_operations_for_any_number_of_runs():

@@ -6,23 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from dispatch import CountOps
 
 from cacheclip.fit import trainer as tr
 
 D, K, N, B = 16, 5, 24, 6
-
-
-class CountOps(TorchDispatchMode):
-    """Counts the aten operations dispatched (what a GPU would launch, one kernel or more each)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _loss(params, x, y):

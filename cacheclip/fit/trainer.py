@@ -11,7 +11,8 @@ the same number of steps with the same batch size):
 * its batches: per run a stream of row numbers into that run's own sample table
   (:class:`Samples`), drawn from the run's own generator, so a run's batches do not
   depend on which runs share the stack;
-* when it scores val (``checkpoints``) and which of those states it keeps (:class:`Keeper`).
+* when it scores val (``train_stack``'s ``after_step``/``every``) and which of those states it
+  keeps (:class:`Keeper`).
 
 Every step is a fixed number of torch operations whatever R is: one gather, the method's
 batched forward, one backward, and torch.optim's update (fused where torch has it) once per
@@ -26,8 +27,9 @@ and optimiser state through memory. One run's state at K = 397, D = 1024 (W, its
 Adam's two moments: 6.5 MB) stays in the L3 cache step after step; 36 runs' (230 MB) do not,
 and every step then pays main-memory bandwidth on all of it. Stacking pays where the per-op
 overhead binds (small K) and costs where the bandwidth does, so runs are stacked up to a state
-budget (:data:`CPU_STACK_BYTES`, measured by benchmarks/baselines.py) and the chunks trained
-one after another. On a GPU every run of a group goes in one stack.
+budget (:data:`CPU_STACK_BYTES`), and a run whose step is long enough for two threads per product
+trains alone. Independent stacks train at once on the cores, one thread each (:func:`run_stacks`).
+On a GPU every run of a group goes in one stack. docs/benchmarks.md has the measurements.
 """
 
 from __future__ import annotations

@@ -55,7 +55,11 @@ from cacheclip.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
-MANY_THREADS_FLOPS = 256e6  # a step's largest product from which a stack trains on every core (threads_for)
+# a step's largest product from which a stack would train on every core (threads_for): never, on the
+# CPUs measured. Two threads per product lost even on long steps: ZS-LP at 397 classes (416 MFLOP a
+# step), 3 runs, 5 epochs: 10.4 s as one stack on 2 threads, 5.6 s on 1, 5.3 s as stacks on the two
+# cores; one run at a time on 2 threads 11.8 s (AMD EPYC, 2026-12-07). Independent stacks use the cores.
+MANY_THREADS_FLOPS = math.inf
 PARALLEL_STACKS = True  # independent stacks train at once on a CPU's cores (run_stacks); off: one after another
 # a step's products from which a stack is split to train on every core: below, its operations are
 # so short that two threads contend for the interpreter more than they compute (TaskRes at 10
@@ -476,10 +480,9 @@ def _cores() -> int:
 
 def threads_for(flops_per_op: float) -> int:
     """Torch CPU threads for a stack whose largest product per step does ``flops_per_op`` FLOPs:
-    every core this process may use from ~256 MFLOP (about 5 ms on one thread), else one. A second
-    thread halves a long product, but on short ones its wake-up costs as much as it saves, and when
-    another process holds a core each parallel operation waits for the descheduled thread: a fit of
-    small matrices on two threads beside one busy process ran 3-20x slower, on one thread ~1x."""
+    every core this process may use from :data:`MANY_THREADS_FLOPS`, else one (so far always one:
+    see that constant). On short products a second thread's wake-up costs as much as it saves, and
+    when another process holds a core each parallel operation waits for the descheduled thread."""
     return _cores() if flops_per_op >= MANY_THREADS_FLOPS else 1
 
 

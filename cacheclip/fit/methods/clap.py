@@ -273,7 +273,6 @@ def probe_stack(runs: Sequence[ProbeRun], base: torch.Tensor, cfg: ClapConfig, s
     and CLAP's lambdas (zeros for a ZS-LP run beside CLAP runs); SGD by torch.optim."""
     r, (k, d) = len(runs), base.shape
     size, steps = step_rows(*runs[0].views.shape[:2], cfg.batch_size, cfg.sampling)
-    tables = [(run.views.float(), run.labels.to(torch.long).repeat_interleave(run.views.shape[1])) for run in runs]
     streams = [epoch_rows(*run.views.shape[:2], cfg.batch_size, run.gen, cfg.sampling) for run in runs]
     t = base.to(device, torch.float32)
     lambdas = None
@@ -286,7 +285,9 @@ def probe_stack(runs: Sequence[ProbeRun], base: torch.Tensor, cfg: ClapConfig, s
         lrs=[cfg.lr] * r,
         weight_decays=[cfg.weight_decay] * r,
         schedule=lambda i, peak: coop_lr(i // steps, peak, cfg.epochs, cfg.warmup_epochs, cfg.warmup_lr),
-        samples=Samples(tables, range(r), device),
+        samples=Samples.of_views(
+            [run.views for run in runs], [run.labels for run in runs], device, dtype=torch.float32
+        ),
         blocks=stack_blocks(streams, device),
         step_flops=4.0 * r * size * k * d,
     )

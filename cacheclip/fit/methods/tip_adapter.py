@@ -285,9 +285,6 @@ def _finetune_stack(
     """One stack: the tables (N V views each), each run's batch stream from its own generator, the
     per-step cosine, and each run's first best val epoch when asked."""
     r, (n, _, d) = len(runs), runs[0].views.shape
-    tables = [
-        (run.views.reshape(-1, d), run.labels.to(torch.long).repeat_interleave(run.views.shape[1])) for run in runs
-    ]
     per_step, steps = tipf_batches(n, batch_size)
     streams = [
         epoch_rows(n, run.views.shape[1], per_step, torch.Generator().manual_seed(int(run.seed))) for run in runs
@@ -309,7 +306,7 @@ def _finetune_stack(
         lrs=[lr] * r,
         weight_decays=[TIPF_WEIGHT_DECAY] * r,
         schedule=lr_at,
-        samples=Samples(tables, list(range(r)), device),
+        samples=Samples.of_views([run.views for run in runs], [run.labels for run in runs], device),
         blocks=stack_blocks(streams, device),
         dtype=dtype,
         fused=fused,

@@ -110,11 +110,28 @@ def _percent(value: object) -> bool:
 
 
 def test_top1(block: object) -> float | None:
+    return split_top1(block, "test")
+
+
+def split_top1(block: object, split: str) -> float | None:
+    """``block[split]["top1"]`` of ``metrics`` or ``zero_shot`` when an accuracy, else None."""
     try:
-        value = block["test"]["top1"]  # type: ignore[index]
+        value = block[split]["top1"]  # type: ignore[index]
     except (KeyError, TypeError):
         return None
     return float(value) if _percent(value) else None
+
+
+BASE_TO_NEW = "base-to-new"
+B2N_SPLITS = ("base", "new", "harmonic_mean")  # a base-to-new run's scores, in place of "test"
+
+
+def is_base_to_new(result: dict) -> bool:
+    """A run of ``fit --classes base-to-new`` (scored on base and new classes, no ``test``)."""
+    config, classes = result.get("config"), result.get("classes")
+    return (isinstance(config, dict) and config.get("classes") == BASE_TO_NEW) or (
+        isinstance(classes, dict) and classes.get("mode") == BASE_TO_NEW
+    )
 
 
 PERCENT_KEYS = ("top1", "top5", "mean_per_class")  # accuracies: finite, 0..100
@@ -137,7 +154,7 @@ def _scores_problem(where: str, scores: object) -> str | None:
 
 
 def _block_problem(name: str, block: object) -> str | None:
-    """``metrics`` or ``zero_shot``: val, test and each target's scores."""
+    """``metrics`` or ``zero_shot``: val, test (base, new, harmonic_mean) and each target's scores."""
     if block is None and name == "zero_shot":
         return None
     if not isinstance(block, dict):
@@ -145,7 +162,8 @@ def _block_problem(name: str, block: object) -> str | None:
     targets = block.get("targets") or {}
     if not isinstance(targets, dict):
         return f"{name}.targets is {type(targets).__name__}, not an object"
-    for where, scores in [(f"{name}.val", block.get("val")), (f"{name}.test", block.get("test"))] + [
+    splits = ["val", "test", *B2N_SPLITS]
+    for where, scores in [(f"{name}.{s}", block.get(s)) for s in splits] + [
         (f"{name}.targets.{t}", v) for t, v in targets.items()
     ]:
         problem = _scores_problem(where, scores)
@@ -168,7 +186,11 @@ def result_problem(result: dict) -> str | None:
         problem = _block_problem(name, result.get(name))
         if problem:
             return problem
-    if test_top1(result.get("metrics")) is None:
+    if is_base_to_new(result):
+        missing = [s for s in ("base", "new") if split_top1(result.get("metrics"), s) is None]
+        if missing:
+            return f"missing metrics.{missing[0]}.top1 (a base-to-new run)"
+    elif test_top1(result.get("metrics")) is None:
         return "missing metrics.test.top1"
     if result.get("diverged") is not None and not isinstance(result.get("diverged"), str):
         return f"diverged is {result.get('diverged')!r}, not text"

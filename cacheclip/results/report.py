@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cacheclip.datasets.catalog import IMAGENET_SHIFT
-from cacheclip.results.loading import collapse_skipped, result_problem, result_source, test_top1
+from cacheclip.results.loading import collapse_skipped, is_base_to_new, result_problem, result_source, test_top1
 from cacheclip.results.protocol import (
     NO,
     CellRuns,
@@ -270,6 +270,7 @@ def build_reports(
     """One ``Report`` per (model, pretrained, method, run protocol), sorted by model, method,
     then protocol (the default first): runs of different protocols are never merged.
 
+    Base-to-new runs are left out (``base_to_new.build_base_to_new`` reports them).
     Without ``expected_*`` the grid is what the group's runs cover (datasets,
     shots, and the union of seeds); cells short of it are ``missing``. Of
     duplicate runs (same model, pretrained, method, run protocol, dataset, shots,
@@ -282,6 +283,8 @@ def build_reports(
         problem = result_problem(result)
         if problem:
             shared.append(f"skipped {result_source(result)}: {problem}")
+            continue
+        if is_base_to_new(result):  # its own table (base_to_new.py): never mixed into the few-shot cells
             continue
         if result.get("diverged"):  # its number is what the run gave: reported, and said
             shared.append(f"{result_source(result)}: {result['diverged']}")

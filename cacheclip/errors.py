@@ -27,6 +27,10 @@ class UnknownNameError(CacheClipError):
     """A dataset, template set, method or model name that is not registered."""
 
 
+class PluginError(UnknownNameError):
+    """A method asked for by name whose installed plugin could not be loaded or breaks the contract."""
+
+
 class DatasetLayoutError(CacheClipError):
     """A dataset folder, split file or label file is missing or malformed."""
 

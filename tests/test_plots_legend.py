@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cacheclip.fit.methods import list_methods
+from cacheclip.fit.methods import builtin_methods as list_methods  # the built-in ones: at least 12, in their order
 from cacheclip.results.plots import report_figure
 from cacheclip.results.report import build_reports
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cacheclip.datasets.fewshot import FewShotSplit, sample_fewshot
-from cacheclip.errors import ConfigError, MissingFeaturesError, UnknownNameError
+from cacheclip.errors import ConfigError, MissingFeaturesError
 from cacheclip.fit.adapters import zero_shot_logits
 from cacheclip.fit.classifier import TextClassifier
 from cacheclip.fit.metrics import classification_metrics
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from cacheclip.features.store import FeatureStore
 
 Progress = Callable[[str, int, int], None]
+
+# The version of this contract (FitContext, RunPlan, Trained, Method and what fit does with them).
+# A plugin's Method states the version it was written for (``Method(contract=...)``); it changes
+# only when a method written for the previous version would no longer work or would give other numbers.
+CONTRACT_VERSION = 1
 
 
 @dataclass
@@ -251,6 +256,31 @@ def zero_shot_predictor(data: FitData) -> Callable[[torch.Tensor], torch.Tensor]
     return lambda feats: zero_shot_logits(feats.float(), data.class_weights, data.logit_scale)
 
 
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # raw features (M, D) -> logits (M, K)
+
+
+@dataclass(frozen=True)
+class NewClassRule:
+    """How a method scores classes it never trained on (``fit --classes base-to-new``): the rule in
+    words, recorded in every base-to-new result, and the predictor it builds after training from
+    (the base classes' context, the trained run, the new classes' text weights (K_new, D))."""
+
+    rule: str
+    build: Callable[[FitContext, Trained, torch.Tensor], Predictor]
+
+
+def zero_shot_on_new(ctx: FitContext, trained: Trained, new_weights: torch.Tensor) -> Predictor:
+    """New classes scored by zero-shot CLIP: for methods whose learned parts are all per class."""
+    return lambda feats: zero_shot_logits(feats.float(), new_weights, ctx.data.logit_scale)
+
+
+def artifact_on_new(ctx: FitContext, trained: Trained, new_weights: torch.Tensor) -> Predictor:
+    """The saved run with the new classes' text weights: for methods whose learned part applies to
+    any class's text (``from_artifact`` takes the class weights it scores with)."""
+    tensors, meta = trained.artifact
+    return ctx.method.from_artifact(tensors, meta, new_weights, ctx.data.logit_scale, ctx.device)
+
+
 @dataclass(frozen=True)
 class Method:
     """A few-shot method: its settings, how its runs are keyed, trained and compared with its paper."""
@@ -271,6 +301,10 @@ class Method:
     # the text classifier its paper used on ImageNet (``fit.classifier``): single, ensemble or
     # single+ensemble; every paper used the dataset's single template elsewhere
     paper_classifier: str = "single"
+    # how it scores classes it never trained on (fit --classes base-to-new); None: it refuses to
+    new_classes: NewClassRule | None = None
+    # the contract version a plugin was written for (``CONTRACT_VERSION``); None for the built-ins
+    contract: int | None = None
 
     def validate(self, config: Any) -> None:
         """ConfigError unless ``config`` is this method's config with workable values."""
@@ -284,23 +318,18 @@ class Method:
             check()
 
 
-_METHODS: dict[str, Method] = {}
+_BUILTIN: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    if method.name in _METHODS:
+    """Register a built-in method (a module of this folder calls it on import); an installed
+    package registers through the ``cacheclip.methods`` entry points instead (``plugins``)."""
+    if method.name in _BUILTIN:
         raise ValueError(f"method {method.name} registered twice")
-    _METHODS[method.name] = method
+    _BUILTIN[method.name] = method
     return method
 
 
-def list_methods() -> list[str]:
-    return list(_METHODS)
-
-
-def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise UnknownNameError(
-            f"unknown method '{name}'. Available: {', '.join(_METHODS)}", "pass one of those to --method"
-        )
-    return _METHODS[name]
+def builtin_registry() -> dict[str, Method]:
+    """The built-in methods registered so far, by name (a copy)."""
+    return dict(_BUILTIN)

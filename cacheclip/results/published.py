@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from cacheclip.results.protocol import PublishedProtocol
+from cacheclip.results.protocol import UNKNOWN, PublishedProtocol
 
 PUBLISHED_SHOTS = (1, 2, 4, 8, 16)
 
@@ -35,19 +36,35 @@ PAPER_DATASETS = (
 METHOD_KEYS = {"clip-adapter": "CLIP-A", "tip-adapter": "Tip", "tip-adapter-f": "Tip-F", "gda": "GDA"}
 ZERO_SHOT_KEY = "zs"  # the zero-shot numbers' key (per dataset, and of their protocol in ``_curves``)
 
-_MODELS = {"rn50", "rn50-quickgelu"}  # open_clip names of the paper's backbone
+# A published backbone -> the open_clip names of it. Every figure stored here used OpenAI's weights.
+BACKBONES = {
+    "RN50": {"rn50", "rn50-quickgelu"},
+    "ViT-B/32": {"vit-b-32", "vit-b-32-quickgelu"},
+    "ViT-B/16": {"vit-b-16", "vit-b-16-quickgelu"},
+}
 _PRETRAINED = "openai"
+
+
+def _data(name: str) -> dict:
+    return json.loads(resources.files("cacheclip.results").joinpath(f"data/{name}").read_text("utf-8"))
 
 
 @lru_cache(maxsize=1)
 def _load() -> dict:
-    text = resources.files("cacheclip.results").joinpath("data/published_rn50.json").read_text("utf-8")
-    return json.loads(text)
+    return _data("published_rn50.json")
+
+
+def backbone_of(model: str, pretrained: str) -> str | None:
+    """The published backbone runs of ``model``/``pretrained`` can sit beside ("ViT-B/16"), or None:
+    a figure is only ever set beside runs of its own backbone and weights."""
+    if pretrained != _PRETRAINED:
+        return None
+    return next((name for name, models in BACKBONES.items() if model.lower() in models), None)
 
 
 def published_available(model: str, pretrained: str) -> bool:
-    """True when runs of ``model``/``pretrained`` are comparable to the paper (RN50, openai)."""
-    return model.lower() in _MODELS and pretrained == _PRETRAINED
+    """True when runs of ``model``/``pretrained`` are comparable to the few-shot paper (RN50, openai)."""
+    return backbone_of(model, pretrained) == "RN50"
 
 
 def published_source() -> str:
@@ -182,3 +199,90 @@ def published_shift_provenance(method: str) -> str | None:
     if entry is not None:
         return f"{entry['source']}; protocol: {entry['protocol']}"
     return shift.get("_unverified", {}).get(method)
+
+
+# ----------------------------------------------------------------------------- base-to-new
+
+H_OF_MEANS, MEAN_OF_H = "h_of_means", "mean_of_h"  # how an 11-dataset average's H was taken
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """H = 2 B N / (B + N): high only when both are (0 when both are 0)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+@dataclass(frozen=True)
+class PublishedB2N:
+    """One published base-to-new figure (top-1 %): base, new, H; for an average, ``h_convention``
+    says whether H is that of the mean base and new or the mean of per-dataset H. ``kind``:
+    primary, official repo or secondary."""
+
+    method: str
+    label: str
+    base: float
+    new: float
+    h: float
+    h_convention: str
+    source: str
+    kind: str
+    protocol: str
+    note: str = ""
+
+    def protocol_record(self) -> PublishedProtocol:
+        """What ``protocol.compare`` needs: the sources record no more than the protocol's name,
+        so templates, preprocessing and selection are unknown (never assumed equal to ours)."""
+        return PublishedProtocol(
+            curve=f"base-to-new {self.label}",
+            seeds=None,
+            val=UNKNOWN,
+            classifier=UNKNOWN,
+            preprocess=UNKNOWN,
+            aug_scale=None,
+            epoch=UNKNOWN,
+            protocol=None,
+            unknown=(f"the published run's templates, preprocessing and selection ({self.protocol})",),
+        )
+
+
+@lru_cache(maxsize=1)
+def _load_b2n() -> dict:
+    return _data("published_base_to_new.json")
+
+
+def h_convention_text(convention: str) -> str:
+    return str(_load_b2n()["_h_conventions"][convention])
+
+
+def _b2n(entry: dict, base: float, new: float, h: float, convention: str) -> PublishedB2N:
+    source = _load_b2n()["_sources"][entry["source"]]
+    return PublishedB2N(
+        method=entry["method"],
+        label=entry.get("label", entry["method"]),
+        base=float(base),
+        new=float(new),
+        h=float(h),
+        h_convention=convention,
+        source=source["source"],
+        kind=entry["kind"],
+        protocol=source["protocol"],
+        note=entry.get("note", ""),
+    )
+
+
+def published_b2n_averages(backbone: str | None, shots: int) -> list[PublishedB2N]:
+    """The published 11-dataset averages of ``backbone`` at ``shots``, in the file's order
+    (two entries for one method where two sources disagree); [] for another backbone."""
+    return [
+        _b2n(e, e["base"], e["new"], e["h"], e["h_convention"])
+        for e in _load_b2n()["averages"]
+        if e["backbone"] == backbone and e["shots"] == shots
+    ]
+
+
+def published_b2n_datasets(method: str, backbone: str | None, shots: int) -> dict[str, PublishedB2N]:
+    """``method``'s published per-dataset base and new of ``backbone`` at ``shots`` (H computed
+    here, H of the two), by dataset; {} when none is stored."""
+    for entry in _load_b2n()["per_dataset"]:
+        if (entry["method"], entry["backbone"], entry["shots"]) == (method, backbone, shots):
+            return {d: _b2n(entry, b, n, harmonic_mean(b, n), H_OF_MEANS) for d, (b, n) in entry["base_new"].items()}
+    return {}

@@ -73,11 +73,11 @@ def _with_paper(text: str, ours: float, paper: float | None) -> str:
     return text if paper is None else f"{text} (paper {paper:.2f}, {ours - paper:+.2f})"
 
 
-def _mean_text(cell: Cell) -> str:
+def mean_text(cell: Cell) -> str:
     return f"{cell.mean:.2f}" if cell.n == 1 else f"{cell.mean:.2f} ± {cell.std:.2f}"
 
 
-def _paired(text: str, ours: float, paper: float | None, comparison: Comparison | None, marks: Marks) -> str:
+def paired_text(text: str, ours: float, paper: float | None, comparison: Comparison | None, marks: Marks) -> str:
     """Our text with the published number beside it: "(paper P, ours - P)", or where the paper ran
     seed 1 only "(seed 1 V; paper P, V - P)"; then the mark when that is not like for like."""
     if comparison is None:
@@ -92,7 +92,7 @@ def _cell_text(report: Report, d: str, s: int, marks: Marks) -> str:
     if cell is None:
         return MISSING
     paper, comparison = report.published.get((d, s)), report.comparisons.get((d, s))
-    text = _paired(_mean_text(cell), cell.mean, paper, comparison, marks)
+    text = paired_text(mean_text(cell), cell.mean, paper, comparison, marks)
     if cell.n < len(report.expected_seeds):
         text += f" [{cell.n}/{len(report.expected_seeds)} seeds]"
     return text
@@ -103,7 +103,7 @@ def _zs_text(report: Report, d: str, marks: Marks) -> str:
         return MISSING
     ours = report.zero_shot[d]
     paper, comparison = report.published_zero_shot.get(d), report.zero_shot_comparisons.get(d)
-    return _paired(f"{ours:.2f}", ours, paper, comparison, marks)
+    return paired_text(f"{ours:.2f}", ours, paper, comparison, marks)
 
 
 def _average_texts(report: Report, row: dict[int, Cell | None], marks: Marks) -> tuple[str, list[str]]:
@@ -112,7 +112,7 @@ def _average_texts(report: Report, row: dict[int, Cell | None], marks: Marks) ->
     zs = mean_over(report.zero_shot, zs_keys)
     paper_zs = mean_over(report.published_zero_shot, zs_keys)
     zs_pair = average_comparison(report.zero_shot_comparisons, zs_keys)
-    zs_text = MISSING if zs is None else _paired(f"{zs:.2f}", zs, paper_zs, zs_pair, marks)
+    zs_text = MISSING if zs is None else paired_text(f"{zs:.2f}", zs, paper_zs, zs_pair, marks)
     texts = []
     for s in report.shots:
         cell = row[s]
@@ -121,14 +121,14 @@ def _average_texts(report: Report, row: dict[int, Cell | None], marks: Marks) ->
             continue
         keys = [(d, s) for d in cell.datasets]
         paper = mean_over(report.published, keys)
-        text = _paired(_mean_text(cell), cell.mean, paper, average_comparison(report.comparisons, keys), marks)
+        text = paired_text(mean_text(cell), cell.mean, paper, average_comparison(report.comparisons, keys), marks)
         if len(cell.datasets) < len(covered):
             text += f" [{len(cell.datasets)}/{report.n_expected_datasets} datasets]"
         texts.append(text)
     return zs_text, texts
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     rule = ["---"] + ["---:"] * (len(header) - 1)
     return ["| " + " | ".join(r) + " |" for r in [header, rule, *rows]]
 
@@ -161,14 +161,14 @@ def _section(report: Report, level: int = 2) -> list[str]:
     ]
     zs_avg, avg_cells = _average_texts(report, row, marks)
     rows.append([avg_label, zs_avg] + avg_cells)
-    lines += _table(["Dataset", "Zero-shot"] + shot_cols, rows)
+    lines += markdown_table(["Dataset", "Zero-shot"] + shot_cols, rows)
     lines += marks.lines()
     if covered < report.n_expected_datasets:
         lines += ["", f"Partial: the average covers {covered} of {report.n_expected_datasets} datasets."]
     lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
-    ci_rows = [[d] + [_ci_text(report.cells.get((d, s))) for s in report.shots] for d in report.datasets]
-    ci_rows.append([avg_label] + [_ci_text(row[s]) for s in report.shots])
-    lines += _table(["Dataset"] + shot_cols, ci_rows)
+    ci_rows = [[d] + [ci_text(report.cells.get((d, s))) for s in report.shots] for d in report.datasets]
+    ci_rows.append([avg_label] + [ci_text(row[s]) for s in report.shots])
+    lines += markdown_table(["Dataset"] + shot_cols, ci_rows)
     if report.missing:
         seeds = ", ".join(map(str, report.expected_seeds))
         lines += ["", f"Missing runs (expected seeds {seeds}):", ""]
@@ -181,7 +181,7 @@ def _section(report: Report, level: int = 2) -> list[str]:
     return lines
 
 
-def _ci_text(cell: Cell | None) -> str:
+def ci_text(cell: Cell | None) -> str:
     if cell is None:
         return MISSING
     return f"{MISSING} (n={cell.n})" if math.isnan(cell.ci95) else f"±{cell.ci95:.2f} (n={cell.n})"
@@ -197,8 +197,9 @@ def to_markdown(report: Report) -> str:
     return "\n".join(_section(report) + shift_markdown([report], level=3) + _warning_lines(report.warnings)) + "\n"
 
 
-def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> str:
-    """Several reports in one document, with their warnings gathered once at the end."""
+def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = (), more: Sequence[str] = ()) -> str:
+    """Several reports in one document, then ``more`` (lines: the base-to-new part), with every
+    warning gathered once at the end."""
     lines = ["# cacheclip report", ""]
     lines.append(f"Method groups: {len(reports)}; runs: {sum(r.n_runs for r in reports)}.")
     if len(reports) > 1:
@@ -207,7 +208,7 @@ def render_markdown(reports: Sequence[Report], warnings: Sequence[str] = ()) -> 
     for report in reports:
         lines += [""] + _section(report)
     every = list(warnings) + [w for r in reports for w in r.warnings]
-    return "\n".join(lines + _warning_lines(every)) + "\n"
+    return "\n".join(lines + list(more) + _warning_lines(every)) + "\n"
 
 
 def _side_by_side(reports: Sequence[Report]) -> list[str]:
@@ -225,10 +226,10 @@ def _side_by_side(reports: Sequence[Report]) -> list[str]:
     for report in reports:
         texts = dict(zip(report.shots, _average_texts(report, average_row(report), marks)[1], strict=True))
         rows.append([report.label, report.model, f"{len(report.covered)}"] + [texts.get(s, MISSING) for s in shots])
-    return lines + _table(["Method", "Model", "Datasets"] + [f"{s}-shot" for s in shots], rows) + marks.lines()
+    return lines + markdown_table(["Method", "Model", "Datasets"] + [f"{s}-shot" for s in shots], rows) + marks.lines()
 
 
-def _num(value: float | None) -> str:
+def csv_number(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
@@ -240,7 +241,7 @@ def to_csv(report: Report, header: bool = True) -> str:
         writer.writerow(CSV_COLUMNS)
     for d in report.datasets:
         zs = report.zero_shot_comparisons.get(d)
-        zs_columns = [_num(report.published_zero_shot.get(d)), zs.verdict.like if zs else "", _reasons(zs)]
+        zs_columns = [csv_number(report.published_zero_shot.get(d)), zs.verdict.like if zs else "", _reasons(zs)]
         for s in report.shots:
             cell = report.cells.get((d, s))
             paper = report.published.get((d, s))
@@ -249,9 +250,9 @@ def to_csv(report: Report, header: bool = True) -> str:
             writer.writerow(
                 [
                     *_cell_columns(report, d, s, cell),
-                    _num(report.zero_shot.get(d)),
-                    _num(paper),
-                    _num(diff),
+                    csv_number(report.zero_shot.get(d)),
+                    csv_number(paper),
+                    csv_number(diff),
                     *_comparison_columns(pair),
                     *zs_columns,
                 ]
@@ -273,9 +274,9 @@ def _cell_columns(report: Report, dataset: str, shots: int, cell: Cell | None) -
         shots,
         cell.n,
         seeds,
-        _num(cell.mean),
-        _num(cell.std),
-        _num(cell.ci95),
+        csv_number(cell.mean),
+        csv_number(cell.std),
+        csv_number(cell.ci95),
     ]
 
 
@@ -287,7 +288,7 @@ def _comparison_columns(pair: Comparison | None) -> list[str]:
     """published_protocol, compared_with, compared_value, like_for_like, mismatch."""
     if pair is None:
         return ["", "", "", "", ""]
-    return [pair.protocol, pair.compared_with, _num(pair.value), pair.verdict.like, _reasons(pair)]
+    return [pair.protocol, pair.compared_with, csv_number(pair.value), pair.verdict.like, _reasons(pair)]
 
 
 # ----------------------------------------------------------------------------- distribution shift
@@ -316,7 +317,7 @@ def _shift_groups(reports: Sequence[Report]) -> dict[ShiftGroup, list[tuple[Repo
 def _shift_text(cell: Cell | None, paper: float | None, n_expected: int) -> str:
     if cell is None:
         return MISSING if paper is None else f"{MISSING} (paper {paper:.2f})"
-    text = _with_paper(_mean_text(cell), cell.mean, paper)
+    text = _with_paper(mean_text(cell), cell.mean, paper)
     return text + (f" [{cell.n}/{n_expected} seeds]" if cell.n < n_expected else "")
 
 
@@ -360,16 +361,16 @@ def _shift_table(key: ShiftGroup, pairs: list[tuple[Report, ShiftRow]], level: i
         texts = [_shift_text(row.cells.get(c), row.published.get(c), n_expected) for c in columns]
         texts.append(_shift_text(row.mean, mean_over(row.published, targets), n_expected))
         rows.append([label, ", ".join(row.templates)] + texts)
-        ci_rows.append([label] + [_ci_text(row.cells.get(c)) for c in columns] + [_ci_text(row.mean)])
+        ci_rows.append([label] + [ci_text(row.cells.get(c)) for c in columns] + [ci_text(row.mean)])
     for method in paper_only:
         paper = published_shift(method) or {}
         texts = [_shift_text(None, paper.get(c), 0) for c in columns] + [
             _shift_text(None, mean_over(paper, targets), 0)
         ]
         rows.append([f"{METHOD_LABELS.get(method, method)} (published only)", MISSING] + texts)
-    lines += _table(["Method", "Templates"] + headers, rows)
+    lines += markdown_table(["Method", "Templates"] + headers, rows)
     lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
-    lines += _table(["Method"] + headers, ci_rows)
+    lines += markdown_table(["Method"] + headers, ci_rows)
     notes = {r.label: r.shift_provenance for _, _, r in named if r.shift_provenance}
     notes.update({METHOD_LABELS.get(m, m): published_shift_provenance(m) or "" for m in paper_only})
     if notes:
@@ -398,9 +399,9 @@ def shift_csv_rows(report: Report) -> list[list]:
             out.append(
                 [
                     *_cell_columns(report, name, row.shots, cell),
-                    _num(zs and zs.mean),
-                    _num(paper),
-                    _num(diff),
+                    csv_number(zs and zs.mean),
+                    csv_number(paper),
+                    csv_number(diff),
                     *[""] * (len(CSV_COLUMNS) - 13),  # no like-for-like judgement of shift numbers yet
                 ]
             )

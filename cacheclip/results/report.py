@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cacheclip.datasets.catalog import IMAGENET_SHIFT
@@ -257,7 +257,7 @@ def dataset_order(names: Sequence[str]) -> list[str]:
     return [d for d in PAPER_DATASETS if d in unique] + sorted(unique - set(PAPER_DATASETS))
 
 
-def _method_rank(method: str) -> tuple[int, str]:
+def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
@@ -277,19 +277,38 @@ def build_reports(
     seed) the newest file is kept, with a warning. Warnings from ``load_results``
     and invalid results are repeated in every report.
     """
+    groups, shared = group_runs(results, lambda r: not is_base_to_new(r), _group_key)
+    reports = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], method_rank(k[2]), k[3].rank)):
+        reports.append(_build_one(key, groups[key], expected_datasets, expected_shots, expected_seeds, shared))
+    return reports
+
+
+def _group_key(result: dict) -> tuple[str, str, str, RunProtocol]:
+    return (result["model"], result["pretrained"], result["method"], run_protocol(result))
+
+
+Runs = dict[tuple[str, int, int], dict]  # (dataset, shots, seed) -> its result
+
+
+def group_runs(
+    results: Sequence[dict], keep: Callable[[dict], bool], key_of: Callable[[dict], tuple]
+) -> tuple[dict[tuple, Runs], list[str]]:
+    """The valid results that ``keep`` selects, grouped by ``key_of`` and then by (dataset, shots,
+    seed); of duplicate runs the newest file is kept, with a warning. Also the warnings every
+    report repeats: ``load_results``' and every invalid or diverged result's (``keep`` or not)."""
     shared = list(getattr(results, "warnings", []))
-    groups: dict[tuple[str, str, str, RunProtocol], dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
+    groups: dict[tuple, dict[tuple[str, int, int], tuple[tuple, dict]]] = {}
     for index, result in enumerate(results):
         problem = result_problem(result)
         if problem:
             shared.append(f"skipped {result_source(result)}: {problem}")
             continue
-        if is_base_to_new(result):  # its own table (base_to_new.py): never mixed into the few-shot cells
-            continue
         if result.get("diverged"):  # its number is what the run gave: reported, and said
             shared.append(f"{result_source(result)}: {result['diverged']}")
-        key = (result["model"], result["pretrained"], result["method"], run_protocol(result))
-        group = groups.setdefault(key, {})
+        if not keep(result):
+            continue
+        group = groups.setdefault(key_of(result), {})
         run = (result["dataset"], result["shots"], result["seed"])
         age = ((result.get("_source") or {}).get("mtime", 0.0), index)
         if run in group:
@@ -297,12 +316,8 @@ def build_reports(
             if age < group[run][0]:
                 continue
         group[run] = (age, result)
-    shared = collapse_skipped(shared)
-    reports = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], _method_rank(k[2]), k[3].rank)):
-        runs = {run: result for run, (_, result) in groups[key].items()}
-        reports.append(_build_one(key, runs, expected_datasets, expected_shots, expected_seeds, shared))
-    return reports
+    runs = {key: {run: result for run, (_, result) in group.items()} for key, group in groups.items()}
+    return runs, collapse_skipped(shared)
 
 
 def _duplicate_warning(new: dict, old: dict, new_wins: bool) -> str:
@@ -534,22 +549,26 @@ def average_row(report: Report) -> dict[int, Cell | None]:
     row: dict[int, Cell | None] = {}
     for s in report.shots:
         parts = [(d, report.cells[(d, s)]) for d in report.datasets if (d, s) in report.cells]
-        if not parts:
-            row[s] = None
-            continue
-        k = len(parts)
-        cells = [c for _, c in parts]
-        common = set(cells[0].seeds).intersection(*(c.seeds for c in cells[1:]))
-        row[s] = Cell(
-            n=min(c.n for c in cells),
-            mean=math.fsum(c.mean for c in cells) / k,
-            std=math.sqrt(math.fsum(c.std**2 for c in cells)) / k,
-            ci95=math.sqrt(math.fsum(c.ci95**2 for c in cells)) / k,
-            seeds=tuple(sorted(common)),
-            datasets=tuple(d for d, _ in parts),
-            partial=k < report.n_expected_datasets,
-        )
+        row[s] = average_cell(parts, report.n_expected_datasets)
     return row
+
+
+def average_cell(parts: Sequence[tuple[str, Cell]], n_expected: int) -> Cell | None:
+    """The mean over datasets of (dataset, cell) pairs, spread as ``average_row`` says; None if empty."""
+    if not parts:
+        return None
+    k = len(parts)
+    cells = [c for _, c in parts]
+    common = set(cells[0].seeds).intersection(*(c.seeds for c in cells[1:]))
+    return Cell(
+        n=min(c.n for c in cells),
+        mean=math.fsum(c.mean for c in cells) / k,
+        std=math.sqrt(math.fsum(c.std**2 for c in cells)) / k,
+        ci95=math.sqrt(math.fsum(c.ci95**2 for c in cells)) / k,
+        seeds=tuple(sorted(common)),
+        datasets=tuple(d for d, _ in parts),
+        partial=k < n_expected,
+    )
 
 
 def mean_over(values: dict, keys: Sequence) -> float | None:

@@ -27,10 +27,10 @@ NAME = re.compile(r"^[a-z][a-z0-9+.-]*$")  # what fits a --method value, a TOML 
 # Flags of `fit` and `batch` themselves: a method setting may not take one (it would never reach the method).
 RESERVED_FLAGS = frozenset(
     {
-        "--dataset", "--method", "--methods", "--shots", "--seeds", "--views", "--no-val", "--protocol",
-        "--epoch", "--classifier", "--classes", "--targets", "--model", "--pretrained", "--cache-dir",
-        "--results-dir", "--device", "--force", "--help", "--config", "--data-root", "--batch-size",
-        "--workers", "--aug-views", "--precision", "--templates", "--dry-run", "--report", "--out",
+        "--aug-views", "--batch-size", "--cache-dir", "--classes", "--classifier", "--config", "--dataset",
+        "--datasets", "--device", "--dry-run", "--epoch", "--fail-fast", "--no-fail-fast", "--force", "--help",
+        "--method", "--methods", "--model", "--no-val", "--precision", "--pretrained", "--protocol", "--results",
+        "--results-dir", "--root", "--seeds", "--shots", "--targets", "--templates", "--views", "--workers",
     }
 )  # fmt: skip
 
@@ -85,7 +85,7 @@ def _load(ep: EntryPoint, plugin: Plugin) -> tuple[Method | None, tuple[str, str
     reinstall = f"fix or reinstall {plugin.package}, or uninstall it"
     try:
         method = ep.load()
-    except Exception as e:  # any failure of someone else's import must not stop ours
+    except (Exception, SystemExit) as e:  # any failure of someone else's import must not stop ours
         return None, (f"importing {plugin.value} failed: {type(e).__name__}: {e}", reinstall)
     if not isinstance(method, Method):
         return None, (f"{plugin.value} is a {type(method).__name__}, not a cacheclip.Method", reinstall)

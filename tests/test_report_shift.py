@@ -13,7 +13,7 @@ import pytest
 from test_report import OTHER, RN50, make_result
 
 import cacheclip.results.published as published
-from cacheclip.results.published import published_shift, published_shift_provenance, published_shift_setting
+from cacheclip.results.published import published_shift_entries, published_shift_note, published_shift_setting
 from cacheclip.results.render import render_markdown, to_csv
 from cacheclip.results.report import build_reports
 
@@ -56,9 +56,13 @@ def expected(values: list[float]) -> tuple[float, float, float]:
 @pytest.fixture()
 def with_published(monkeypatch):
     """Published data with verified shift numbers for clip-adapter and a paper-only 'coop' row."""
-    data = copy.deepcopy(published._load())
-    data["_shift"]["methods"] = {
-        "clip-adapter": {
+    data = copy.deepcopy(published._load_shift())
+    entry = {"variant": "", "backbone": "RN50", "templates": None}
+    data["entries"] = [
+        entry
+        | {
+            "method": "clip-adapter",
+            "label": "CLIP-Adapter",
             "top1": {
                 "imagenet": 63.0,
                 "imagenet-v2": 55.0,
@@ -67,15 +71,20 @@ def with_published(monkeypatch):
                 "imagenet-r": 57.5,
             },
             "source": "Test paper, Table 9",
+            "kind": "primary",
             "protocol": "7 templates, 3 seeds",
         },
-        "coop": {
+        entry
+        | {
+            "method": "coop",
+            "label": "coop",
             "top1": {"imagenet": 63.3, "imagenet-v2": 55.4},
             "source": "Other paper, Table 1",
+            "kind": "secondary",
             "protocol": "learned context, 3 seeds",
         },
-    }
-    monkeypatch.setattr(published, "_load", lambda: data)
+    ]
+    monkeypatch.setattr(published, "_load_shift", lambda: data)
     return data
 
 
@@ -134,13 +143,14 @@ def test_markdown_table_rows_and_columns():
     rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
     assert "Zero-shot CLIP (recorded with the CLIP-Adapter [ensemble] runs)" in rows  # imagenet7: not its paper's
     assert (
-        f"| {ZS['imagenet-sketch']:.2f} ± 0.00 |"
+        f"| {ZS['imagenet-sketch']:.2f} ± 0.00 (paper 35.44, {ZS['imagenet-sketch'] - 35.44:+.2f}) |"  # Table 5's
         in rows["Zero-shot CLIP (recorded with the CLIP-Adapter [ensemble] runs)"]
     )
     mean, std, _ = expected([top1("tip-adapter-f", "imagenet-r", s) for s in SEEDS])
     assert f"{mean:.2f} ± {std:.2f}" in rows["Tip-Adapter-F"] and "imagenet7" in rows["Tip-Adapter-F"]
-    assert "(paper " not in table  # the shipped data verifies no shift number
-    assert "- Tip-Adapter-F: " in section.split("## CLIP-Adapter")[0]  # ...and says so per method
+    v2 = statistics.fmean(top1("tip-adapter-f", "imagenet-v2", s) for s in SEEDS)
+    assert f"(paper 57.11, {v2 - 57.11:+.2f})" in rows["Tip-Adapter-F"]  # the shipped RN50 Table 5 row
+    assert "- Tip-Adapter-F: Tip-Adapter (arXiv 2207.09519) Table 5 (primary)" in section.split("## CLIP-Adapter")[0]
 
 
 def test_csv_rows_for_targets_and_their_mean():
@@ -158,7 +168,8 @@ def test_csv_rows_for_targets_and_their_mean():
     assert float(sketch["mean"]) == pytest.approx(mean, abs=1e-4) and float(sketch["ci95"]) == pytest.approx(
         ci, abs=1e-4
     )
-    assert float(sketch["zero_shot"]) == pytest.approx(ZS["imagenet-sketch"]) and sketch["published"] == ""
+    assert float(sketch["zero_shot"]) == pytest.approx(ZS["imagenet-sketch"]) and sketch["published"] == "35.6800"
+    assert sketch["published_protocol"].startswith("Tip-Adapter (arXiv 2207.09519) Table 5 (primary)")
     assert float(rows[-1]["zero_shot"]) == pytest.approx(statistics.fmean(ZS[t] for t in TARGETS), abs=1e-4)
 
 
@@ -171,9 +182,9 @@ def test_published_numbers_beside_ours_with_their_protocol(with_published):
     assert f"(paper 55.00, {ours - 55.0:+.2f})" in text
     paper_mean = statistics.fmean([55.0, 35.5, 22.5, 57.5])
     assert f"(paper {paper_mean:.2f}" in text
-    assert "- CLIP-Adapter [ensemble]: Test paper, Table 9; protocol: 7 templates, 3 seeds" in text
-    assert "| coop (published only) | — | — (paper 63.30) | — (paper 55.40) | — |" in text
-    assert "- coop: Other paper, Table 1; protocol: learned context, 3 seeds" in text
+    assert "- CLIP-Adapter [ensemble]: Test paper, Table 9 (primary); protocol: 7 templates, 3 seeds" in text
+    assert "| coop (published only, secondary) | — | — (paper 63.30) | — (paper 55.40) | — |" in text
+    assert "- coop (published only, secondary): Other paper, Table 1 (secondary); protocol: learned context" in text
     csv_rows = {r["dataset"]: r for r in csv.DictReader(io.StringIO(to_csv(reports[0])))}
     assert float(csv_rows["imagenet-v2"]["diff"]) == pytest.approx(ours - 55.0, abs=1e-4)
     assert float(csv_rows["imagenet-shift"]["published"]) == pytest.approx(paper_mean)
@@ -190,11 +201,11 @@ def test_published_numbers_only_for_the_same_backbone_and_setting(with_published
 
 def test_shipped_published_shift_data_is_well_formed():
     assert published_shift_setting() == ("imagenet", 16)
-    data = published._load()["_shift"]
+    data = published._load_shift()
     assert data["targets"] == list(TARGETS)
-    for method, entry in data["methods"].items():  # every verified number names its source and protocol
-        assert set(entry) == {"top1", "source", "protocol"} and entry["source"] and entry["protocol"]
-        assert set(entry["top1"]) <= {"imagenet", *TARGETS} and published_shift(method)
-    for method in ("zero-shot", "linear-probe", "tip-adapter-f"):  # what is known, when nothing is verified
-        assert published_shift(method) is None or method in data["methods"]
-        assert published_shift_provenance(method)
+    for backbone in ("RN50", "ViT-B/32", "ViT-B/16"):  # every number names its source, kind and protocol
+        for entry in published_shift_entries(backbone):
+            assert entry.source and entry.protocol and entry.kind in ("primary", "official repo", "secondary")
+            assert set(entry.top1) <= {"imagenet", *TARGETS}
+    for method in ("proker", "lp++", "taskres"):  # what is known, when nothing is verified
+        assert published_shift_note(method)

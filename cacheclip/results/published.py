@@ -169,36 +169,69 @@ def published_protocol_summary(method: str) -> str | None:
 
 # ----------------------------------------------------------------------------- distribution shift
 
+KINDS = ("primary", "official repo", "secondary")  # closest to the paper first
 
-def published_shift(method: str) -> dict[str, float] | None:
-    """Published top-1 of ``method`` fitted on ImageNet (``_shift.shots`` shots) and tested on
-    ImageNet and its shift sets, keyed by dataset name; None when no number is verified.
 
-    ``_shift.methods.<method>`` holds ``{"top1": {dataset: float}, "source": ..., "protocol": ...}``.
-    """
-    entry = _load().get("_shift", {}).get("methods", {}).get(method)
-    return None if entry is None else {d: float(v) for d, v in entry["top1"].items()}
+@dataclass(frozen=True)
+class PublishedShift:
+    """One published row of the shift table: ``top1`` by dataset (ImageNet and the targets it
+    reports), of ``backbone``; ``templates``: the store's --templates it is known to match (None:
+    not recorded at the source); ``kind``: primary, official repo or secondary."""
+
+    method: str
+    label: str
+    variant: str
+    backbone: str
+    templates: str | None
+    top1: dict[str, float]
+    source: str
+    kind: str
+    protocol: str
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}, {self.variant}" if self.variant else self.label
+
+    def provenance(self) -> str:
+        """Source (kind); protocol; note: one line."""
+        templates = "" if self.templates else "; templates not recorded"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.source} ({self.kind}); protocol: {self.protocol}{templates}{note}"
+
+
+@lru_cache(maxsize=1)
+def _load_shift() -> dict:
+    return _data("published_shift.json")
 
 
 def published_shift_setting() -> tuple[str, int]:
     """(source dataset, shots) the published shift numbers were fitted with: ('imagenet', 16)."""
-    shift = _load().get("_shift", {})
-    return str(shift.get("source", "imagenet")), int(shift.get("shots", 16))
+    shift = _load_shift()
+    return str(shift["source"]), int(shift["shots"])
 
 
-def published_shift_methods() -> list[str]:
-    """Methods with verified shift numbers (possibly none of ours, e.g. a paper-only row)."""
-    return list(_load().get("_shift", {}).get("methods", {}))
+def published_shift_entries(backbone: str | None) -> list[PublishedShift]:
+    """Every published shift row of ``backbone``, in the file's order; [] for None."""
+    fields = PublishedShift.__dataclass_fields__
+    return [
+        PublishedShift(**{k: v for k, v in e.items() if k in fields})
+        for e in _load_shift()["entries"]
+        if e["backbone"] == backbone
+    ]
 
 
-def published_shift_provenance(method: str) -> str | None:
-    """Where ``method``'s published shift numbers come from, with their protocol (templates,
-    seeds), in one line; or what is known of them when none is verified; None if nothing."""
-    shift = _load().get("_shift", {})
-    entry = shift.get("methods", {}).get(method)
-    if entry is not None:
-        return f"{entry['source']}; protocol: {entry['protocol']}"
-    return shift.get("_unverified", {}).get(method)
+def pick_shift_entry(entries: list[PublishedShift], method: str, templates: tuple[str, ...]) -> PublishedShift | None:
+    """The published row to set beside our ``method`` run with store ``templates``: of those of
+    that method whose templates are ours or not recorded, one of our templates first, then the
+    closest to the paper (``KINDS``); None when none fits."""
+    fits = [e for e in entries if e.method == method and (e.templates is None or e.templates in templates)]
+    return min(fits, key=lambda e: (e.templates is None, KINDS.index(e.kind)), default=None)
+
+
+def published_shift_note(method: str) -> str | None:
+    """What is known of ``method``'s published shift numbers when none stands beside a run."""
+    return _load_shift()["unverified"].get(method)
 
 
 # ----------------------------------------------------------------------------- base-to-new

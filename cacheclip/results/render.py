@@ -11,15 +11,14 @@ from collections.abc import Sequence
 
 from cacheclip.results.protocol import NO, UNCERTAIN, YES, Verdict
 from cacheclip.results.published import (
-    published_available,
-    published_shift,
-    published_shift_methods,
-    published_shift_provenance,
+    PublishedShift,
+    backbone_of,
+    published_shift_entries,
+    published_shift_note,
     published_shift_setting,
 )
 from cacheclip.results.report import (
     CSV_COLUMNS,
-    METHOD_LABELS,
     MISSING,
     Cell,
     Comparison,
@@ -321,23 +320,30 @@ def _shift_text(cell: Cell | None, paper: float | None, n_expected: int) -> str:
     return text + (f" [{cell.n}/{n_expected} seeds]" if cell.n < n_expected else "")
 
 
-def _named_rows(pairs: list[tuple[Report, ShiftRow]]) -> list[tuple[str, ShiftRow, Report]]:
+NamedRow = tuple[str, ShiftRow, Report, str]  # (label, row, report, method the row shows)
+
+
+def _named_rows(pairs: list[tuple[Report, ShiftRow]]) -> list[NamedRow]:
     """Zero-shot first (the zero-shot method's runs, else the zero-shot classifier recorded with
     the first method's runs: the same classifier on the same sets), then each method."""
-    named = [(r.label, row, r) for r, row in pairs if r.method == "zero-shot"]
+    named = [(r.label, row, r, r.method) for r, row in pairs if r.method == "zero-shot"]
     first, row = pairs[0]
     if not named and row.zero_shot:
+        paper = row.zero_shot_entry
         zs = ShiftRow(row.source, row.shots, row.targets, row.zero_shot, row.zero_shot_mean, {}, None, row.templates)
-        named.append((f"Zero-shot CLIP (recorded with the {first.label} runs)", zs, first))
-    return named + [(r.label, row, r) for r, row in pairs if r.method != "zero-shot"]
+        zs.published, zs.published_entry = (dict(paper.top1), paper) if paper else ({}, None)
+        named.append((f"Zero-shot CLIP (recorded with the {first.label} runs)", zs, first, "zero-shot"))
+    return named + [(r.label, row, r, r.method) for r, row in pairs if r.method != "zero-shot"]
 
 
-def _paper_only(key: ShiftGroup, ours: set[str]) -> list[str]:
-    """Methods with verified published numbers for this setting but no runs of ours."""
+def _paper_only(key: ShiftGroup, named: list[NamedRow]) -> list[PublishedShift]:
+    """The published rows of this backbone and setting that stand beside none of ours (every
+    source of a method that has two, e.g. CoOp's)."""
     model, pretrained, source, shots = key
-    if not published_available(model, pretrained) or (source, shots) != published_shift_setting():
+    if (source, shots) != published_shift_setting():
         return []
-    return [m for m in published_shift_methods() if m not in ours]
+    beside = [row.published_entry for _, row, _, _ in named]
+    return [e for e in published_shift_entries(backbone_of(model, pretrained)) if e not in beside]
 
 
 def _shift_table(key: ShiftGroup, pairs: list[tuple[Report, ShiftRow]], level: int) -> list[str]:
@@ -351,30 +357,34 @@ def _shift_table(key: ShiftGroup, pairs: list[tuple[Report, ShiftRow]], level: i
         f"Test top-1 accuracy (%) of the classifier fitted on {source}, tested unchanged on each target "
         "(classes matched by wnid); mean ± std over seeds (n - 1). Mean: over the targets per seed, then over seeds."
     )
-    paper_only = _paper_only(key, {r.method for _, _, r in named})
-    if paper_only or any(row.published for _, row, _ in named):
-        lines.append("In brackets: the published number and ours minus it (sources and protocols below).")
+    paper_only = _paper_only(key, named)
+    if paper_only or any(row.published for _, row, _, _ in named):
+        lines.append(
+            "In brackets: the published number of this backbone and ours minus it; beside each run the "
+            "source that fits its method and templates, the others as rows of their own (sources below)."
+        )
     lines.append("")
-    rows, ci_rows = [], []
-    for label, row, report in named:
+    rows, ci_rows, notes = [], [], {}
+    for label, row, report, method in named:
         n_expected = len(report.expected_seeds)
         texts = [_shift_text(row.cells.get(c), row.published.get(c), n_expected) for c in columns]
         texts.append(_shift_text(row.mean, mean_over(row.published, targets), n_expected))
         rows.append([label, ", ".join(row.templates)] + texts)
         ci_rows.append([label] + [ci_text(row.cells.get(c)) for c in columns] + [ci_text(row.mean)])
-    for method in paper_only:
-        paper = published_shift(method) or {}
-        texts = [_shift_text(None, paper.get(c), 0) for c in columns] + [
-            _shift_text(None, mean_over(paper, targets), 0)
-        ]
-        rows.append([f"{METHOD_LABELS.get(method, method)} (published only)", MISSING] + texts)
+        entry = row.published_entry
+        notes[label] = entry.provenance() if entry else published_shift_note(method) or ""
+    for paper in paper_only:
+        texts = [_shift_text(None, paper.top1.get(c), 0) for c in columns]
+        texts.append(_shift_text(None, mean_over(paper.top1, targets), 0))
+        label = f"{paper.name} (published only, {paper.kind})"
+        rows.append([label, MISSING] + texts)
+        notes[label] = paper.provenance()
     lines += markdown_table(["Method", "Templates"] + headers, rows)
     lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof):", ""]
     lines += markdown_table(["Method"] + headers, ci_rows)
-    notes = {r.label: r.shift_provenance for _, _, r in named if r.shift_provenance}
-    notes.update({METHOD_LABELS.get(m, m): published_shift_provenance(m) or "" for m in paper_only})
+    notes = {label: text for label, text in notes.items() if text}
     if notes:
-        lines += ["", "Published numbers (source; protocol: templates, seeds), or why none is shown:", ""]
+        lines += ["", "Published numbers (source (kind); protocol), or why none is shown:", ""]
         lines += [f"- {label}: {text}" for label, text in notes.items()]
     return lines
 
@@ -389,7 +399,8 @@ def shift_markdown(reports: Sequence[Report], level: int = 2) -> list[str]:
 
 def shift_csv_rows(report: Report) -> list[list]:
     """CSV rows (``CSV_COLUMNS``) for each target and their mean (dataset ``imagenet-shift``);
-    the source's own row is the main table's."""
+    the source's own row is the main table's. ``published_protocol``: the published row's source
+    (kind) and protocol."""
     out = []
     for row in report.shift.values():
         cells = [(t, row.cells.get(t), row.zero_shot.get(t), row.published.get(t)) for t in row.targets]
@@ -402,7 +413,8 @@ def shift_csv_rows(report: Report) -> list[list]:
                     csv_number(zs and zs.mean),
                     csv_number(paper),
                     csv_number(diff),
-                    *[""] * (len(CSV_COLUMNS) - 13),  # no like-for-like judgement of shift numbers yet
+                    row.published_entry.provenance() if paper is not None and row.published_entry else "",
+                    *[""] * (len(CSV_COLUMNS) - 14),  # no like-for-like judgement of shift numbers yet
                 ]
             )
     return out

@@ -29,13 +29,16 @@ from cacheclip.results.protocol import (
 )
 from cacheclip.results.published import (
     PAPER_DATASETS,
+    PublishedShift,
+    backbone_of,
+    pick_shift_entry,
     published_available,
     published_curve,
     published_protocol,
     published_protocol_summary,
     published_provenance,
-    published_shift,
-    published_shift_provenance,
+    published_shift_entries,
+    published_shift_note,
     published_shift_setting,
     published_zero_shot,
 )
@@ -200,6 +203,8 @@ class ShiftRow:
     zero_shot_mean: Cell | None
     templates: tuple[str, ...]  # the runs' template sets (store attribute templates_spec)
     published: dict[str, float] = field(default_factory=dict)  # dataset -> published top-1
+    published_entry: PublishedShift | None = None  # where ``published`` comes from
+    zero_shot_entry: PublishedShift | None = None  # the published row beside ``zero_shot``
 
     @property
     def columns(self) -> list[str]:
@@ -227,7 +232,7 @@ class Report:
     n_runs: int = 0
     provenance: str = ""  # where the published numbers come from and their protocol, or what is missing
     shift: dict[tuple[str, int], ShiftRow] = field(default_factory=dict)  # (source, shots) -> shift row
-    shift_provenance: str = ""  # the same for the published distribution-shift numbers
+    shift_provenance: str = ""  # the published shift row's source, kind, protocol; or what is known
     run_protocol: RunProtocol = field(default_factory=RunProtocol)  # how every run here was made
     seed_top1: dict[tuple[str, int], dict[int, float]] = field(default_factory=dict)  # cell -> seed -> top-1
     comparisons: dict[tuple[str, int], Comparison] = field(default_factory=dict)  # beside report.published
@@ -371,6 +376,7 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
     )
     if published_available(model, pretrained):
         _attach_published(report, runs)
+    _attach_shift_published(report)
     return report
 
 
@@ -396,10 +402,6 @@ def _attach_published(report: Report, runs: dict) -> None:
     report.provenance = published_provenance(report.method) or ""
     report.published_protocol = published_protocol_summary(report.method) or ""
     report.published_zero_shot_protocol = published_protocol_summary("zero-shot") or ""
-    report.shift_provenance = published_shift_provenance(report.method) or ""
-    row = report.shift.get(published_shift_setting())
-    if row is not None:
-        row.published = published_shift(report.method) or {}
     for d in report.datasets:
         zs = published_zero_shot(d)
         if zs is not None:
@@ -411,6 +413,21 @@ def _attach_published(report: Report, runs: dict) -> None:
                 report.published[(d, s)] = value
     _compare_cells(report, runs)
     _compare_zero_shot(report, runs)
+
+
+def _attach_shift_published(report: Report) -> None:
+    """Beside the shift row of the published setting (ImageNet, 16 shots): the published row of
+    the runs' own backbone that fits the method and templates (``pick_shift_entry``), and the same
+    for the zero-shot classifier recorded with them; else what is known of the method's numbers."""
+    entries = published_shift_entries(backbone_of(report.model, report.pretrained))
+    row = report.shift.get(published_shift_setting())
+    entry = pick_shift_entry(entries, report.method, row.templates) if row else None
+    report.shift_provenance = entry.provenance() if entry else published_shift_note(report.method) or ""
+    if row is None:
+        return
+    if entry is not None:
+        row.published, row.published_entry = dict(entry.top1), entry
+    row.zero_shot_entry = pick_shift_entry(entries, "zero-shot", row.templates)
 
 
 # ----------------------------------------------------------------------------- like for like

@@ -270,3 +270,13 @@ def test_a_partial_average_is_not_set_beside_an_11_dataset_figure():
     assert ("imagenet", "base") in report.comparisons  # per-dataset numbers still pair
     text = "\n".join(base_to_new_markdown([report]))
     assert "| GDA (published, official repo) | ViT-B/16 | 11 |" in text  # shown apart, not beside ours
+
+
+def test_the_report_command_shows_the_table_for_a_results_folder(cli, tmp_path: Path):
+    """What `cacheclip report` prints for a batch's results folder holding base-to-new runs."""
+    for i, result in enumerate(grid(("dtd", "eurosat")) + [make_result("dtd", 16, 1, 61.0, "gda", VIT16)]):
+        write(tmp_path / "results" / result["dataset"], result, f"run{i}.json")
+    code, out, err = cli("report", "--results", str(tmp_path / "results"), "--datasets", "dtd,eurosat")
+    assert code == 0, err
+    assert "### GDA [base-to-new, 16-shot] — ViT-B-16 / openai" in out and "## GDA — ViT-B-16" in out
+    assert (tmp_path / "results" / "report" / "base_to_new.csv").is_file()

@@ -43,6 +43,13 @@ def fit(
             help="Trained methods: last (the last epoch) or best-val (the first epoch with the best val top-1)."
         ),
     ] = "last",
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="all: train and test on every class; base-to-new: train on the first half of the classes (sorted "
+            "labels), test on them and on the other half (CoCoOp's protocol)."
+        ),
+    ] = "all",
     classifier: Annotated[
         str,
         typer.Option(
@@ -83,6 +90,7 @@ def fit(
         no_val=no_val,
         protocol=protocol,
         epoch=epoch,
+        classes=classes,
         classifier=classifier,
         targets=tuple(expand_names(c.split_names([targets], "--targets"))) if targets is not None else (),
         cache_dir=str(cache_dir),
@@ -100,11 +108,30 @@ def fit(
 
     done, failures = c.per_dataset(names, one)
     results = [r for per_dataset in done for r in per_dataset]
-    c.out.print(c.results_table(results, cfg.seeds))
+    table = _base_to_new_table if cfg.classes == "base-to-new" else c.results_table
+    c.out.print(table(results, cfg.seeds))
     _say_short_classes(results)
     _say_diverged(results)
     c.out.print(f"results in {results_dir}/", highlight=False)
     c.exit_on_failures(failures, len(names))
+
+
+def _base_to_new_table(results: list[dict], seeds: tuple[int, ...]) -> Table:
+    """dataset, method, shots, zero-shot and the run's base / new / H top-1, means over seeds."""
+    import statistics
+
+    table = Table("dataset", "method", "shots", "seeds", "zero-shot base / new / H", "base / new / H")
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["method"], r["shots"]), []).append(r)
+
+    def triple(block: str, runs: list[dict]) -> str:
+        means = [statistics.mean(r[block][k]["top1"] for r in runs) for k in ("base", "new", "harmonic_mean")]
+        return " / ".join(f"{v:.2f}" for v in means)
+
+    for (name, method, shots), runs in sorted(groups.items()):
+        table.add_row(name, method, str(shots), str(len(runs)), triple("zero_shot", runs), triple("metrics", runs))
+    return table
 
 
 def _say_diverged(results: list[dict]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,14 @@ from cacheclip.errors import (
 from cacheclip.features.freshness import check_freshness
 from cacheclip.features.models import ModelRef
 from cacheclip.features.store import IDENTITY_KEYS, FeatureStore, open_store, parts_dir, store_path
+from cacheclip.fit.classes import (
+    CLASS_MODES,
+    BaseClassesContext,
+    BaseToNewTest,
+    ClassSplit,
+    check_method,
+    split_classes,
+)
 from cacheclip.fit.classifier import PAPER, choose_classifier, paper_for
 from cacheclip.fit.methods import FitContext, FitData, Method, RunPlan, Trained, get_method
 from cacheclip.fit.methods.base import Progress, zero_shot_predictor
@@ -76,6 +85,12 @@ class FitConfig:
         "ensemble, single+ensemble, or the name of the store's --templates set",
         flag="--classifier",
     )
+    classes: str = setting(
+        "all",
+        "all: train and test on every class; base-to-new: train on the first half of the classes, test on "
+        "them and on the other half (CoCoOp's protocol)",
+        flag="--classes",
+    )
     targets: tuple[str, ...] = setting(
         (),
         "ImageNet only: test sets the final classifiers are also evaluated on (e.g. imagenet-shift)",
@@ -109,6 +124,19 @@ class FitConfig:
                 "--shots must be positive integers and --seeds non-empty", "e.g. --shots 1,2,4,8,16 --seeds 1,2,3"
             )
         check_seeds(self.seeds)
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        if self.classes not in CLASS_MODES:
+            raise ConfigError(f"--classes {self.classes} is not supported", "use all or base-to-new")
+        if self.classes == "all":
+            return
+        if self.targets:
+            raise ConfigError(
+                "--targets cannot be combined with --classes base-to-new (the target sets share no class split)",
+                "run the targets in a --classes all fit",
+            )
+        check_method(get_method(self.method))
 
 
 def test_only(dataset: str) -> bool:
@@ -211,10 +239,13 @@ def fit_context(
     extract_hint: str = "",
     progress: Progress | None = None,
     method: Method | None = None,
+    classes: ClassSplit | None = None,
 ) -> FitContext:
     """What the method sees for one shot count (``store`` None: planning only, nothing read);
-    ``method`` is cfg's, resolved by the caller (looked up here when not given)."""
-    return FitContext(
+    ``method`` is cfg's, resolved by the caller (looked up here when not given). With ``classes``
+    (base-to-new) it sees the base classes only."""
+    make = FitContext if classes is None else lambda *a, **kw: BaseClassesContext(classes, *a, **kw)
+    return make(
         store,
         data,
         cfg.settings,
@@ -246,6 +277,7 @@ def run_payload(ctx: FitContext, seed: int, cfg: FitConfig) -> dict[str, Any]:
         # only when not the default, so runs made before these settings keep their keys
         **({"protocol": cfg.protocol} if cfg.protocol != "fewshot" else {}),
         **({"epoch": ctx.epoch_rule} if ctx.epoch_rule != "last" and follows_epoch(ctx.method) else {}),
+        **({"classes": cfg.classes} if cfg.classes != "all" else {}),
     }
 
 
@@ -265,10 +297,12 @@ def epoch_setting(ctx: FitContext, cfg: FitConfig) -> str:
 def plan_runs(
     data: FitData, shots: int, cfg: FitConfig, method: Method | None = None
 ) -> tuple[list[RunPlan], list[Path]]:
-    """(runs to do, result folders of runs already done)."""
+    """(runs to do, result folders of runs already done). Base-to-new runs keep the ordinary
+    sample's base-class items (``BaseClassesContext.narrow``)."""
     todo, done = [], []
-    ctx = fit_context(None, data, shots, cfg, method=method)
+    ctx = fit_context(None, data, shots, cfg, method=method, classes=class_split(data, cfg))
     for seed, split in sample_splits(data, shots, cfg).items():
+        split = ctx.narrow(split) if isinstance(ctx, BaseClassesContext) else split
         key = rr.run_key(run_payload(ctx, seed, cfg))
         folder = rr.run_dir(
             Path(cfg.results_dir),
@@ -285,6 +319,11 @@ def plan_runs(
         else:
             done.append(folder)
     return todo, done
+
+
+def class_split(data: FitData, cfg: FitConfig) -> ClassSplit | None:
+    """The base / new classes of a base-to-new fit; None when it trains on every class."""
+    return split_classes(data) if cfg.classes == "base-to-new" else None
 
 
 # ---------------------------------------------------------------- the stage
@@ -323,11 +362,14 @@ def fit_dataset(
         targets = load_targets(
             cfg.targets, dataset, data.attrs, store.class_ids, cfg.cache_dir, ref.model_id, ref.weights_id, hint
         )
+        classes = class_split(data, cfg)
         for shots in cfg.shots:
             todo, done = plan_runs(data, shots, cfg, method)
             results += [add_missing_targets(folder, data, targets) for folder in done]
             if todo:
-                ctx = fit_context(store, data, shots, cfg, extract_hint=hint, progress=progress, method=method)
+                ctx = fit_context(
+                    store, data, shots, cfg, extract_hint=hint, progress=progress, method=method, classes=classes
+                )
                 trained = method.train(ctx, todo)
                 results += evaluate_on_test(store, ctx, trained, cfg, inputs=inputs, targets=targets)
     return results
@@ -381,16 +423,14 @@ def evaluate_on_test(
     """The final evaluation: read test once, score each selected run and zero-shot, write results."""
     data, shots = ctx.data, ctx.shots
     start = time.perf_counter()
-    test_feats, test_labels, _ = store.read("test")
-    feats, labels = torch.from_numpy(test_feats), torch.from_numpy(test_labels)
-    k = data.num_classes
-    zs_test = classification_metrics(zero_shot_predictor(data)(feats), labels, k)
+    zs_test, run_scores = test_scorer(store, ctx)
     zs_targets = score_targets(targets, zero_shot_predictor(data))
+    k = data.num_classes
     results = []
     for t in trained:
-        val = chosen_val(store, ctx, t)
+        val = chosen_val(ctx, t)
         zs_val = classification_metrics(zero_shot_predictor(data)(val[0]), val[1], k) if val else None
-        test_metrics = classification_metrics(t.predict(feats), labels, k)
+        test_metrics = run_scores(t)
         if t.artifact is not None:
             tensors, meta = t.artifact
             rr.save_adapter(
@@ -405,6 +445,7 @@ def evaluate_on_test(
                     "shots": shots,
                     "seed": t.plan.seed,
                     "classifier": data.classifier,
+                    **({"classes": cfg.classes} if cfg.classes != "all" else {}),
                 },
             )
         result = build_result(ctx, t, cfg, zs_val, zs_test, test_metrics)
@@ -419,13 +460,26 @@ def evaluate_on_test(
     return results
 
 
-def chosen_val(store: FeatureStore, ctx: FitContext, t: Trained) -> tuple[torch.Tensor, torch.Tensor] | None:
+def test_scorer(store: FeatureStore, ctx: FitContext) -> tuple[dict, Callable[[Trained], dict]]:
+    """(zero-shot's test scores, a run's test scores), from the test split read once: {"test"} over
+    every class, or {"base", "new", "harmonic_mean"} for base-to-new (each half among its classes)."""
+    if isinstance(ctx, BaseClassesContext):
+        test = BaseToNewTest.read(store, ctx.full_data, ctx.classes)
+        return test.zero_shot(ctx.full_data), lambda t: test.run(ctx, t)
+    test_feats, test_labels, _ = store.read("test")
+    feats, labels = torch.from_numpy(test_feats), torch.from_numpy(test_labels)
+    k = ctx.data.num_classes
+    zs_test = {"test": classification_metrics(zero_shot_predictor(ctx.data)(feats), labels, k)}
+    return zs_test, lambda t: {"test": classification_metrics(t.predict(feats), labels, k)}
+
+
+def chosen_val(ctx: FitContext, t: Trained) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The val the run chose on (``Trained.val_set``), so that its zero-shot val score is on
     the same images as its own."""
     if t.val_set == "full":
         return ctx.full_val_features()
     if t.val_set == "per-class" and t.val_indices is not None:
-        feats, labels, _ = store.read("val", list(t.val_indices))
+        feats, labels, _ = ctx._read("val", list(t.val_indices), False)
         return torch.from_numpy(feats), torch.from_numpy(labels)
     return ctx.val_features(t.plan.split)
 
@@ -486,6 +540,8 @@ def val_record(ctx: FitContext, t: Trained, val_paths: list[str]) -> dict[str, A
 def build_result(
     ctx: FitContext, t: Trained, cfg: FitConfig, zs_val: dict | None, zs_test: dict, test_metrics: dict
 ) -> dict[str, Any]:
+    """The result JSON; ``zs_test`` and ``test_metrics`` are ``test_scorer``'s blocks ({"test"}, or
+    base / new / harmonic_mean)."""
     data, shots = ctx.data, ctx.shots
     diffs = protocol_differences(ctx, cfg)
     val_paths = data.val_paths if data.val_labels else data.train_paths
@@ -504,6 +560,7 @@ def build_result(
             "device": cfg.device,
             "protocol": cfg.protocol,
             "epoch": epoch_setting(ctx, cfg),
+            **({"classes": cfg.classes} if cfg.classes != "all" else {}),
         },
         "selection": t.selection,
         "store": {"path": str(data.store), "attrs": data.attrs},
@@ -514,11 +571,19 @@ def build_result(
         },
         "protocol": {"name": cfg.protocol, "matches_paper": not diffs, "differences": diffs},
         "classifier": classifier_record(data, ctx.method),
-        "zero_shot": {"val": zs_val, "test": zs_test},
-        "metrics": {"val": t.val_metrics, "test": test_metrics},
+        **classes_record(ctx),
+        "zero_shot": {"val": zs_val, **zs_test},
+        "metrics": {"val": t.val_metrics, **test_metrics},
         "adapter_file": "adapter.safetensors" if t.artifact is not None else None,
         "wall_time_s": round(t.seconds, 3),
     }
+
+
+def classes_record(ctx: FitContext) -> dict[str, Any]:
+    """{"classes": the split and the new-class rule} for a base-to-new run; nothing otherwise."""
+    if not isinstance(ctx, BaseClassesContext):
+        return {}
+    return {"classes": ctx.classes.record(ctx.full_data, ctx.method.new_classes.rule)}
 
 
 def classifier_record(data: FitData, method: Method) -> dict[str, Any]:

@@ -40,10 +40,12 @@ from cacheclip.fit.methods.base import (
     FitContext,
     FitData,
     Method,
+    NewClassRule,
     RunPlan,
     Trained,
     register_method,
     view_differences,
+    zero_shot_on_new,
 )
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.train import batch_plan, last_epoch_record
@@ -507,6 +509,13 @@ def _hyper_differences(cfg: ClapConfig) -> list[str]:
     return diffs
 
 
+NEW_CLASSES = NewClassRule(
+    "zero-shot CLIP with the new classes' text weights: the class prototypes are per base class, a new "
+    "class keeps its prototype's start, its zero-shot weights",
+    zero_shot_on_new,
+)
+
+
 register_method(
     Method(
         name="zs-lp",
@@ -517,6 +526,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, clap=False),
         differences=lambda ctx: differences(ctx, clap=False),
         from_artifact=from_artifact,
+        new_classes=NEW_CLASSES,
         judges_templates=True,
         epoch_note="",
         paper_classifier="single+ensemble",
@@ -533,6 +543,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, clap=True),
         differences=lambda ctx: differences(ctx, clap=True),
         from_artifact=from_artifact,
+        new_classes=NEW_CLASSES,
         judges_templates=True,
         epoch_note="",
         paper_classifier="single+ensemble",

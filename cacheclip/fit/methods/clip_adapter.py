@@ -12,7 +12,17 @@ import torch
 
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import AdapterConfig
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    artifact_on_new,
+    register_method,
+    select_on_val,
+)
 from cacheclip.fit.train import (
     RunSpec,
     TrainConfig,
@@ -211,6 +221,11 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "the trained adapter with the new classes' text weights: its residual adapters act on the image "
+            "feature (and, when trained, on each class's text embedding), the same for any class",
+            artifact_on_new,
+        ),
         epoch_note="",
     )
 )

@@ -35,7 +35,15 @@ import torch.nn.functional as F
 
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method
+from cacheclip.fit.methods.base import (
+    FitContext,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    zero_shot_on_new,
+)
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.trainer import (
     Keeper,
@@ -487,6 +495,11 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "zero-shot CLIP with the new classes' text weights: the head's rows are per base class, a new "
+            "class's row is its zero-shot start (its normalised text weights), which scores as zero-shot",
+            zero_shot_on_new,
+        ),
         judges_templates=True,
         epoch_note="trains by iterations and keeps its earliest best val iteration (the official early stopping)",
         paper_classifier="ensemble",

@@ -20,6 +20,13 @@ Degenerate case: when every class has a single support vector (1 shot and no aug
 P = pinv(0) = 0 and W = 0: GDA is zero-shot CLIP. The run then uses alpha = 0 and says so.
 
 Artifact: ``weight`` (K, D) float32 = W, ``bias`` (K,) float32 = b, ``alpha`` (0-d float32).
+
+Classes without images (``fit --classes base-to-new``; official main_base2new.py): for each new
+class c with normalised text t_c, X_c (k, D) are the k = 64 support vectors nearest t_c (by cosine)::
+
+    mu_c    (D,)    = mean of X_c's k rows and 16 copies of t_c
+    P       (D, D)  = mean over c of D pinv(Z_c^T Z_c + tr(S_c) I), Z_c = X_c - t_c, S_c = Z_c^T Z_c / (k - 1)
+    W, b            as above from mu and P, with 1/K_new as the prior; alpha is the base run's
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from cacheclip.fit.methods.base import (
     FitContext,
     FitData,
     Method,
+    NewClassRule,
+    Predictor,
     RunPlan,
     Trained,
     register_method,
@@ -58,6 +67,8 @@ GDA_ALPHA_NO_VAL = 10.0
 GDA_LOGIT_SCALE = 100.0  # the official zero-shot scale (L71, L80)
 GDA_VIEWS = 10  # augment_epoch in every few-shot config
 GDA_SCALE, GDA_IMAGENET_SCALE = (0.5, 1.0), (0.08, 1.0)  # RandomResizedCrop scale of the views
+NEW_NEIGHBOURS = 64  # support vectors nearest a new class's text that stand in for its images (main_base2new.py)
+NEW_TEXT_COPIES = 16  # copies of its text averaged with them into its mean (main_base2new.py; its runs: 16 shots)
 ROWS = 8192  # support vectors per chunk of the scatter (bounds its float64 copy near 64 MiB at D = 1024)
 
 
@@ -156,6 +167,30 @@ def gda_logits(feats, class_weights, scale: float, weight, bias, alpha: float) -
     return zero_shot_logits(feats, class_weights, scale) + alpha * gda_term(feats, weight, bias)
 
 
+def new_class_fit(support: torch.Tensor, text: torch.Tensor) -> GdaFit:
+    """GDA's classifier for classes without images from the base support vectors (M, D) and the new
+    classes' text weights (K_new, D) (see the module doc; both normalised here)."""
+    x, t = F.normalize(support.double(), dim=-1), F.normalize(text.double(), dim=-1)
+    k, d = min(NEW_NEIGHBOURS, len(x)), x.shape[1]
+    nearest = (t @ x.t()).topk(k, dim=1).indices  # (K_new, k)
+    pairs = list(zip(nearest, t, strict=True))
+    mu = torch.stack([(x[rows].sum(0) + NEW_TEXT_COPIES * tc) / (k + NEW_TEXT_COPIES) for rows, tc in pairs])
+    precision = sum(ks_precision(x[rows] - tc, d) for rows, tc in pairs) / len(t)  # centred on t_c, not mu_c
+    weight = mu @ precision  # (P mu_c)^T: P is symmetric
+    bias = math.log(1.0 / len(t)) - 0.5 * (weight * mu).sum(dim=1)
+    return GdaFit(weight.float(), bias.float(), False)
+
+
+def ks_precision(z: torch.Tensor, d: int) -> torch.Tensor:
+    """D pinv(Z^T Z + tr(S) I) (D, D) float64 for Z (k, D), S = Z^T Z / (k - 1): by Woodbury, a k x k
+    solve, (D / tau) (I - Z^T (tau I + Z Z^T)^-1 Z) with tau = tr(S) > 0; pinv(0) = 0 when tau = 0."""
+    tau = float((z * z).sum()) / max(len(z) - 1, 1)
+    if tau <= 0.0:
+        return torch.zeros(d, d, dtype=torch.float64)
+    inner = torch.eye(len(z), dtype=torch.float64) * tau + z @ z.t()
+    return (torch.eye(d, dtype=torch.float64) - z.t() @ torch.linalg.solve(inner, z)) * (d / tau)
+
+
 # ---------------------------------------------------------------- the method
 
 
@@ -240,6 +275,15 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
     return lambda feats: gda_logits(feats.to(device), cw, logit_scale, weight, bias, alpha).cpu()
 
 
+def new_classes(ctx: FitContext, trained: Trained, new_weights: torch.Tensor) -> Predictor:
+    """The run's alpha with a GDA classifier synthesised for the new classes from the run's own
+    (base-class) support vectors."""
+    _, views, _ = ctx.train_views(trained.plan.split)
+    fit = new_class_fit(views.reshape(-1, views.shape[-1]), new_weights)
+    alpha, scale = float(trained.artifact[0]["alpha"]), ctx.data.logit_scale
+    return lambda feats: gda_logits(feats, new_weights, scale, fit.weight, fit.bias, alpha)
+
+
 def differences(ctx: FitContext) -> list[str]:
     data = ctx.data
     imagenet = data.dataset == "imagenet"
@@ -306,5 +350,12 @@ register_method(
         from_artifact=from_artifact,
         judges_templates=True,
         paper_classifier="ensemble",
+        new_classes=NewClassRule(
+            f"GDA's base-to-new rule (official main_base2new.py): each new class's mean is that of the "
+            f"{NEW_NEIGHBOURS} base support vectors nearest its text weights and {NEW_TEXT_COPIES} copies of them, "
+            "the shared precision the mean of their KS estimates centred on the text, with the base run's alpha "
+            "(the base classes use GDA's few-shot estimator; its base2new script averaged per-class covariances)",
+            new_classes,
+        ),
     )
 )

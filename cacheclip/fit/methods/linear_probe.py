@@ -31,7 +31,16 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.fit.methods.base import (
+    FitContext,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    select_on_val,
+    zero_shot_on_new,
+)
 from cacheclip.settings import setting
 
 MAX_ITER = 1000  # L-BFGS iterations per C at most (CLIP and CoOp: sklearn max_iter=1000)
@@ -252,5 +261,10 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "zero-shot CLIP with the new classes' text weights: the probe's weights and biases are all per "
+            "base class, nothing of it is shared with other classes",
+            zero_shot_on_new,
+        ),
     )
 )

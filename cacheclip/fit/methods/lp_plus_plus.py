@@ -41,7 +41,17 @@ import torch.nn.functional as F
 from cacheclip.datasets.fewshot import VAL_SHOTS_CAP
 from cacheclip.datasets.templates import IMAGENET7
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, view_differences
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    view_differences,
+    zero_shot_on_new,
+)
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.trainer import Keeper, Recipe, Stack, run_cross_entropy, run_stacks, stack_chunks, train_stack
 from cacheclip.settings import setting
@@ -493,6 +503,11 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "zero-shot CLIP with the new classes' text weights: LP++'s visual prototypes, biases and blend "
+            "weights are all per base class",
+            zero_shot_on_new,
+        ),
         judges_templates=True,
         epoch_note="chooses its epoch by --lpp-select (val: the last best val epoch, as LP++'s code)",
         paper_classifier="ensemble",

@@ -39,7 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, view_differences
+from cacheclip.fit.methods.base import (
+    FitContext,
+    Method,
+    NewClassRule,
+    Predictor,
+    RunPlan,
+    Trained,
+    register_method,
+    view_differences,
+)
 from cacheclip.fit.methods.gda import selection_differences, template_differences
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.settings import setting
@@ -400,6 +409,23 @@ def from_artifact(tensors: dict, meta: dict, class_weights: torch.Tensor, logit_
     return lambda feats: proker_logits(feats.to(device), support, coef, text, beta).cpu()
 
 
+def new_class_coef(support: torch.Tensor, text: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
+    """A (M, K_new) float32 of the new classes' columns, as the formula defines them: no support image
+    is of a new class, so their targets Y are 0 and R = -f0(X). support (M, D), text (K_new, D) normalised."""
+    x64 = support.double()
+    residual = -(x64 @ text.double().t())
+    return next(coefficient_path(kernel(x64, x64, beta), residual, [lam])).float()
+
+
+def new_classes(ctx: FitContext, trained: Trained, new_weights: torch.Tensor) -> Predictor:
+    """The new classes' columns of the run's regression, on its (base-class) support and (beta, lambda)."""
+    tensors, meta = trained.artifact
+    support, beta = tensors["support"], float(tensors["beta"])
+    text = F.normalize(new_weights.float(), dim=-1)
+    coef = new_class_coef(support, text, beta, float(meta["method_config"]["lambda"]))
+    return partial(proker_logits, support=support, coef=coef, text=text, beta=beta)
+
+
 def differences(ctx: FitContext) -> list[str]:
     cfg, data = ctx.config, ctx.data
     betas, lambdas = candidate_grid(ctx)
@@ -446,6 +472,12 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "the new classes' columns of the run's kernel regression, as its formula defines them: no base "
+            "support image is of a new class, so their targets are 0 and the kernel term pulls their "
+            "zero-shot cosine towards 0 near base images (same support, beta and lambda)",
+            new_classes,
+        ),
         judges_templates=True,
         paper_classifier="ensemble",
     )

@@ -34,7 +34,17 @@ import torch.nn.functional as F
 
 from cacheclip.datasets.templates import GENERIC_TEMPLATE, IMAGENET7
 from cacheclip.errors import ConfigError
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method, select_on_val
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    select_on_val,
+    zero_shot_on_new,
+)
 from cacheclip.fit.train import last_epoch_record
 from cacheclip.fit.trainer import (
     Keeper,
@@ -491,6 +501,11 @@ register_method(
         train=train,
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=NewClassRule(
+            "zero-shot CLIP with the new classes' text weights: the residual is learned per base class, "
+            "a new class keeps its initial value, 0",
+            zero_shot_on_new,
+        ),
         judges_templates=True,
         epoch_note="",
         paper_classifier="single+ensemble",

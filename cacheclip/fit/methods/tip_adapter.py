@@ -32,7 +32,16 @@ import torch.nn.functional as F
 
 from cacheclip.errors import ConfigError
 from cacheclip.fit.adapters import zero_shot_logits
-from cacheclip.fit.methods.base import FitContext, FitData, Method, RunPlan, Trained, register_method
+from cacheclip.fit.methods.base import (
+    FitContext,
+    FitData,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    zero_shot_on_new,
+)
 from cacheclip.fit.metrics import classification_metrics
 from cacheclip.fit.train import last_epoch_record
 from cacheclip.fit.trainer import (
@@ -630,6 +639,13 @@ def _finetune_differences(ctx: FitContext) -> list[str]:
     return diffs
 
 
+TIP_NEW_CLASSES = NewClassRule(
+    "zero-shot CLIP with the new classes' text weights: the cache holds base-class images only and its "
+    "values are one-hot over the base classes, so the cache term adds nothing to a new class's logit",
+    zero_shot_on_new,
+)
+
+
 register_method(
     Method(
         name="tip-adapter",
@@ -640,6 +656,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, finetune=False),
         differences=differences,
         from_artifact=from_artifact,
+        new_classes=TIP_NEW_CLASSES,
         paper_classifier="ensemble",
     )
 )
@@ -653,6 +670,7 @@ register_method(
         train=lambda ctx, plans: _train(ctx, plans, finetune=True),
         differences=lambda ctx: differences(ctx, finetune=True),
         from_artifact=from_artifact,
+        new_classes=TIP_NEW_CLASSES,
         epoch_note="",
         paper_classifier="ensemble",
     )

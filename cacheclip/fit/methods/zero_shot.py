@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cacheclip.fit.methods.base import FitContext, Method, RunPlan, Trained, register_method, zero_shot_predictor
+from cacheclip.fit.methods.base import (
+    FitContext,
+    Method,
+    NewClassRule,
+    RunPlan,
+    Trained,
+    register_method,
+    zero_shot_on_new,
+    zero_shot_predictor,
+)
 from cacheclip.fit.metrics import classification_metrics
 
 
@@ -38,6 +47,7 @@ register_method(
         config=ZeroShotConfig,
         payload=lambda ctx: {},
         train=_train,
+        new_classes=NewClassRule("zero-shot CLIP with the new classes' text weights, as any class", zero_shot_on_new),
         paper_classifier="ensemble",  # the published zero-shot numbers (ImageNet 60.32, Tip-Adapter's log)
     )
 )

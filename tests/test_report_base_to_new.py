@@ -280,3 +280,10 @@ def test_the_report_command_shows_the_table_for_a_results_folder(cli, tmp_path: 
     assert code == 0, err
     assert "### GDA [base-to-new, 16-shot] — ViT-B-16 / openai" in out and "## GDA — ViT-B-16" in out
     assert (tmp_path / "results" / "report" / "base_to_new.csv").is_file()
+
+
+def test_the_report_page_lists_the_stored_averages():
+    page = (Path(__file__).parents[1] / "docs/report.md").read_text("utf-8")
+    table = page.split("| method | base / new / H |")[1].split("\n\n")[0].splitlines()[2:]
+    shown = {(tuple(float(v) for v in row.split(" | ")[1].split(" / ")), row.split(" | ")[-1][:-2]) for row in table}
+    assert shown == {((p.base, p.new, p.h), p.kind) for p in published_b2n_averages("ViT-B/16", 16)}

@@ -94,10 +94,12 @@ class Store:
         out = Split(features, labels, [paths[i] for i in encoded], aug)
         return _as_torch(out) if torch else out
 
-    def text_classifier(self, name: str = "single", *, torch: bool = False) -> np.ndarray | Any:
-        """(K, D) class weights of the named classifier (``classifiers``): a single template's raw
-        embedding, or the prompt ensemble of several, as ``fit`` builds them."""
+    def text_classifier(self, name: str | None = None, *, torch: bool = False) -> np.ndarray | Any:
+        """(K, D) class weights of the named classifier (``classifiers``; None: ``single`` when the
+        store holds it, else its first): one template's raw embedding, or the prompt ensemble of
+        several, as ``fit`` builds them."""
         named = self._store.classifiers
+        name = name or ("single" if "single" in named else next(iter(named)))
         if name not in named:
             raise ConfigError(f"{self.path.name} holds no classifier '{name}'", f"one of: {', '.join(named)}")
         per_template, _ = self._store.text_features()

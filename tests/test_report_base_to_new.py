@@ -246,8 +246,8 @@ def test_published_numbers_beside_a_vit_b16_run_with_source_and_kind():
     assert "GDA official log (mrflogs/ICLR24 logs/base2new.log" in text and "(official repo)" in text
     assert "the mean over the 11 datasets of each dataset's H" in text
     # other methods' averages: published-only rows, both CoOp sources, with kind
-    assert "| CoOp (published, secondary) | ViT-B/16 | 11 | 82.69 | 63.22 | 71.66 | — |" in text
-    assert "| CoOp (published, secondary) | ViT-B/16 | 11 | 82.63 | 67.99 | 74.60 | — |" in text
+    assert "| CoOp (published, secondary, 16-shot) | ViT-B/16 | 11 | 82.69 | 63.22 | 71.66 | — |" in text
+    assert "| CoOp (published, secondary, 16-shot) | ViT-B/16 | 11 | 82.63 | 67.99 | 74.60 | — |" in text
     assert "| GDA (published" not in text  # ours stands beside it instead
     rows = {(r["dataset"], r["part"]): r for r in csv.DictReader(io.StringIO(base_to_new_csv([report])))}
     assert rows[("dtd", "base")]["published_kind"] == "official repo" and rows["dtd", "base"]["published"] == "80.6300"
@@ -269,7 +269,7 @@ def test_a_partial_average_is_not_set_beside_an_11_dataset_figure():
     assert (AVERAGE, MEAN_OF_H) not in report.comparisons and ("dtd", "base") not in report.comparisons
     assert ("imagenet", "base") in report.comparisons  # per-dataset numbers still pair
     text = "\n".join(base_to_new_markdown([report]))
-    assert "| GDA (published, official repo) | ViT-B/16 | 11 |" in text  # shown apart, not beside ours
+    assert "| GDA (published, official repo, 16-shot) | ViT-B/16 | 11 |" in text  # shown apart, not beside ours
 
 
 def test_the_report_command_shows_the_table_for_a_results_folder(cli, tmp_path: Path):

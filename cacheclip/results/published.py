@@ -1,8 +1,12 @@
-"""Published few-shot numbers for CLIP RN50 (openai weights), as data.
+"""Published numbers, as data, each comparable only to runs of its backbone and weights
+(``backbone_of``; every figure here used OpenAI's weights).
 
-The figures live in ``cacheclip/results/data/published_rn50.json`` (top-1 %, test
-split, shots 1/2/4/8/16; see the file's ``_source``). They are comparable only
-to runs of the same backbone and weights, hence ``published_available``.
+- ``data/published_rn50.json``: the few-shot curves for CLIP RN50 (top-1 %, test split, shots
+  1/2/4/8/16; see the file's ``_source``); ``published_available`` says which runs they fit.
+- ``data/published_shift.json``: ImageNet 16-shot -> V2 / Sketch / A / R rows (RN50, ViT-B/32,
+  ViT-B/16), each with source and kind (``PublishedShift``).
+- ``data/published_base_to_new.json``: base-to-new averages and GDA's per-dataset numbers
+  (ViT-B/16), each with source, kind and H convention (``PublishedB2N``).
 """
 
 from __future__ import annotations
@@ -280,6 +284,11 @@ class PublishedB2N:
 @lru_cache(maxsize=1)
 def _load_b2n() -> dict:
     return _data("published_base_to_new.json")
+
+
+def published_b2n_settings() -> list[tuple[str, int]]:
+    """The (backbone, shots) pairs that have published base-to-new numbers."""
+    return sorted({(e["backbone"], e["shots"]) for e in _load_b2n()["averages"]})
 
 
 def h_convention_text(convention: str) -> str:

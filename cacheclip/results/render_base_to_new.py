@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 from cacheclip.results.base_to_new import AVERAGE, B2NCell, B2NReport
 from cacheclip.results.published import (
-    BACKBONES,
     MEAN_OF_H,
     PublishedB2N,
     h_convention_text,
     published_b2n_averages,
+    published_b2n_settings,
 )
 from cacheclip.results.render import Marks, ci_text, csv_number, markdown_table, mean_text, paired_text
 from cacheclip.results.report import METHOD_LABELS, MISSING, Cell, Comparison
@@ -85,12 +85,18 @@ def _value(value: float | None, comparison: Comparison | None, marks: Marks) -> 
     return MISSING if value is None else paired_text(f"{value:.2f}", value, None, comparison, marks)
 
 
-def _row(report: B2NReport, where: str, marks: Marks) -> list[str]:
-    """Zero-shot base, new, H, then ours (mean ± std, published beside) for one dataset or the average."""
-    zs, ours, n = report.zero_shot.get(where), report.cells.get(where), len(report.expected_seeds)
-    pair, zs_pair = report.comparisons.get, report.zero_shot_comparisons.get
-    zs_texts = [_value(zs and zs.value(p), zs_pair((where, p)), marks) for p in ("base", "new", "h")]
-    return zs_texts + [
+def _zero_shot_texts(report: B2NReport, where: str, marks: Marks) -> list[str]:
+    """The zero-shot classifier's base, new, H for one dataset or the average, published beside."""
+    zs = report.zero_shot.get(where)
+    return [
+        _value(zs and zs.value(p), report.zero_shot_comparisons.get((where, p)), marks) for p in ("base", "new", "h")
+    ]
+
+
+def _our_texts(report: B2NReport, where: str, marks: Marks) -> list[str]:
+    """Our base and new (mean ± std) and H of their means for one dataset or the average."""
+    ours, n, pair = report.cells.get(where), len(report.expected_seeds), report.comparisons.get
+    return [
         _ours(ours and ours.base, pair((where, "base")), n, marks),
         _ours(ours and ours.new, pair((where, "new")), n, marks),
         _value(ours and ours.h, pair((where, "h")), marks),
@@ -111,9 +117,12 @@ def _section(report: B2NReport, level: int) -> list[str]:
     lines += [f"Runs: {report.n_runs}. New classes are scored by: {rules}.", ""]
     lines += _published_lines(report)
     marks = Marks()
-    rows = [[d, *_row(report, d, marks)] for d in report.datasets]
+    rows = [
+        [where, *_zero_shot_texts(report, where, marks), *_our_texts(report, where, marks)] for where in report.datasets
+    ]
     covered = f"**Average ({len(report.covered)}/{report.n_expected_datasets})**"
-    rows += [[covered, *_row(report, AVERAGE, marks)], _mean_of_h_row(report, marks)]
+    average = [covered, *_zero_shot_texts(report, AVERAGE, marks), *_our_texts(report, AVERAGE, marks)]
+    rows += [average, _mean_of_h_row(report, marks)]
     header = ["Dataset", "Zero-shot base", "Zero-shot new", "Zero-shot H", "Base", "New", "H"]
     lines += markdown_table(header, rows) + marks.lines()
     lines += ["", "95% confidence half-width of the mean (Student t, n - 1 dof); H: of the per-seed H:", ""]
@@ -135,11 +144,11 @@ def _ci_texts(cell: B2NCell | None) -> list[str]:
 
 def _published_lines(report: B2NReport) -> list[str]:
     """Where the published numbers beside this table come from, or why there are none."""
-    if report.backbone is None or not published_b2n_averages(report.backbone, report.shots):
-        backbones = sorted({p for p in BACKBONES if published_b2n_averages(p, 16)})
+    if (report.backbone, report.shots) not in published_b2n_settings():
+        stored = ", ".join(f"{b} at {s} shots" for b, s in published_b2n_settings())
         return [
-            f"No published base-to-new number stands beside these runs: those stored are "
-            f"{', '.join(backbones)} (OpenAI weights, 16 shots), never set beside another backbone or shot count.",
+            f"No published base-to-new number stands beside these runs: those stored are {stored} "
+            "(OpenAI weights), never set beside another backbone, weights or shot count.",
             "",
         ]
     averages = report.published_averages if report.complete else []
@@ -175,31 +184,26 @@ def _side_by_side(reports: Sequence[B2NReport], level: int) -> list[str]:
         average = report.cells.get(AVERAGE)
         datasets = f"{len(report.covered)}/{report.n_expected_datasets}"
         h_of_h = _value(average and average.mean_of_h, report.comparisons.get((AVERAGE, MEAN_OF_H)), marks)
-        rows.append([label(report), report.model, datasets, *_row(report, AVERAGE, marks)[3:], h_of_h])
+        rows.append([label(report), report.model, datasets, *_our_texts(report, AVERAGE, marks), h_of_h])
     others = _published_only(reports)
-    for paper in others:
+    for backbone, shots, paper in others:
         texts = [f"{paper.base:.2f}", f"{paper.new:.2f}", MISSING, MISSING]
-        texts[2 if paper.h_convention != MEAN_OF_H else 3] = f"{paper.h:.2f}"
-        rows.append([f"{paper.label} (published, {paper.kind})", f"{_backbone_of(reports, paper)}", "11", *texts])
+        texts[3 if paper.h_convention == MEAN_OF_H else 2] = f"{paper.h:.2f}"
+        rows.append([f"{paper.label} (published, {paper.kind}, {shots}-shot)", backbone, "11", *texts])
     header = ["Method", "Model", "Datasets", "Base", "New", "H (of the means)", "Mean of per-dataset H"]
     lines += markdown_table(header, rows) + marks.lines()
     if others:
-        lines += ["", "Published averages (16 shots, OpenAI weights):", ""]
-        lines += [f"- {_source_line(p)}" for p in others]
+        lines += ["", "Published averages (OpenAI weights):", ""]
+        lines += [f"- {_source_line(paper)}" for _, _, paper in others]
     return lines
 
 
-def _published_only(reports: Sequence[B2NReport]) -> list[PublishedB2N]:
-    """The published averages of the reports' backbones and shots that no complete report of
-    ours stands beside (other methods', e.g. CoOp's, both of two disagreeing sources)."""
+def _published_only(reports: Sequence[B2NReport]) -> list[tuple[str, int, PublishedB2N]]:
+    """(backbone, shots, figure): the published averages of the reports' backbones and shots that
+    no complete report of ours stands beside (other methods', e.g. CoOp's from both sources)."""
     settings = list(dict.fromkeys((r.backbone, r.shots) for r in reports if r.backbone))
     beside = {(r.backbone, r.shots, r.method) for r in reports if r.complete}
-    return [p for b, s in settings for p in published_b2n_averages(b, s) if (b, s, p.method) not in beside]
-
-
-def _backbone_of(reports: Sequence[B2NReport], paper: PublishedB2N) -> str:
-    settings = {(r.backbone, r.shots) for r in reports if r.backbone}
-    return next((b for b, s in sorted(settings) if paper in published_b2n_averages(b, s)), "")
+    return [(b, s, p) for b, s in settings for p in published_b2n_averages(b, s) if (b, s, p.method) not in beside]
 
 
 # ----------------------------------------------------------------------------- CSV

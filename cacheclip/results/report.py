@@ -5,7 +5,8 @@ pretrained, method, run protocol) and summarises the test top-1 of each (dataset
 shots) cell over seeds; beside each published number it puts the judgement of
 ``protocol.compare``: like for like or not, and why. ``render`` turns reports into
 Markdown and CSV, ``plots`` into the figure, and ``write.write_report`` writes all
-three. Nothing here prints.
+three. Base-to-new results are left to ``base_to_new`` (it reuses ``group_runs``,
+``summarize`` and ``average_cell``). Nothing here prints.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cacheclip.datasets.fewshot import sample_fewshot, sample_run
+from cacheclip.datasets.fewshot import sample_fewshot, sample_run, sample_run_with_holdout
 from cacheclip.errors import ConfigError
 from cacheclip.features import store as st
 from cacheclip.features.export import export_split
@@ -40,7 +40,7 @@ def cache(tmp_path: Path) -> Path:
     return write_toy_store(tmp_path)
 
 
-def write_toy_store(tmp_path: Path) -> Path:
+def write_toy_store(tmp_path: Path, with_val: bool = True) -> Path:
     """A committed 7-class store: items of a split in shuffled class order, weak zero-shot text."""
     rng = np.random.default_rng(7)
     centers = 3 * rng.standard_normal((C, D))
@@ -48,13 +48,14 @@ def write_toy_store(tmp_path: Path) -> Path:
     path = st.store_path(tmp_path / "cache", REF.model_id, REF.weights_id, DATASET)
     listings = {}
     for split, n in PER_CLASS.items():
-        labels = np.repeat(np.arange(C), n)
+        labels = np.repeat(np.arange(C), n if with_val or split != "val" else 0)
         rng.shuffle(labels)
         paths = [f"{split}/{NAMES[y]}/{i}.jpg" for i, y in enumerate(labels)]  # folder order: by name
         listings[split] = st.SplitListing(paths, labels.tolist())
         feats = centers[labels] + rng.standard_normal((len(labels), D))
         aug = feats[:, None] + 0.5 * rng.standard_normal((len(labels), V, D)) if split == "train" else None
-        st.write_part(path, st.Chunk(split, np.arange(len(labels)), feats.astype(np.float32), _f32(aug)))
+        if len(labels):
+            st.write_part(path, st.Chunk(split, np.arange(len(labels)), feats.astype(np.float32), _f32(aug)))
     attrs = {"dataset": DATASET, **REF.identity(), "logit_scale": 100.0, "dtype": "float32", "aug_views": V}
     attrs |= {"aug_scale": "[0.08, 1.0]", "templates_spec": "default"}
     contents = st.StoreContents(attrs, NAMES, listings, ["a photo of a {}."], _f32(text[None]), _f32(text))
@@ -297,3 +298,64 @@ def test_cli_fit_base_to_new(cache, cli):
     )  # fmt: skip
     assert code == 0, err
     assert "zero-shot base / new / H" in out and "tip-adapter" in out
+
+
+# ---------------------------------------------------------------- GDA and ProKeR's new classes, by their formulas
+
+
+def trained_rows(result: dict, npz: dict) -> np.ndarray:
+    """The exported train rows the run trained on (its recorded paths)."""
+    row = {p: i for i, p in enumerate(npz["paths"])}
+    return np.array([row[p] for p in result["fewshot"]["train_paths"]])
+
+
+def test_gda_new_classes_follow_its_base2new_code(cache, tmp_path):
+    """Each new class: the 64 support vectors nearest its text and 16 copies of the text give its mean;
+    the precision is the mean of per-class KS estimates centred on the text (pinv, as written there)."""
+    result = fit(cache, "gda", shots=(6,))[0]  # 6 x 4 x 3 = 72 support vectors: the 64 nearest are a choice
+    tensors, _, _ = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    out = tmp_path / "train.npz"
+    export_split(st.store_path(cache, REF.model_id, REF.weights_id, DATASET), "train", out)
+    train = dict(np.load(out))
+    views = train["aug_features"][:, trained_rows(result, train)]  # (V, N, D)
+    x = F.normalize(torch.from_numpy(views.reshape(-1, D)).double(), dim=-1)
+    (fb, lb, tb), (fn, ln, tn) = halves(exported(cache, tmp_path))
+    t = F.normalize(tn.double(), dim=-1)
+    mus, precisions = [], []
+    for tc in t:
+        near = x[(x @ tc).argsort(descending=True)[:64]]
+        mus.append(torch.cat([near, tc.repeat(16, 1)]).mean(0))
+        cov = (near - tc).t() @ (near - tc) / 63
+        precisions.append(D * torch.linalg.pinv(63 * cov + cov.trace() * torch.eye(D, dtype=torch.float64)))
+    mu, p = torch.stack(mus), torch.stack(precisions).mean(0)
+    w, b = mu @ p, np.log(1 / 3) - 0.5 * ((mu @ p) * mu).sum(1)
+    alpha = float(tensors["alpha"])
+    new = 100 * cosine(fn, tn) + alpha * (F.normalize(fn.double(), dim=-1) @ w.t() + b).float()
+    base = 100 * cosine(fb, tb) + alpha * (F.normalize(fb, dim=-1) @ tensors["weight"].t() + tensors["bias"])
+    check(result, base, new, (lb, ln))
+
+
+def test_proker_new_classes_are_the_regressions_new_columns(cache, tmp_path):
+    """A_new = (K / lambda + I)^-1 (0 - f0_new(X)): no support image is of a new class."""
+    result = fit(cache, "proker")[0]
+    tensors, _, meta = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    x, beta, lam = tensors["support"].double(), float(tensors["beta"]), meta["method_config"]["lambda"]
+    (fb, lb, _), (fn, ln, tn) = halves(exported(cache, tmp_path))
+    t = F.normalize(tn.double(), dim=-1)
+    gram = torch.exp(beta * (x @ x.t() - 1))
+    coef = torch.linalg.solve(gram / lam + torch.eye(len(x), dtype=torch.float64), -(x @ t.t()))
+    f = F.normalize(fn.double(), dim=-1)
+    new = f @ t.t() + torch.exp(beta * (f @ x.t() - 1)) @ coef
+    fbn = F.normalize(fb.float(), dim=-1)
+    base = fbn @ tensors["text"].t() + torch.exp(beta * (fbn @ tensors["support"].t() - 1)) @ tensors["coef"]
+    check(result, base, new, (lb, ln))
+
+
+def test_holdout_val_of_a_dataset_without_val_is_narrowed_too(tmp_path):
+    """--no-val holdout draws val from train (as ImageNet's); the held-out items kept are base ones."""
+    cache = write_toy_store(tmp_path, with_val=False)
+    result = fit(cache, "tip-adapter", no_val="holdout")[0]
+    train = listing(cache, "train")
+    ordinary = sample_run_with_holdout(train.labels, 2, 1)
+    assert result["fewshot"]["val_paths"] == [train.paths[i] for i in ordinary.val if train.labels[i] in BASE]
+    assert result["fewshot"]["train_paths"] == [train.paths[i] for i in ordinary.train if train.labels[i] in BASE]

@@ -70,6 +70,13 @@ def _say(console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def table_of_runs(config):
+    """The runs' table: test top-1 per seed, or base / new / H for a base-to-new batch."""
+    from cacheclip.cli.fit import base_to_new_table
+
+    return base_to_new_table if config.fit.classes == "base-to-new" else c.results_table
+
+
 def _print_summary(summary, log_path: Path, runs_table: bool = True) -> None:
     for w in summary.warnings:
         c.console.print("[bold yellow]warning:[/]", escape(w), highlight=False, soft_wrap=True)
@@ -77,7 +84,7 @@ def _print_summary(summary, log_path: Path, runs_table: bool = True) -> None:
         results = [r for o in summary.outcomes if o.model == spec for r in o.results]
         if results:
             c.out.print(Text(spec.label, style="bold"))
-            c.out.print(c.results_table(results, summary.config.seeds))
+            c.out.print(table_of_runs(summary.config)(results, summary.config.seeds))
     ok = [o for o in summary.outcomes if o.status == "ok"]
     _say(
         c.out,
@@ -189,6 +196,10 @@ def batch(
     epoch: Annotated[
         str | None, typer.Option(help="Trained methods keep the last or the best-val epoch [last].")
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="all, or base-to-new: train on half the classes, test on both halves (CoCoOp) [all]."),
+    ] = None,
     classifier: Annotated[
         str | None, typer.Option(help="Text classifier: paper, single, ensemble or single+ensemble [paper].")
     ] = None,
@@ -230,6 +241,7 @@ def batch(
         "no_val": no_val,
         "protocol": protocol,
         "epoch": epoch,
+        "classes": classes,
         "classifier": classifier,
         "targets": targets and c.split_names([targets], "--targets"),
         "device": device,

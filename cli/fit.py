@@ -108,7 +108,7 @@ def fit(
 
     done, failures = c.per_dataset(names, one)
     results = [r for per_dataset in done for r in per_dataset]
-    table = _base_to_new_table if cfg.classes == "base-to-new" else c.results_table
+    table = base_to_new_table if cfg.classes == "base-to-new" else c.results_table
     c.out.print(table(results, cfg.seeds))
     _say_short_classes(results)
     _say_diverged(results)
@@ -116,7 +116,7 @@ def fit(
     c.exit_on_failures(failures, len(names))
 
 
-def _base_to_new_table(results: list[dict], seeds: tuple[int, ...]) -> Table:
+def base_to_new_table(results: list[dict], seeds: tuple[int, ...]) -> Table:
     """dataset, method, shots, zero-shot and the run's base / new / H top-1, means over seeds."""
     import statistics
 

@@ -359,3 +359,38 @@ def test_holdout_val_of_a_dataset_without_val_is_narrowed_too(tmp_path):
     ordinary = sample_run_with_holdout(train.labels, 2, 1)
     assert result["fewshot"]["val_paths"] == [train.paths[i] for i in ordinary.val if train.labels[i] in BASE]
     assert result["fewshot"]["train_paths"] == [train.paths[i] for i in ordinary.train if train.labels[i] in BASE]
+
+
+# ---------------------------------------------------------------- batch
+
+
+def test_batch_toml_key_and_flag(tmp_path):
+    from cacheclip.batch.config import load_config, to_command
+
+    toml = tmp_path / "batch.toml"
+    toml.write_text('datasets = ["dtd"]\nmethods = ["gda"]\nclasses = "base-to-new"\n')
+    cfg = load_config(toml, {})
+    assert cfg.fit.classes == "base-to-new" and "--classes base-to-new" in to_command(cfg)
+    assert load_config(toml, {"classes": "all"}).fit.classes == "all"
+    toml.write_text('datasets = ["imagenet"]\nclasses = "base-to-new"\ntargets = ["imagenet-v2"]\n')
+    with pytest.raises(ConfigError, match="--targets cannot be combined"):
+        load_config(toml, {}).validate()
+
+
+def test_batch_base_to_new_end_to_end(tmp_path, tiny_clip, cli):
+    """Extract a generated dtd (3 classes: 2 base, 1 new) with a tiny CLIP, then fit base-to-new."""
+    from cacheclip.datasets.synthetic import make_dataset
+
+    make_dataset("dtd", tmp_path / "data", n_classes=3, n_train=4, n_val=2, n_test=3, image_size=32)
+    toml = tmp_path / "batch.toml"
+    toml.write_text('datasets = ["dtd"]\nmethods = ["tip-adapter", "zero-shot"]\nclasses = "base-to-new"\n')
+    code, out, err = cli(
+        "batch", "--config", toml, "--root", tmp_path / "data", "--model", tiny_clip[0], "--pretrained", tiny_clip[1],
+        "--shots", "2", "--seeds", "1", "--aug-views", "2", "--workers", "0", "--device", "cpu",
+        "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results",
+    )  # fmt: skip
+    assert code == 0, out + err
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").rglob("result.json"))]
+    assert len(results) == 2 and all(r["config"]["classes"] == "base-to-new" for r in results)
+    assert all(len(r["classes"]["base"]) == 2 and len(r["classes"]["new"]) == 1 for r in results)
+    assert "zero-shot base / new / H" in out

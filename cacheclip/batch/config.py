@@ -42,7 +42,7 @@ else:  # pragma: no cover
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _EXTRACT_KEYS = ("templates", "preprocess", "aug_views", "workers", "batch_size", "precision")  # extract-only settings
-_FIT_KEYS = ("views", "no_val", "protocol", "epoch", "classifier", "targets", "results_dir")  # fit-only settings
+_FIT_KEYS = ("views", "no_val", "protocol", "epoch", "classes", "classifier", "targets", "results_dir")  # fit-only
 _SHARED_KEYS = ("shots", "seeds", "cache_dir")  # both stages
 # Keys of batch files written before per-method tables: CLIP-Adapter's settings at the top level.
 _LEGACY_KEYS = {"adapter": "adapter", "alphas": "alphas", "betas": "betas", "epochs": "epochs", "lr": "lr"}

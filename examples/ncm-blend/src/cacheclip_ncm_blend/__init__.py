@@ -21,11 +21,13 @@ from cacheclip import (
     ConfigError,
     FitContext,
     Method,
+    NewClassRule,
     RunPlan,
     Trained,
     select_on_val,
     setting,
     view_differences,
+    zero_shot_on_new,
 )
 
 
@@ -111,5 +113,7 @@ METHOD = Method(
     train=train,
     differences=differences,
     from_artifact=from_artifact,
+    # fit --classes base-to-new: a class never trained on has no mean, so it scores by its text alone
+    new_classes=NewClassRule("new classes: zero-shot CLIP (no class mean to blend)", zero_shot_on_new),
     contract=1,  # the version of cacheclip's method contract this was written for
 )

@@ -213,14 +213,23 @@ def methods(
     ] = None,
 ) -> None:
     """List the few-shot methods `fit --method` accepts; with a NAME, describe that method."""
-    from cacheclip.fit.methods import get_method, list_methods
+    from cacheclip.fit.methods import broken_plugins, get_method, list_methods, plugin_of
 
     if name is None:
         for each in list_methods():
-            c.out.print(f"[bold]{each}[/]: {escape(get_method(each).summary)}", highlight=False)
+            plugin = plugin_of(each)
+            origin = f" [dim](plugin: {escape(plugin.package)})[/]" if plugin else ""
+            c.out.print(f"[bold]{each}[/]: {escape(get_method(each).summary)}{origin}", highlight=False)
         c.out.print(
             "\n`cacheclip methods NAME`: a method's settings, paper and protocol.", highlight=False, markup=False
         )
+        for broken in broken_plugins():  # one line each; the other methods work
+            c.console.print(
+                f"[bold yellow]warning:[/] plugin method '{escape(broken.plugin.name)}' "
+                f"({escape(broken.plugin.package)}) is not usable: {escape(broken.problem)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     _describe_method(get_method(name))
 
@@ -228,6 +237,7 @@ def methods(
 def _describe_method(method) -> None:
     """A method's paper, protocol, our changes, published numbers and settings (`cacheclip methods NAME`)."""
     from cacheclip.cli.method_notes import NOTES
+    from cacheclip.fit.methods import plugin_of
     from cacheclip.results.published import published_provenance
     from cacheclip.settings import settings_of, to_text
 
@@ -235,6 +245,9 @@ def _describe_method(method) -> None:
         c.out.print(text, highlight=False, markup=False, soft_wrap=True)
 
     c.out.print(f"[bold]{method.name}[/]: {escape(method.summary)}", highlight=False, soft_wrap=True)
+    plugin = plugin_of(method.name)
+    if plugin is not None:
+        say(f"plugin: {plugin.package} ({plugin.value}), written for method contract {method.contract}")
     note = NOTES.get(method.name)
     if note is not None:
         say(f"paper: {note.paper}" + (f"; official code {note.code}" if note.code else ""))

@@ -258,6 +258,8 @@ def _describe_method(method) -> None:
         for change in note.changes:
             say(f"  - {change}")
     say(f"published numbers: {published_provenance(method.name) or 'none stored'}")
+    rule = method.new_classes.rule if method.new_classes else "refused: no rule for classes it never trained on"
+    say(f"new classes (--classes base-to-new): {rule}")
     settings = settings_of(method.config)
     if settings:
         table = Table(

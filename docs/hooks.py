@@ -8,7 +8,9 @@ A page marks where a table goes with an HTML comment on a line of its own:
   and protocol, from ``cacheclip/results/data/published_rn50.json``;
 - ``<!-- cacheclip:notes NAME -->``: paper, official code, kind, cost, the paper's protocol and
   what cacheclip changes (``cacheclip.cli.method_notes``, which ``cacheclip methods NAME`` prints);
-- ``<!-- cacheclip:methods -->``: one row per registered method (name, paper, kind, cost).
+- ``<!-- cacheclip:methods -->``: one row per registered method (name, paper, kind, cost);
+- ``<!-- cacheclip:new_classes -->``: one row per built-in method, how it scores classes it never
+  trained on under ``fit --classes base-to-new`` (``Method.new_classes``).
 
 A marker naming an unknown method fails the build (``mkdocs build --strict`` in CI).
 """
@@ -86,6 +88,8 @@ def notes(name: str) -> str:
         f"- **Cost:** {note.cost} per 16-shot run at 10 / 397 classes (see [Benchmarks](../benchmarks.md))",
         f"- **Paper's protocol:** {note.protocol}",
         f"- **`--protocol official`:** {note.official}",
+        "- **New classes (`--classes base-to-new`):** "
+        + (method.new_classes.rule if method.new_classes else "refused: no rule for classes it never trained on"),
         "- **What cacheclip changes** (every result lists its own, in `protocol.differences`): "
         + "; ".join(note.changes),
         f"- `cacheclip methods {name}` prints this and the settings; `cacheclip fit --method {name} --help` "
@@ -108,6 +112,16 @@ def methods_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def new_classes_table() -> str:
+    from cacheclip.fit.methods import builtin_methods, get_method
+
+    rows = ["| method | new classes (base-to-new) |", "|---|---|"]
+    for name in builtin_methods():
+        rule = get_method(name).new_classes
+        rows.append(f"| `{name}` | {_cell(rule.rule) if rule else 'refused: no rule'} |")
+    return "\n".join(rows) + "\n"
+
+
 def expand(markdown: str) -> str:
     def one(match: re.Match) -> str:
         what, name = match.group(1), match.group(2)
@@ -119,6 +133,8 @@ def expand(markdown: str) -> str:
             return notes(name)
         if what == "methods":
             return methods_table()
+        if what == "new_classes":
+            return new_classes_table()
         raise ValueError(f"unknown marker cacheclip:{what}")
 
     return MARKER.sub(one, markdown)

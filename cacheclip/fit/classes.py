@@ -131,35 +131,30 @@ class BaseClassesContext(FitContext):
 
     def __init__(self, classes: ClassSplit, store: FeatureStore | None, data: FitData, *args, **kwargs):
         self.classes, self.full_data = classes, data
-        self._train_items = base_items(data.train_labels, classes)
-        self._val_items = base_items(data.val_labels, classes)
-        view = (
-            None
-            if store is None
-            else BaseClassStore(store, classes, {"train": self._train_items, "val": self._val_items})
-        )
+        items = {"train": base_items(data.train_labels, classes), "val": base_items(data.val_labels, classes)}
+        self._position = {split: {item: i for i, item in enumerate(kept)} for split, kept in items.items()}
+        view = None if store is None else BaseClassStore(store, classes, items)
         super().__init__(view, base_data(data, classes), *args, **kwargs)
 
     def narrow(self, split: FewShotSplit) -> FewShotSplit:
         """The ordinary split's base-class items, as indices of the base view (order kept). A
         held-out val (no val split) lives in the train split."""
-        val_items = self._val_items if self.full_data.val_labels else self._train_items
+        val_split = "val" if self.full_data.val_labels else "train"
         return dataclasses.replace(
-            split, train=_narrowed(split.train, self._train_items), val=_narrowed(split.val, val_items)
+            split, train=self._narrowed(split.train, "train"), val=self._narrowed(split.val, val_split)
         )
 
     def val_per_class(self, split: FewShotSplit, shots: int):
         """LP++'s per-class val: the ordinary draw over all classes, then its base-class items."""
         drawn = sample_fewshot(self.full_data.val_labels, shots, random.Random(split.seed))
-        indices = _narrowed(drawn, self._val_items)
+        indices = self._narrowed(drawn, "val")
         feats, labels, _ = self._read("val", indices, False)
         return (torch.from_numpy(feats), torch.from_numpy(labels)), indices
 
-
-def _narrowed(indices: Sequence[int], items: list[int]) -> tuple[int, ...]:
-    """Split indices -> view indices for those among ``items`` (the others dropped), order kept."""
-    position = {item: i for i, item in enumerate(items)}
-    return tuple(position[i] for i in indices if i in position)
+    def _narrowed(self, indices: Sequence[int], split: str) -> tuple[int, ...]:
+        """Indices into ``split`` -> base view indices, new-class items dropped, order kept."""
+        position = self._position[split]
+        return tuple(position[i] for i in indices if i in position)
 
 
 # ---------------------------------------------------------------- scoring on test

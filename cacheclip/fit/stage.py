@@ -479,6 +479,7 @@ def chosen_val(ctx: FitContext, t: Trained) -> tuple[torch.Tensor, torch.Tensor]
     if t.val_set == "full":
         return ctx.full_val_features()
     if t.val_set == "per-class" and t.val_indices is not None:
+        # through the context: a base-to-new run's indices are into its base-class view
         feats, labels, _ = ctx._read("val", list(t.val_indices), False)
         return torch.from_numpy(feats), torch.from_numpy(labels)
     return ctx.val_features(t.plan.split)

@@ -166,16 +166,17 @@ def run_fit(
         results_dir=str(results_dir),
         **options,
     )
-    return fit_store(dataset, cfg, model=model, pretrained=pretrained, progress=progress)
+    return fit_store(store_name(dataset), cfg, model=model, pretrained=pretrained, progress=progress)
 
 
 def fit_store(
-    dataset: str, cfg: FitConfig, *, model: str = "RN50", pretrained: str = "openai", progress: Progress | None = None
+    store: str, cfg: FitConfig, *, model: str = "RN50", pretrained: str = "openai", progress: Progress | None = None
 ) -> list[dict[str, Any]]:
-    """``run_fit`` from a ready ``FitConfig`` (what the CLI builds from its options)."""
+    """``run_fit`` from a ready ``FitConfig`` (what the CLI builds from its options), on the store
+    named ``store`` (a dataset's canonical name; ``imagefolder-...`` for an image folder)."""
     cfg.validate()
     ref = resolve_remembered(model, pretrained, cfg.cache_dir)
-    return fit_dataset(store_name(dataset), ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=progress)
+    return fit_dataset(store, ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=progress)
 
 
 def load_results(*paths: str | Path) -> list[dict[str, Any]]:

@@ -77,9 +77,10 @@ def fit(
     The Options panel holds what every method shares. A method's own settings: `cacheclip fit --method NAME --help`
     (`cacheclip methods NAME` describes it, `cacheclip methods` lists them).
     """
+    from cacheclip.api import fit_store
     from cacheclip.datasets.catalog import expand_names, store_name
     from cacheclip.features.locate import resolve_remembered
-    from cacheclip.fit.stage import FitConfig, fit_dataset, stores_for
+    from cacheclip.fit.stage import FitConfig, stores_for
 
     cfg = FitConfig(
         method=method,
@@ -104,7 +105,7 @@ def fit(
 
     def one(name: str) -> list[dict]:
         with c.progress_bar(unit="ep") as bar:
-            return fit_dataset(name, ref, cfg, model_arg=model, pretrained_arg=pretrained, progress=bar)
+            return fit_store(name, cfg, model=model, pretrained=pretrained, progress=bar)
 
     done, failures = c.per_dataset(names, one)
     results = [r for per_dataset in done for r in per_dataset]

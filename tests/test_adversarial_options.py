@@ -17,12 +17,12 @@ from cacheclip.settings import INT_LIMIT, build, from_text, setting, settings_of
 
 def test_fit_refuses_an_epoch_count_beyond_any_run_at_once(tmp_path, cli, monkeypatch):
     clustered(tmp_path / "cache", "eurosat")  # a store it could fit: only the option stops it
-    from cacheclip.fit import stage
+    from cacheclip import api
 
     def no_fit(*args, **kw):  # without the bound the fit would start (and never end)
         raise AssertionError("the fit started with --epochs 99999999999999999999")
 
-    monkeypatch.setattr(stage, "fit_dataset", no_fit)
+    monkeypatch.setattr(api, "fit_dataset", no_fit)  # the CLI's fit runs through cacheclip.api
     start = time.perf_counter()
     code, _, err = cli(
         "fit", "-d", "eurosat", "--method", "clip-adapter", "--epochs", "99999999999999999999",

@@ -8,12 +8,6 @@ light: no torch until a name that needs it is touched.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cacheclip")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 _PUBLIC = {
     # stores, fits and results (cacheclip.api)
@@ -49,7 +43,19 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~40 ms: only when asked
+
+    try:
+        return version("cacheclip")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = _version()
+        return globals()[name]
     if name not in _PUBLIC:
         raise AttributeError(f"module 'cacheclip' has no attribute '{name}'")
     value = getattr(import_module(_PUBLIC[name]), name)

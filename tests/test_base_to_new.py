@@ -91,6 +91,12 @@ def fit(cache: Path, method: str, **kw) -> list[dict]:
     return fit_dataset(DATASET, REF, config(cache, method, **kw))
 
 
+def adapter_file(cache: Path) -> Path:
+    """The adapter file of the one run fitted into ``config``'s results folder."""
+    (path,) = (cache.parent / "results").rglob("adapter.safetensors")
+    return path
+
+
 def listing(cache: Path, split: str) -> st.SplitListing:
     with st.open_store(st.store_path(cache, REF.model_id, REF.weights_id, DATASET)) as s:
         return s.listing(split)
@@ -104,6 +110,8 @@ def test_classes_follow_sorted_labels_and_train_items_are_the_ordinary_sample(ca
     assert result["classes"]["base"] == [NAMES[k] for k in BASE]
     assert result["classes"]["new"] == [NAMES[k] for k in NEW]
     train, val = listing(cache, "train"), listing(cache, "val")
+    first_seen = list(dict.fromkeys(train.labels))  # the sampler's class order
+    assert first_seen[:4] != BASE and sorted(NAMES) != NAMES  # neither orders the split
     ordinary = sample_run(train.labels, val.labels, 2, 2)
     assert result["fewshot"]["train_paths"] == [train.paths[i] for i in ordinary.train if train.labels[i] in BASE]
     assert result["fewshot"]["val_paths"] == [val.paths[i] for i in ordinary.val if val.labels[i] in BASE]
@@ -188,7 +196,7 @@ def test_zero_shot_scores_each_half_among_its_own_classes(cache, tmp_path):
 def test_tip_adapter_scores_from_its_artifact(cache, tmp_path):
     """Training-free: base from the saved cache; new classes are zero-shot (the cache has no column for them)."""
     result = fit(cache, "tip-adapter")[0]
-    tensors, weights, meta = load_adapter(Path(cache.parent / "results").rglob("adapter.safetensors").__next__())
+    tensors, weights, meta = load_adapter(adapter_file(cache))
     assert weights.shape[0] == len(BASE) and meta["classnames"] == [NAMES[k] for k in BASE]
     (fb, lb, tb), (fn, ln, tn) = halves(exported(cache, tmp_path))
     affinity = torch.exp(-float(tensors["beta"]) * (1 - F.normalize(fb, dim=-1) @ tensors["keys"].float().t()))
@@ -200,7 +208,7 @@ def test_tip_adapter_scores_from_its_artifact(cache, tmp_path):
 def test_linear_probe_scores_from_its_artifact(cache, tmp_path):
     """Trained: base from the saved probe; new classes are zero-shot (the probe is all per class)."""
     result = fit(cache, "linear-probe")[0]
-    tensors, _, _ = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    tensors, _, _ = load_adapter(adapter_file(cache))
     (fb, lb, _), (fn, ln, tn) = halves(exported(cache, tmp_path))
     base = F.normalize(fb, dim=-1) @ tensors["weight"].float().t() + tensors["bias"].float()
     check(result, base, cosine(fn, tn), (lb, ln))
@@ -210,7 +218,7 @@ def test_clip_adapter_applies_its_adapter_to_new_classes(cache, tmp_path):
     from cacheclip.fit.methods.clip_adapter import from_artifact
 
     result = fit(cache, "clip-adapter")[0]
-    tensors, weights, meta = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    tensors, weights, meta = load_adapter(adapter_file(cache))
     (fb, lb, tb), (fn, ln, tn) = halves(exported(cache, tmp_path))
     assert torch.equal(weights, tb.float())
     base, new = from_artifact(tensors, meta, tb, 100.0, "cpu"), from_artifact(tensors, meta, tn, 100.0, "cpu")
@@ -221,7 +229,7 @@ def test_predict_from_a_base_to_new_run_classifies_among_base_classes(cache, tmp
     from cacheclip.fit.predict import load_run
 
     fit(cache, "linear-probe")
-    run = load_run(next(Path(cache.parent / "results").rglob("adapter.safetensors")).parent)
+    run = load_run(adapter_file(cache).parent)
     assert run.classnames == [NAMES[k] for k in BASE]
     (fb, _, _), _ = halves(exported(cache, tmp_path))
     assert run.predict(fb).shape == (len(fb), len(BASE))
@@ -313,7 +321,7 @@ def test_gda_new_classes_follow_its_base2new_code(cache, tmp_path):
     """Each new class: the 64 support vectors nearest its text and 16 copies of the text give its mean;
     the precision is the mean of per-class KS estimates centred on the text (pinv, as written there)."""
     result = fit(cache, "gda", shots=(6,))[0]  # 6 x 4 x 3 = 72 support vectors: the 64 nearest are a choice
-    tensors, _, _ = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    tensors, _, _ = load_adapter(adapter_file(cache))
     out = tmp_path / "train.npz"
     export_split(st.store_path(cache, REF.model_id, REF.weights_id, DATASET), "train", out)
     train = dict(np.load(out))
@@ -338,7 +346,7 @@ def test_gda_new_classes_follow_its_base2new_code(cache, tmp_path):
 def test_proker_new_classes_are_the_regressions_new_columns(cache, tmp_path):
     """A_new = (K / lambda + I)^-1 (0 - f0_new(X)): no support image is of a new class."""
     result = fit(cache, "proker")[0]
-    tensors, _, meta = load_adapter(next(Path(cache.parent / "results").rglob("adapter.safetensors")))
+    tensors, _, meta = load_adapter(adapter_file(cache))
     x, beta, lam = tensors["support"].double(), float(tensors["beta"]), meta["method_config"]["lambda"]
     (fb, lb, _), (fn, ln, tn) = halves(exported(cache, tmp_path))
     t = F.normalize(tn.double(), dim=-1)

@@ -49,7 +49,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method, list_methods
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, builtin_methods, get_method
 from cacheclip.fit.methods.base import zero_shot_predictor
 from cacheclip.fit.metrics import top1
 
@@ -245,7 +245,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
+    parser.add_argument("--methods", default=",".join(m for m in builtin_methods() if m not in SKIP))
     parser.add_argument("--classes", default="10,100,397,1000", help="comma list of class counts")
     parser.add_argument(
         "--modes", default="stacked,alone", help="stacked (fit's way), alone (one run at a time), before"

@@ -24,7 +24,7 @@ import torch
 from baselines import SKIP, cpu_name, fit_context, one_core, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import RunPlan, get_method, list_methods
+from cacheclip.fit.methods import RunPlan, builtin_methods, get_method
 
 SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
 
@@ -54,7 +54,7 @@ def timed_child(method: str, classes: int, divide: int, threads: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP + ("proker",)))
+    parser.add_argument("--methods", default=",".join(m for m in builtin_methods() if m not in SKIP + ("proker",)))
     parser.add_argument("--classes", default="10,397")
     parser.add_argument("--divide", type=int, default=20, help="train 1/divide of each method's length")
     parser.add_argument("--threads", type=int, default=0, help="force torch's threads (0: the trainer chooses)")

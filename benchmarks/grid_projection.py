@@ -29,7 +29,7 @@ import torch
 from baselines import SKIP, cpu_name, fit_context, one_core, resolved_length, synthetic, train_all
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import RunPlan, get_method, list_methods
+from cacheclip.fit.methods import RunPlan, builtin_methods, get_method
 
 COOP11 = {  # classes -> how many of the 11 datasets have (about) that many
     1000: 1,  # imagenet
@@ -75,7 +75,7 @@ def project(method: str, classes: int, shots: int, divide: int, mode: str, proke
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(m for m in list_methods() if m not in SKIP))
+    parser.add_argument("--methods", default=",".join(m for m in builtin_methods() if m not in SKIP))
     parser.add_argument("--divide", type=int, default=50, help="time 1/divide and 2/divide of each length")
     parser.add_argument("--mode", default="stacked", choices=("stacked", "alone"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's, as fit runs)")

@@ -341,6 +341,7 @@ def test_gda_new_classes_follow_its_base2new_code(cache, tmp_path):
     new = 100 * cosine(fn, tn) + alpha * (F.normalize(fn.double(), dim=-1) @ w.t() + b).float()
     base = 100 * cosine(fb, tb) + alpha * (F.normalize(fb, dim=-1) @ tensors["weight"].t() + tensors["bias"])
     check(result, base, new, (lb, ln))
+    assert any("its base2new script" in d for d in result["protocol"]["differences"])
 
 
 def test_proker_new_classes_are_the_regressions_new_columns(cache, tmp_path):

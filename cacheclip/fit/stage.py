@@ -525,6 +525,8 @@ def protocol_differences(ctx: FitContext, cfg: FitConfig) -> list[str]:
         diffs.append("val held out from the train split (CoOp's ImageNet has no val)")
     if ctx.epoch_fallback and follows_epoch(method):
         diffs.append(ctx.epoch_fallback)
+    if isinstance(ctx, BaseClassesContext):
+        diffs += method.new_classes.differences
     return diffs
 
 

@@ -267,6 +267,8 @@ class NewClassRule:
 
     rule: str
     build: Callable[[FitContext, Trained, torch.Tensor], Predictor]
+    # where a base-to-new run departs from the paper's own base-to-new protocol (its protocol.differences)
+    differences: tuple[str, ...] = ()
 
 
 def zero_shot_on_new(ctx: FitContext, trained: Trained, new_weights: torch.Tensor) -> Predictor:

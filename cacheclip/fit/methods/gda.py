@@ -353,9 +353,12 @@ register_method(
         new_classes=NewClassRule(
             f"GDA's base-to-new rule (official main_base2new.py): each new class's mean is that of the "
             f"{NEW_NEIGHBOURS} base support vectors nearest its text weights and {NEW_TEXT_COPIES} copies of them, "
-            "the shared precision the mean of their KS estimates centred on the text, with the base run's alpha "
-            "(the base classes use GDA's few-shot estimator; its base2new script averaged per-class covariances)",
+            "the shared precision the mean of their KS estimates centred on the text, with the base run's alpha",
             new_classes,
+            differences=(
+                "base classes fitted with GDA's few-shot estimator, D pinv((M-1) S + tr(S) I) (its base2new "
+                "script: pinv of the mean per-class covariance, no shrinkage)",
+            ),
         ),
     )
 )

@@ -49,7 +49,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cacheclip.datasets.fewshot import sample_run
-from cacheclip.fit.methods import FitContext, FitData, RunPlan, builtin_methods, get_method
+from cacheclip.fit import methods as registry
+from cacheclip.fit.methods import FitContext, FitData, RunPlan, get_method
 from cacheclip.fit.methods.base import zero_shot_predictor
 from cacheclip.fit.metrics import top1
 
@@ -71,6 +72,10 @@ class MemoryStore:
         feats, labels, views = self.splits[split]
         idx = np.arange(len(labels)) if indices is None else np.asarray(indices)
         return feats[idx], labels[idx], views[idx] if aug and views is not None else None
+
+
+# the built-in methods (an installed plugin is not ours to time); --before code may predate the name
+BUILTIN = getattr(registry, "builtin_methods", registry.list_methods)()
 
 
 def synthetic(classes: int, with_val: bool, seed: int = 0, shots: int = SHOTS) -> tuple[MemoryStore, FitData]:
@@ -245,7 +250,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(m for m in builtin_methods() if m not in SKIP))
+    parser.add_argument("--methods", default=",".join(m for m in BUILTIN if m not in SKIP))
     parser.add_argument("--classes", default="10,100,397,1000", help="comma list of class counts")
     parser.add_argument(
         "--modes", default="stacked,alone", help="stacked (fit's way), alone (one run at a time), before"

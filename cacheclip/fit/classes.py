@@ -211,8 +211,11 @@ class BaseToNewTest:
 
     def zero_shot(self, data: FitData) -> dict[str, Any]:
         """Zero-shot CLIP restricted the same way: each half among its own classes."""
-        half = lambda weights: zero_shot_predictor(dataclasses.replace(data, class_weights=weights))  # noqa: E731
-        return self.scores(half(self.base.weights), half)
+
+        def among(weights: torch.Tensor) -> Predictor:
+            return zero_shot_predictor(dataclasses.replace(data, class_weights=weights))
+
+        return self.scores(among(self.base.weights), among)
 
     def run(self, ctx: FitContext, trained: Trained) -> dict[str, Any]:
         """A trained run: base with its own predictor, new with its method's rule."""

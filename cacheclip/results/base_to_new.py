@@ -36,6 +36,7 @@ from cacheclip.results.report import (
     dataset_order,
     group_runs,
     method_rank,
+    protocol_differences,
     summarize,
 )
 
@@ -84,6 +85,7 @@ class B2NReport:
     n_runs: int
     rules: dict[str, int]  # the runs' new-class rule -> number of runs
     warnings: list[str]
+    protocol_differences: dict[str, int] = field(default_factory=dict)  # departure -> number of runs
     backbone: str | None = None  # the published backbone these runs sit beside, if any
     published: dict[str, PublishedB2N] = field(default_factory=dict)
     published_averages: list[PublishedB2N] = field(default_factory=list)
@@ -148,6 +150,7 @@ def _build_one(key: tuple, runs: Runs, expected_datasets, expected_seeds, shared
         len(runs),
         _rules(runs.values()),
         list(shared),
+        protocol_differences(runs),
         backbone_of(model, pretrained),
     )
     _attach_published(report, by_dataset)

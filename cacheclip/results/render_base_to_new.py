@@ -133,6 +133,9 @@ def _section(report: B2NReport, level: int) -> list[str]:
         seeds = ", ".join(map(str, report.expected_seeds))
         lines += ["", f"Missing runs (expected seeds {seeds}):", ""]
         lines += [f"- missing: {d} seeds {', '.join(map(str, absent))}" for d, absent in report.missing.items()]
+    if report.protocol_differences:
+        lines += ["", "Departures from the paper's protocol:", ""]
+        lines += [f"- {text} (runs: {n})" for text, n in report.protocol_differences.items()]
     return lines
 
 

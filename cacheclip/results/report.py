@@ -369,7 +369,7 @@ def _build_one(key, runs, expected_datasets, expected_shots, expected_seeds, sha
         expected_seeds=seeds,
         missing=missing,
         n_expected_datasets=n_expected,
-        protocol_differences=_protocol_differences(runs),
+        protocol_differences=protocol_differences(runs),
         n_runs=len(runs),
         shift=_shift_rows(runs),
         run_protocol=protocol,
@@ -390,7 +390,7 @@ def _zero_shot(runs: dict) -> dict[str, float]:
     return {d: math.fsum(v) / len(v) for d, v in values.items()}
 
 
-def _protocol_differences(runs: dict) -> dict[str, int]:
+def protocol_differences(runs: dict) -> dict[str, int]:
     counts: dict[str, int] = {}
     for result in runs.values():
         protocol = result.get("protocol") or {}

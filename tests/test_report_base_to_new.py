@@ -158,7 +158,8 @@ def test_only_base_to_new_results_still_report(tmp_path: Path):
     for i, result in enumerate(grid(("dtd",))):
         write(tmp_path / "runs", result, f"run{i}.json")
     paths = write_report([tmp_path / "runs"], tmp_path / "out")
-    assert set(paths) == {"md", "base_to_new_csv"} and "Base-to-new" in paths["md"].read_text("utf-8")
+    assert set(paths) == {"md", "csv", "base_to_new_csv"} and "Base-to-new" in paths["md"].read_text("utf-8")
+    assert paths["csv"].read_text("utf-8").splitlines()[1:] == []  # no few-shot row, not a stale file
     assert load_results([tmp_path / "runs"])  # read like any result
 
 

@@ -64,7 +64,9 @@ def base_to_new_markdown(reports: Sequence[B2NReport], level: int = 2) -> list[s
     """The base-to-new part of the report (nothing without base-to-new runs)."""
     if not reports:
         return []
-    lines = ["", f"{'#' * level} Base-to-new generalization", "", INTRO, ""]
+    runs = sum(r.n_runs for r in reports)
+    lines = ["", f"{'#' * level} Base-to-new generalization", "", f"Method groups: {len(reports)}; runs: {runs}.", ""]
+    lines += [INTRO, ""]
     lines += _side_by_side(reports, level + 1)
     for report in reports:
         lines += [""] + _section(report, level + 1)

@@ -12,7 +12,7 @@ from cacheclip.results.loading import ResultSet, load_results
 from cacheclip.results.plots import plot_report
 from cacheclip.results.render import render_markdown, to_csv
 from cacheclip.results.render_base_to_new import base_to_new_csv, base_to_new_markdown
-from cacheclip.results.report import build_reports
+from cacheclip.results.report import CSV_COLUMNS, build_reports
 
 
 def write_report(
@@ -27,8 +27,9 @@ def write_report(
     results base_to_new.csv (their tables are in report.md, after the few-shot ones).
 
     ``keep`` (optional) selects the results to report, e.g. some datasets only.
-    Returns ``{"md": ..., "csv": ..., "png": ...}`` (``png`` only with few-shot results,
-    ``base_to_new_csv`` only with base-to-new ones). Raises ``ConfigError`` when no result is found.
+    Returns the paths written: ``md``, ``csv`` (its header only without few-shot results),
+    ``png`` (only with few-shot results), ``base_to_new_csv`` (only with base-to-new results).
+    Raises ``ConfigError`` when no result is found.
     """
     results = load_results(result_paths)
     if keep is not None:
@@ -43,11 +44,11 @@ def write_report(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_text = "".join(to_csv(r, header=(i == 0)) for i, r in enumerate(reports))
+    csv_text = "".join(to_csv(r, header=(i == 0)) for i, r in enumerate(reports)) or ",".join(CSV_COLUMNS) + "\n"
     markdown = render_markdown(reports, [w for r in base_to_new for w in r.warnings], base_to_new_markdown(base_to_new))
     paths = {"md": write_atomic(out_dir / "report.md", markdown)}
+    paths["csv"] = write_atomic(out_dir / "report.csv", csv_text)  # header only without few-shot runs
     if reports:
-        paths["csv"] = write_atomic(out_dir / "report.csv", csv_text)
         paths["png"] = plot_report(reports, out_dir / "report.png")
     if base_to_new:
         paths["base_to_new_csv"] = write_atomic(out_dir / "base_to_new.csv", base_to_new_csv(base_to_new))

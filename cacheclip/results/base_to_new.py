@@ -34,6 +34,7 @@ from cacheclip.results.report import (
     Runs,
     average_cell,
     dataset_order,
+    expected_dataset_count,
     group_runs,
     method_rank,
     protocol_differences,
@@ -127,10 +128,7 @@ def _build_one(key: tuple, runs: Runs, expected_datasets, expected_seeds, shared
     by_dataset = {d: {seed: r for (dd, _, seed), r in sorted(runs.items()) if dd == d} for d in datasets}
     cells = {d: c for d, per_seed in by_dataset.items() if (c := _cell(per_seed, "metrics")) is not None}
     zero_shot = {d: c for d, per_seed in by_dataset.items() if (c := _cell(per_seed, "zero_shot")) is not None}
-    if expected_datasets:
-        n_expected = len(datasets)
-    else:
-        n_expected = len(PAPER_DATASETS) if set(datasets) <= set(PAPER_DATASETS) else len(datasets)
+    n_expected = expected_dataset_count(datasets, bool(expected_datasets))
     for table in (cells, zero_shot):
         average = average_b2n(table, n_expected)
         if average is not None:

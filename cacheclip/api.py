@@ -201,6 +201,11 @@ def result_rows(results: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             "test_top1": test_top1(metrics),
             "val_top1": (metrics.get("val") or {}).get("top1"),
             "zero_shot_test_top1": test_top1(zero_shot),
+            # fit --classes base-to-new: the base and new halves and their harmonic mean (no test_top1)
+            "classes": (r.get("config") or {}).get("classes", "all"),
+            "base_top1": (metrics.get("base") or {}).get("top1"),
+            "new_top1": (metrics.get("new") or {}).get("top1"),
+            "harmonic_mean_top1": (metrics.get("harmonic_mean") or {}).get("top1"),
             "chosen": (r.get("selection") or {}).get("chosen"),
             "run_key": r.get("run_key"),
             "path": (r.get("_source") or {}).get("path"),

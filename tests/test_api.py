@@ -87,15 +87,25 @@ def test_run_fit_is_the_cli_fit(cache, tmp_path, cli):
 
 
 def test_results_as_records_rows_and_a_frame(cache, tmp_path, monkeypatch):
-    cacheclip.run_fit("eurosat", "zero-shot", shots=(1, 2), seeds=(1,), cache_dir=cache, results_dir=tmp_path, **WHERE)
-    (tmp_path / "junk.json").write_text("{not json")
-    records = cacheclip.load_results(tmp_path)
+    folder = tmp_path / "all"
+    cacheclip.run_fit("eurosat", "zero-shot", shots=(1, 2), seeds=(1,), cache_dir=cache, results_dir=folder, **WHERE)
+    (folder / "junk.json").write_text("{not json")
+    records = cacheclip.load_results(folder)
     assert sorted(r["shots"] for r in records) == [1, 2] and len(records.warnings) == 1
     rows = list(cacheclip.result_rows(records))
     assert rows[0]["method"] == "zero-shot" and rows[0]["test_top1"] == records[0]["metrics"]["test"]["top1"]
-    frame = cacheclip.results_frame(tmp_path)
+    assert rows[0]["classes"] == "all" and rows[0]["base_top1"] is None
+    [split] = cacheclip.run_fit(
+        "eurosat", "zero-shot", shots=(2,), seeds=(1,), classes="base-to-new", cache_dir=cache,
+        results_dir=tmp_path / "b2n", **WHERE,
+    )  # fmt: skip
+    [row] = cacheclip.result_rows([split])
+    assert row["classes"] == "base-to-new" and row["test_top1"] is None
+    assert (row["base_top1"], row["new_top1"]) == (split["metrics"]["base"]["top1"], split["metrics"]["new"]["top1"])
+    assert row["harmonic_mean_top1"] == split["metrics"]["harmonic_mean"]["top1"]
+    frame = cacheclip.results_frame(folder)
     assert list(frame["shots"].sort_values()) == [1, 2] and "test_top1" in frame.columns
     monkeypatch.setitem(sys.modules, "pandas", None)  # as without pandas installed
     with pytest.raises(ConfigError, match="needs pandas") as e:
-        cacheclip.results_frame(tmp_path)
+        cacheclip.results_frame(folder)
     assert e.value.hint == "pip install pandas"

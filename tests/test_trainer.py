@@ -3,6 +3,9 @@ its neighbours; a step is the same number of torch operations for 1 and for many
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +176,26 @@ def test_stacks_trained_at_once_equal_stacks_trained_one_after_another(monkeypat
     for a, b, c in zip(together, apart, alone, strict=True):
         assert torch.equal(a, b) and torch.allclose(a, c, rtol=0, atol=1e-6)
     assert seen[-1] == (40, 40) and all(t == 40 for _, t in seen) and len(seen) == 3 * 8
+
+
+def test_long_steps_give_the_stacks_left_over_every_core(monkeypatch):
+    """From MANY_THREADS_FLOPS a run is a stack of its own; 3 such stacks on 2 cores: two at once on
+    one thread each, then the third alone on both (no core idles), with the results of the others."""
+    monkeypatch.setattr(tr, "_cores", lambda: 2)
+    assert tr.stack_chunks(3, 1 << 10, step_flops=tr.MANY_THREADS_FLOPS) == [range(1), range(1, 2), range(2, 3)]
+    recipe, seeds, used = tr.Recipe("sgd", momentum=0.9), [5, 6, 7], {}
+
+    def train(idx, tick):
+        stack = _stack([seeds[r] for r in idx], [0.05] * len(idx), [0.0] * len(idx), recipe)
+        stack = dataclasses.replace(stack, step_flops=tr.MANY_THREADS_FLOPS)
+        main = threading.current_thread() is threading.main_thread()
+
+        def note(i, params):  # the threads torch computes this stack's steps with
+            used[idx[0]] = (main, torch.get_num_threads())
+
+        return list(tr.train_stack(stack, steps=4, after_step=note)["w"])
+
+    out = tr.run_stacks([[0], [1], [2]], train, 3, 4, step_flops=tr.MANY_THREADS_FLOPS)
+    assert used == {0: (False, 1), 1: (False, 1), 2: (True, 2)}  # two at once on a thread each, then both
+    alone = [train([r], None)[0] for r in range(3)]
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(out, alone, strict=True))

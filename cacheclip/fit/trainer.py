@@ -28,7 +28,9 @@ Adam's two moments: 6.5 MB) stays in the L3 cache step after step; 36 runs' (230
 and every step then pays main-memory bandwidth on all of it. Stacking pays where the per-op
 overhead binds (small K) and costs where the bandwidth does, so runs are stacked up to a state
 budget (:data:`CPU_STACK_BYTES`), and a run whose step is long enough for two threads per product
-trains alone. Independent stacks train at once on the cores, one thread each (:func:`run_stacks`).
+is a stack of its own. Independent stacks train at once on the cores, one thread each
+(:func:`run_stacks`); with long steps the few left over after whole rounds of the cores train
+after them on every core.
 On a GPU every run of a group goes in one stack. docs/benchmarks.md has the measurements.
 """
 
@@ -55,11 +57,12 @@ from cacheclip.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CPU_STACK_BYTES = 24 << 20  # parameters + gradients + optimiser state of one CPU stack (see stack_chunks)
-# a step's largest product from which a stack would train on every core (threads_for): never, on the
-# CPUs measured. Two threads per product lost even on long steps: ZS-LP at 397 classes (416 MFLOP a
-# step), 3 runs, 5 epochs: 10.4 s as one stack on 2 threads, 5.6 s on 1, 5.3 s as stacks on the two
-# cores; one run at a time on 2 threads 11.8 s (AMD EPYC, 2026-12-07). Independent stacks use the cores.
-MANY_THREADS_FLOPS = math.inf
+# a step's largest product from which a run trains as a stack of its own, and the runs that do not
+# fill a round of the cores train after the others on every core (run_stacks, threads_for). 3 runs
+# of ZS-LP at 397 classes (416 MFLOP a step) on 2 cores: 2 + 1 stacks at once 5.3 s, one run each
+# at once then the third on both threads 3.7 s (CLAP 9.2 -> 7.6 s, LP++ 7.0 -> 6.0 s, TaskRes
+# 4.4 -> 4.7 s; 6 epochs, 3 interleaved repeats, AMD EPYC, 2026-12-07)
+MANY_THREADS_FLOPS = 256e6
 PARALLEL_STACKS = True  # independent stacks train at once on a CPU's cores (run_stacks); off: one after another
 # a step's products from which a stack is split to train on every core: below, its operations are
 # so short that two threads contend for the interpreter more than they compute (TaskRes at 10
@@ -404,12 +407,10 @@ def stack_chunks(runs: int, state_bytes: int, device: str = "cpu", step_flops: f
     """Consecutive runs that train in one stack: all of them on a GPU; on a CPU as many as keep
     their parameters, gradients and optimiser state within :data:`CPU_STACK_BYTES` (at least one),
     and, when each run's step does ``step_flops`` enough for a core's share to reach
-    :data:`PARALLEL_FLOPS` but too little for two threads per product (:data:`MANY_THREADS_FLOPS`),
-    at least one stack per core (:func:`run_stacks` trains them at once), in chunks as even as
-    that allows. A run whose step reaches :data:`MANY_THREADS_FLOPS` is a stack of its own, trained
-    on every core (``run_stacks`` with that ``step_flops``): its products are long enough for two
-    threads, and stacking them only adds bmm's batch split (3 runs on 2 threads) or a core idling on
-    an odd stack (ZS-LP, CLAP, LP++, TaskRes at 397 classes: 1.2-1.4x slower stacked)."""
+    :data:`PARALLEL_FLOPS`, at least one stack per core (:func:`run_stacks` trains them at once), in
+    chunks as even as that allows. A run whose step reaches :data:`MANY_THREADS_FLOPS` is a stack of
+    its own: its products are long enough that stacking saves nothing, and ``run_stacks`` can then
+    give every core work (3 runs on 2 cores: two at once, then the third on both threads)."""
     if str(device).startswith("cuda") or runs <= 1:
         return [range(runs)]
     count = math.ceil(runs / max(1, CPU_STACK_BYTES // max(1, state_bytes)))
@@ -439,8 +440,9 @@ def run_stacks(
     On a CPU with several cores, as many stacks train at once as there are cores, each on one
     thread (:data:`PARALLEL_STACKS`): independent stacks keep both cores busy without the per-op
     wait of a second thread inside small products, which stalls outright when another process
-    holds a core; runs whose step reaches :data:`MANY_THREADS_FLOPS` (``step_flops``, per run) train
-    one after another on every core instead. Each stack's result is the same whichever thread trains it."""
+    holds a core. When a run's step reaches :data:`MANY_THREADS_FLOPS` (``step_flops``), the stacks
+    left over after whole rounds of the cores (fewer than the cores) train after the others, one
+    after another on every core. Each stack's result is the same whichever thread trains it."""
     out: list[T | None] = [None] * runs
     lock, done = threading.Lock(), [0] * len(stacks)
     total = length * sum(len(s) for s in stacks)
@@ -454,12 +456,14 @@ def run_stacks(
         return train(stacks[k], None if progress is None else tick)
 
     cores = _cores()
-    small = step_flops < MANY_THREADS_FLOPS
-    if PARALLEL_STACKS and small and len(stacks) > 1 and cores > 1 and not str(device).startswith("cuda"):
-        with threads(1), ThreadPoolExecutor(min(cores, len(stacks))) as pool:
-            results = list(pool.map(partial(_in_parallel, one), range(len(stacks))))
-    else:
-        results = [one(k) for k in range(len(stacks))]
+    # long steps: the stacks that fill whole rounds of the cores train at once, the rest (fewer than
+    # the cores) one after another on every core, rather than leave a core idle (3 runs on 2 cores)
+    together = len(stacks) if step_flops < MANY_THREADS_FLOPS else len(stacks) - len(stacks) % cores
+    results: list[Sequence[T]] = []
+    if PARALLEL_STACKS and together > 1 and cores > 1 and not str(device).startswith("cuda"):
+        with threads(1), ThreadPoolExecutor(min(cores, together)) as pool:
+            results = list(pool.map(partial(_in_parallel, one), range(together)))
+    results += [one(k) for k in range(len(results), len(stacks))]
     for stack, trained in zip(stacks, results, strict=True):
         for r, result in zip(stack, trained, strict=True):
             out[r] = result
@@ -479,10 +483,10 @@ def _cores() -> int:
 
 
 def threads_for(flops_per_op: float) -> int:
-    """Torch CPU threads for a stack whose largest product per step does ``flops_per_op`` FLOPs:
-    every core this process may use from :data:`MANY_THREADS_FLOPS`, else one (so far always one:
-    see that constant). On short products a second thread's wake-up costs as much as it saves, and
-    when another process holds a core each parallel operation waits for the descheduled thread."""
+    """Torch CPU threads for a stack trained on its own (not beside others) whose largest product
+    per step does ``flops_per_op`` FLOPs: every core this process may use from
+    :data:`MANY_THREADS_FLOPS`, else one. On short products a second thread's wake-up costs as much
+    as it saves, and when another process holds a core each parallel operation waits for it."""
     return _cores() if flops_per_op >= MANY_THREADS_FLOPS else 1
 
 

@@ -97,23 +97,24 @@ def clustered(
     seed=0,
     aug_scale=(0.08, 1.0),
     templates=1,
+    classes=K,
 ) -> Path:
-    """K Gaussian clusters on a shared direction (CLIP-like: all cosines high), raw norms 2-4;
-    the text classifier is the cluster centres plus noise, so zero-shot is weak."""
+    """``classes`` Gaussian clusters on a shared direction (CLIP-like: all cosines high), raw norms
+    2-4; the text classifier is the cluster centres plus noise, so zero-shot is weak."""
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(D)
-    centers = common + 0.8 * rng.standard_normal((K, D))
+    centers = common + 0.8 * rng.standard_normal((classes, D))
     splits = {}
     for name, n in zip(("train", "val", "test"), per_class, strict=False):
         if name == "val" and not with_val:
             continue
-        labels = np.repeat(np.arange(K), n)
+        labels = np.repeat(np.arange(classes), n)
         feats = (centers[labels] + 0.5 * rng.standard_normal((len(labels), D))) * rng.uniform(2, 4, (len(labels), 1))
         aug = None
         if name == "train" and views:
             aug = feats[:, None] + 0.3 * rng.standard_normal((len(labels), views, D))
         splits[name] = (feats, labels, aug)
-    text = centers + text_noise * rng.standard_normal((K, D))
+    text = centers + text_noise * rng.standard_normal((classes, D))
     return write_store(cache, dataset, text, splits, aug_scale, templates)
 
 
@@ -215,6 +216,24 @@ class MethodContract:
             return
         assert result["selection"]["on"] == "none" and result["metrics"]["val"] is None
         assert np.isfinite(result["metrics"]["test"]["top1"])
+
+    def test_base_to_new_records_its_rule_or_refuses(self, tmp_path, method):
+        """fit --classes base-to-new: the method's rule recorded, base and new scored on their own
+        classes (an odd class count: 3 base, 2 new of 5); a method without a rule refuses clearly."""
+        clustered(tmp_path / "cache", classes=5, templates=3)
+        cfg = contract_config(tmp_path, method, classes="base-to-new")
+        rule = get_method(method).new_classes
+        if rule is None:
+            with pytest.raises(ConfigError) as refused:
+                fit_dataset("eurosat", REF, cfg)
+            assert refused.value.hint, "a refusal names the fix"
+            return
+        [result] = fit_dataset("eurosat", REF, cfg)
+        assert result["classes"]["new_class_rule"] == rule.rule
+        assert len(result["classes"]["base"]) == 3 and len(result["classes"]["new"]) == 2
+        for half in ("base", "new"):
+            assert 0 <= result["metrics"][half]["top1"] <= 100 and result["metrics"][half]["n"] > 0
+        assert "test" not in result["metrics"] and json.dumps(result)
 
 
 def method_contract_tests(name: str) -> type:

@@ -25,6 +25,7 @@ from cacheclip.datasets.fewshot import FewShotSplit, sample_fewshot
 from cacheclip.errors import ConfigError, StoreError
 from cacheclip.fit.methods.base import FitContext, FitData, Method, Predictor, Trained, zero_shot_predictor
 from cacheclip.fit.metrics import classification_metrics
+from cacheclip.results.published import harmonic_mean  # one definition, the report's
 
 if TYPE_CHECKING:
     from cacheclip.features.store import FeatureStore
@@ -221,8 +222,3 @@ class BaseToNewTest:
         """A trained run: base with its own predictor, new with its method's rule."""
         rule = ctx.method.new_classes
         return self.scores(trained.predict, lambda weights: rule.build(ctx, trained, weights))
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2 B N / (B + N); 0 when both are 0."""
-    return 2 * base * new / (base + new) if base + new > 0 else 0.0

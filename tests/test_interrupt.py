@@ -42,7 +42,14 @@ def _interrupt(tmp_path: Path, args: list, ready) -> subprocess.CompletedProcess
     driver.write_text(DRIVER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CI": "1"}
     proc = subprocess.Popen(
-        [sys.executable, driver, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, driver, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell's background job starts with SIGINT ignored, and Python then keeps ignoring it:
+        # give the child the default, as a terminal's Ctrl-C finds it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -61,7 +61,7 @@ def _path(x, y, text, beta, lambdas):
 
 @pytest.mark.parametrize("eigen", [False, True])
 def test_both_solvers_match_direct_solves(eigen, monkeypatch):
-    monkeypatch.setattr(pk, "EIGH_FROM", 4 if eigen else 99)
+    monkeypatch.setattr(pk, "eigh_pays", lambda m, lambdas: eigen)
     x, y, _, text = small_case()
     lambdas, beta = (0.001, 0.05, 1.0, 10.0), 2.0
     gram, residual = np.exp(-beta * (1.0 - x @ x.T)), np.eye(3)[y] - x @ unit(text).T
@@ -75,7 +75,7 @@ def test_both_solvers_match_direct_solves(eigen, monkeypatch):
 
 @pytest.mark.parametrize("eigen", [False, True])
 def test_lambda_zero_is_exactly_zero_shot(eigen, monkeypatch):
-    monkeypatch.setattr(pk, "EIGH_FROM", 2 if eigen else 99)
+    monkeypatch.setattr(pk, "eigh_pays", lambda m, lambdas: eigen)
     x, y, feats, text = small_case(2)
     coef = _path(x, y, text, 1.0, [0.0, 0.5])[0].float()
     assert torch.equal(coef, torch.zeros_like(coef))
@@ -126,13 +126,28 @@ def test_official_grids_and_fixed_values():
     cfg = pk.ProkerConfig()
     assert pk.fixed_values(cfg, 16)[:2] == (1.7, 0.1) and pk.fixed_values(cfg, 3)[:2] == (2.6, 0.05)
     assert pk.fixed_values(pk.ProkerConfig(betas=(2.0,), lambdas=(0.2,)), 16) == (2.0, 0.2, "as given")
-    assert pk.EIGH_FROM > 10  # the 5-10 lambda grids solve by Cholesky, 20-100 by one eigh per beta
+
+
+@pytest.mark.parametrize(
+    ("m", "lambdas", "eigen"),
+    [
+        (500, 10, False),  # the 5-10 lambda grids: Cholesky at every size
+        (16_000, 10, False),  # ImageNet 16-shot
+        (500, 20, True),  # Pets' 20 lambdas: the eigen sweep while M is small ...
+        (5_920, 20, False),  # ... Cholesky at 16 shots x 10 views (the eigh costs ~23 Cholesky there)
+        (7_520, 100, True),  # DTD 16 shots x 10 views
+        (16_320, 100, True),  # Flowers: beyond the last measured size, along its last slope (~78)
+        (30_000, 100, False),
+    ],
+)
+def test_solver_by_size(m, lambdas, eigen):
+    assert pk.eigh_pays(m, lambdas) is eigen
+    assert pk.memory_bytes(m, 10, 64, 0, lambdas) - pk.memory_bytes(m, 10, 64, 0, 1) == (8 * m * m if eigen else 0)
 
 
 def test_memory_estimate():
     small, large = (pk.memory_bytes(m, 397, 1024, 0, 10) - pk.ROW_BYTES for m in (50_000, 100_000))
     assert 3.8 < large / small <= 4.0
-    assert pk.memory_bytes(1000, 10, 64, 0, 100) - pk.memory_bytes(1000, 10, 64, 0, 10) == 8 * 1000**2
     # SUN397 16-shot x 10 views: K_SS and the factor alone are 16 M^2 = 65 GB
     assert pk.memory_bytes(63_520, 397, 1024, 1588, 10) > 16 * 63_520**2
     assert pk.available_bytes() is None or pk.available_bytes() > 0

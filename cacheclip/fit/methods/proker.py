@@ -72,11 +72,12 @@ PROKER_GRID_SPECS: dict[str, tuple[tuple[float, float, int], tuple[float, float,
 GENERIC_GRID = "caltech101"  # datasets without a ProKeR config: the grid four of its configs share
 # (beta, lambda) per shot count without val (--hp-selection imagenet, hyperparameters.json)
 PROKER_FIXED = {1: (3.0, 0.05), 2: (2.6, 0.05), 4: (1.5, 0.05), 8: (1.66, 0.07), 16: (1.7, 0.1)}
-# One float64 eigh of K_SS costs as much as this many Cholesky factorisations + solves (1 thread,
-# measured on the benchmark's features: 0.93-0.95 s / 0.08-0.1 s = 10-11.5 at M = 1,600; 8.6 / 0.54 = 16 at
-# 3,200; 70 / 4.2 = 16.6 at 6,352): from 16 lambdas the eigen sweep wins. Of the official grids, the
-# 5-10 lambda ones (most datasets, ImageNet) take Cholesky, the 20-100 ones the eigen sweep.
-EIGH_FROM = 16
+# (M, how many Cholesky factorisations + solves one float64 eigh of K_SS costs at that M): measured with
+# torch's MKL on 2 threads, AMD EPYC Zen 2, 2026-12-07 (1 thread: 20 at 4,000). The eigen sweep pays from
+# that many lambdas. MKL's eigh scales worse than its Cholesky, so the count grows with M: of the official
+# grids, the 5-10 lambda ones (most datasets, ImageNet) and Pets' 20 at 16 shots take Cholesky, the
+# 100-lambda ones (DTD, Flowers, EuroSAT) the eigen sweep.
+EIGH_COST = ((1_000, 14.0), (2_000, 13.0), (4_000, 18.0), (6_000, 23.0), (8_000, 34.0))
 ROW_BYTES = 64 << 20  # query rows per chunk: one (rows, M) float32 kernel block near 64 MiB
 HEADROOM = 0.9  # share of the available memory a fit may plan to use
 
@@ -172,7 +173,7 @@ def memory_bytes(m: int, k: int, d: int, n_val: int, lambdas: int) -> int:
     overwritten by its eigenvectors plus LAPACK syevd's 2 M^2 doubles of workspace (24 M^2). Then X in
     raw, float64 and float32 (16 M D), R, Q^T R and A in float64, A in float32 (28 M K), the val
     kernel blocks of one beta (4 n_val M) and one query chunk (``ROW_BYTES``)."""
-    square = 24 if lambdas >= EIGH_FROM else 16
+    square = 24 if eigh_pays(m, lambdas) else 16
     return square * m * m + 16 * m * d + 28 * m * k + 4 * n_val * m + ROW_BYTES
 
 
@@ -238,16 +239,31 @@ def kernel(a: torch.Tensor, support: torch.Tensor, beta: float) -> torch.Tensor:
     return (a @ support.t()).sub_(1.0).mul_(beta).exp_()
 
 
+def eigh_cost(m: int) -> float:
+    """Cholesky solves one eigh of an (M, M) K_SS costs: ``EIGH_COST`` interpolated in M, held below its
+    first size and extended along its last slope beyond its last."""
+    sizes, costs = zip(*EIGH_COST, strict=True)
+    if m <= sizes[0]:
+        return costs[0]
+    i = next((i for i in range(1, len(sizes)) if m <= sizes[i]), len(sizes) - 1)
+    return costs[i - 1] + (costs[i] - costs[i - 1]) / (sizes[i] - sizes[i - 1]) * (m - sizes[i - 1])
+
+
+def eigh_pays(m: int, lambdas: int) -> bool:
+    """Whether one eigh per beta costs less than ``lambdas`` Cholesky solves at this M."""
+    return lambdas >= eigh_cost(m)
+
+
 def coefficient_path(gram: torch.Tensor, residual: torch.Tensor, lambdas: Sequence[float]) -> Iterator[torch.Tensor]:
     """A(lambda) (M, K) = (K_SS / lambda + I)^-1 R for each lambda, float64; lambda = 0 gives A = 0.
 
-    Short grids: one Cholesky factorisation per lambda, in a single reused buffer. From ``EIGH_FROM``
-    lambdas: one eigendecomposition K_SS = Q diag(e) Q^T, then A = Q diag(lambda / (e + lambda)) Q^T R
+    Short grids: one Cholesky factorisation per lambda, in a single reused buffer. Long ones (``eigh_pays``):
+    one eigendecomposition K_SS = Q diag(e) Q^T, then A = Q diag(lambda / (e + lambda)) Q^T R
     per lambda; K_SS (overwritten by Q) is PSD, so round-off eigenvalues below 0 are clamped to 0.
     Both work in place on column-major views (``.mT`` of the symmetric row-major matrices): LAPACK
     then needs no copy, and the peak stays K_SS plus one M x M buffer (syevd: its 2 M^2 workspace)."""
     # lambda as the reference writes it (official L36, L50), not a plain ridge (K + lambda I)^-1
-    if len(lambdas) >= EIGH_FROM:
+    if eigh_pays(gram.shape[0], len(lambdas)):
         evals, evecs = gram.new_empty(gram.shape[0]), gram.mT
         torch.linalg.eigh(evecs, out=(evals, evecs))
         evals.clamp_(min=0.0)
@@ -341,8 +357,14 @@ def _support_text(v: int, cached: int) -> str:
     return f"{which} {cached} cached views per image, each L2-normalised (M = N x {v})"
 
 
-def _solver(lambdas: int) -> str:
-    return "float64 eigendecomposition per beta" if lambdas >= EIGH_FROM else "float64 Cholesky per (beta, lambda)"
+def support_size(ctx: FitContext) -> int:
+    """M of this shot count's runs: ``shots`` train images per class (fewer where a class has fewer) x views."""
+    per_class = torch.bincount(torch.tensor(ctx.data.train_labels, dtype=torch.long)).clamp(max=ctx.shots)
+    return int(per_class.sum()) * max(support_views(ctx), 1)
+
+
+def _solver(m: int, lambdas: int) -> str:
+    return "float64 eigendecomposition per beta" if eigh_pays(m, lambdas) else "float64 Cholesky per (beta, lambda)"
 
 
 def payload(ctx: FitContext) -> dict[str, Any]:
@@ -354,7 +376,7 @@ def payload(ctx: FitContext) -> dict[str, Any]:
         "grid": _grid_source(ctx),
         "support_views": v,
         "support": _support_text(v, data.aug_views),
-        "solver": _solver(len(lambdas)),
+        "solver": _solver(support_size(ctx), len(lambdas)),
         "logits": "unscaled: cos(f, t) + k(f, X) A",
     }
 
@@ -438,7 +460,8 @@ def differences(ctx: FitContext) -> list[str]:
     elif ctx.has_val and not ctx.official and (cfg.betas is not None or cfg.lambdas is not None):
         diffs.append(f"grid of {len(betas)} betas x {len(lambdas)} lambdas (ProKeR's config: {theirs})")
     diffs += _view_differences(ctx) + template_differences(data, "ProKeR")
-    diffs.append(f"coefficients by a {_solver(len(lambdas))} (ProKeR: a solve per (beta, lambda), on GPU)")
+    solver = _solver(support_size(ctx), len(lambdas))
+    diffs.append(f"coefficients by a {solver} (ProKeR: a float32 solve per (beta, lambda), on GPU)")
     return diffs
 
 

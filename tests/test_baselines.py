@@ -293,3 +293,28 @@ def test_cli_fit(tmp_path, method, cli):
         assert result["selection"]["candidates"] == {"alpha": [0.5, 2.0], "beta": [1.0, 4.0]}
     if method == "tip-adapter-f":
         assert result["config"]["finetune"]["epochs"] == 2
+
+
+def test_linear_probe_seeds_train_at_once_and_alone_alike(tmp_path, monkeypatch):
+    """The seeds' C paths train at once on the cores (one thread each): a seed's weights are the same
+    trained beside the others or alone, and every seed's path ran on one torch thread."""
+    from cacheclip.fit import trainer
+    from cacheclip.fit.methods import linear_probe as lp
+
+    clustered(tmp_path / "cache")
+    seen_threads, real = [], lp.fit_logistic_path
+
+    def spy(*args, **kwargs):
+        seen_threads.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lp, "fit_logistic_path", spy)
+    monkeypatch.setattr(trainer, "_cores", lambda: 2)
+    together = fit_dataset("eurosat", REF, cfg_for(tmp_path, "linear-probe", seeds=(1, 2, 3)))
+    files = {f.parent: load_adapter(f)[0]["weight"] for f in (tmp_path / "results").rglob("adapter.safetensors")}
+    alone = cfg_for(tmp_path, "linear-probe", seeds=(2,), results_dir=str(tmp_path / "alone"), force=True)
+    [result] = fit_dataset("eurosat", REF, alone)
+    [single] = [load_adapter(f)[0]["weight"] for f in (tmp_path / "alone").rglob("adapter.safetensors")]
+    assert any(torch.equal(single, w) for w in files.values()) and len(files) == 3
+    assert seen_threads == [1, 1, 1, 1]
+    assert result["selection"] == next(r["selection"] for r in together if r["seed"] == 2)

@@ -55,7 +55,7 @@ NOTES: dict[str, MethodNotes] = {
         "as few-shot baseline",
         code="KaiyangZhou/CoOp lpclip/",
         kind="trained: logistic regression, L-BFGS (full batch)",
-        cost="1.8 s / 76 s",
+        cost="0.73 s / 42 s",
         protocol="sklearn's L-BFGS LogisticRegression on raw features, C searched on validation "
         "(CoOp: 1e-6..1e6 in 7 steps, then 8 binary-search steps)",
         changes=(
@@ -100,7 +100,7 @@ NOTES: dict[str, MethodNotes] = {
         paper="Silva-Rodriguez et al., CVPR 2024, arXiv 2312.12730 (ZS-LP baseline of CLAP)",
         code="jusiro/CLAP (CONSTRAINT none)",
         kind="trained: cosine linear probe from the text classifier, SGD 300 epochs",
-        cost="0.20 s / ~56 s",
+        cost="0.20 s / ~38 s",
         protocol="SGD lr 0.1, batch 256, 300 epochs, one warm-up epoch; CoOp's splits, seeds 1-3; "
         "no validation, the last epoch",
         changes=(
@@ -114,7 +114,7 @@ NOTES: dict[str, MethodNotes] = {
         paper="Silva-Rodriguez et al., CVPR 2024, arXiv 2312.12730 (CLAP)",
         code="jusiro/CLAP (CONSTRAINT l2)",
         kind="trained: ZS-LP with a class-adaptive pull to the zero-shot classifier",
-        cost="0.10 s / ~65 s",
+        cost="0.10 s / ~49 s",
         protocol="as ZS-LP, plus the penalty lambda_k from the zero-shot confidence on the support views, "
         "computed once",
         changes=(
@@ -129,7 +129,7 @@ NOTES: dict[str, MethodNotes] = {
         paper="Huang et al., CVPR 2024, arXiv 2404.02285 (LP++)",
         code="FereshteShakeri/FewShot-CLIP-Strong-Baseline",
         kind="trained: linear probe blended with the text classifier, full batch, 300 epochs",
-        cost="0.19 s / ~52 s",
+        cost="0.19 s / ~41 s",
         protocol="its own few-shot draws, mean of 10 tasks; K val images per class; one random crop per "
         "image; data-driven step sizes; the code accumulates alpha's gradient",
         changes=(
@@ -144,7 +144,7 @@ NOTES: dict[str, MethodNotes] = {
         paper="Yu et al., CVPR 2023, arXiv 2211.10277 (TaskRes)",
         code="geekyutao/TaskRes@5195359",
         kind="trained: a residual on the text classifier, Adam",
-        cost="0.04 s / ~26 s",
+        cost="0.04 s / ~24 s",
         protocol="per-dataset alpha, lr and epochs from train_regular.sh; no validation; the last epoch; "
         "fresh random crops every epoch",
         changes=(
@@ -186,7 +186,7 @@ NOTES: dict[str, MethodNotes] = {
         paper="Bendou et al., CVPR 2025, arXiv 2501.11175 (ProKeR)",
         code="ybendou/ProKeR@f2ecb3d",
         kind="training-free: kernel ridge regression in closed form (O(M^3))",
-        cost="17 s / 861 s with --proker-views 1",
+        cost="17 s / ~560 s with --proker-views 1",
         protocol="beta, lambda on the full val split over per-dataset grids (ImageNet: on test); 10 views "
         "(ImageNet: 1)",
         changes=(

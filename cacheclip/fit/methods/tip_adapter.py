@@ -54,6 +54,7 @@ from cacheclip.fit.trainer import (
     stack_blocks,
     stack_chunks,
     stack_vals,
+    threads,
     train_stack,
 )
 from cacheclip.settings import setting
@@ -530,11 +531,28 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
         inputs = [(*i[:3], t.keys, *i[4:]) for i, t in zip(inputs, trained, strict=True)]
         kept = [t.epoch or last_epoch_record(cfg.epochs, ctx.epoch_fallback) for t in trained]
     seconds = (time.perf_counter() - start) / max(1, len(plans))  # training's share; each adds its search
+
+    def search(indices, tick) -> list[tuple[float, float, dict, float]]:
+        """Each seed's (alpha, beta) search on one thread, the seeds at once on the cores: the same
+        numbers whatever the machine, and no two-thread products to stall beside a busy process."""
+        found = []
+        for r in indices:
+            begin = time.perf_counter()
+            _, _, labels, keys, val, val_set = inputs[r]
+            source = "full val split" if val_set == "full" else ctx.selection_source
+            with threads(1):
+                found.append((*choose(val, keys, labels, cfg, data, source), time.perf_counter() - begin))
+            if tick is not None and not finetune:
+                tick(1)
+        return found
+
+    progress = (lambda done, total: ctx.tick(done, total)) if ctx.progress and not finetune else None
+    searched = run_stacks([[r] for r in range(len(plans))], search, len(plans), 1, progress, ctx.device)
     out = []
-    for done, ((plan, _, labels, keys, val, val_set), record) in enumerate(zip(inputs, kept, strict=True)):
-        begin = time.perf_counter()
-        source = "full val split" if val_set == "full" else ctx.selection_source
-        alpha, beta, selection = choose(val, keys, labels, cfg, data, source)
+    for (plan, _, labels, keys, val, val_set), record, (alpha, beta, selection, took) in zip(
+        inputs, kept, searched, strict=True
+    ):
+        begin = time.perf_counter() - took
         if record is not None:
             selection["epoch"] = record
         predict = _predictor(keys, labels, data, alpha, beta)
@@ -557,8 +575,6 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
         }
         took = seconds + time.perf_counter() - begin
         out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), took, val_set))
-        if not finetune:
-            ctx.tick(done + 1, len(plans))
     return out
 
 

@@ -318,3 +318,26 @@ def test_linear_probe_seeds_train_at_once_and_alone_alike(tmp_path, monkeypatch)
     assert any(torch.equal(single, w) for w in files.values()) and len(files) == 3
     assert seen_threads == [1, 1, 1, 1]
     assert result["selection"] == next(r["selection"] for r in together if r["seed"] == 2)
+
+
+def test_tip_adapter_searches_seeds_at_once_and_alone_alike(tmp_path, monkeypatch):
+    """Each seed's (alpha, beta) search runs on one torch thread, the seeds at once on the cores; a seed's
+    choice is the same searched beside the others or alone."""
+    from cacheclip.fit import trainer
+    from cacheclip.fit.methods import tip_adapter as tip
+
+    clustered(tmp_path / "cache")
+    seen_threads, real = [], tip.choose
+
+    def spy(*args, **kwargs):
+        seen_threads.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tip, "choose", spy)
+    monkeypatch.setattr(trainer, "_cores", lambda: 2)
+    together = fit_dataset("eurosat", REF, cfg_for(tmp_path, "tip-adapter", seeds=(1, 2, 3)))
+    alone = cfg_for(tmp_path, "tip-adapter", seeds=(2,), results_dir=str(tmp_path / "alone"), force=True)
+    [result] = fit_dataset("eurosat", REF, alone)
+    assert seen_threads == [1, 1, 1, 1]
+    seed2 = next(r for r in together if r["seed"] == 2)
+    assert result["selection"] == seed2["selection"] and result["metrics"] == seed2["metrics"]

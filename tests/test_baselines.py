@@ -295,21 +295,28 @@ def test_cli_fit(tmp_path, method, cli):
         assert result["config"]["finetune"]["epochs"] == 2
 
 
+def threads_seen(monkeypatch, module, name: str) -> list[int]:
+    """Wrap ``module.name`` to record torch's thread count at each call; also say the machine has 2 cores."""
+    from cacheclip.fit import trainer
+
+    seen, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    monkeypatch.setattr(trainer, "_cores", lambda: 2)
+    return seen
+
+
 def test_linear_probe_seeds_train_at_once_and_alone_alike(tmp_path, monkeypatch):
     """The seeds' C paths train at once on the cores (one thread each): a seed's weights are the same
     trained beside the others or alone, and every seed's path ran on one torch thread."""
-    from cacheclip.fit import trainer
     from cacheclip.fit.methods import linear_probe as lp
 
     clustered(tmp_path / "cache")
-    seen_threads, real = [], lp.fit_logistic_path
-
-    def spy(*args, **kwargs):
-        seen_threads.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(lp, "fit_logistic_path", spy)
-    monkeypatch.setattr(trainer, "_cores", lambda: 2)
+    seen_threads = threads_seen(monkeypatch, lp, "fit_logistic_path")
     together = fit_dataset("eurosat", REF, cfg_for(tmp_path, "linear-probe", seeds=(1, 2, 3)))
     files = {f.parent: load_adapter(f)[0]["weight"] for f in (tmp_path / "results").rglob("adapter.safetensors")}
     alone = cfg_for(tmp_path, "linear-probe", seeds=(2,), results_dir=str(tmp_path / "alone"), force=True)
@@ -323,18 +330,10 @@ def test_linear_probe_seeds_train_at_once_and_alone_alike(tmp_path, monkeypatch)
 def test_tip_adapter_searches_seeds_at_once_and_alone_alike(tmp_path, monkeypatch):
     """Each seed's (alpha, beta) search runs on one torch thread, the seeds at once on the cores; a seed's
     choice is the same searched beside the others or alone."""
-    from cacheclip.fit import trainer
     from cacheclip.fit.methods import tip_adapter as tip
 
     clustered(tmp_path / "cache")
-    seen_threads, real = [], tip.choose
-
-    def spy(*args, **kwargs):
-        seen_threads.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tip, "choose", spy)
-    monkeypatch.setattr(trainer, "_cores", lambda: 2)
+    seen_threads = threads_seen(monkeypatch, tip, "choose")
     together = fit_dataset("eurosat", REF, cfg_for(tmp_path, "tip-adapter", seeds=(1, 2, 3)))
     alone = cfg_for(tmp_path, "tip-adapter", seeds=(2,), results_dir=str(tmp_path / "alone"), force=True)
     [result] = fit_dataset("eurosat", REF, alone)

@@ -470,6 +470,28 @@ def run_stacks(
     return out  # type: ignore[return-value]
 
 
+def run_apart(
+    count: int,
+    work: Callable[[int], T],
+    progress: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
+) -> list[T]:
+    """``work(i)`` for i in range(count), each on one torch thread, as many at once as there are cores
+    (:func:`run_stacks`, a stack of one each): the same numbers whether or not others run beside it,
+    and no two-thread products to stall when another process holds a core. ``progress(done, count)``."""
+
+    def one(indices: Sequence[int], tick: Callable[[int], None] | None) -> list[T]:
+        out = []
+        for i in indices:
+            with threads(1):
+                out.append(work(i))
+            if tick is not None:
+                tick(1)
+        return out
+
+    return run_stacks([[i] for i in range(count)], one, count, 1, progress, device)
+
+
 def _in_parallel(fn: Callable[[int], Sequence[T]], k: int) -> Sequence[T]:
     _LOCAL.parallel = True  # train_stack leaves torch's (process-wide) thread count alone
     try:

@@ -41,7 +41,7 @@ from cacheclip.fit.methods.base import (
     select_on_val,
     zero_shot_on_new,
 )
-from cacheclip.fit.trainer import run_stacks, threads
+from cacheclip.fit.trainer import run_apart
 from cacheclip.settings import setting
 
 MAX_ITER = 1000  # L-BFGS iterations per C at most (CLIP and CoOp: sklearn max_iter=1000)
@@ -189,7 +189,7 @@ def payload(ctx: FitContext) -> dict[str, Any]:
 
 
 def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
-    """Each seed's C path on one thread, the seeds at once on the cores (``run_stacks``): L-BFGS is a
+    """Each seed's C path on one thread, the seeds at once on the cores (``run_apart``): L-BFGS is a
     chain of small products, which a second thread barely speeds up and which stall outright when
     another process holds a core (3.4x slower beside one busy process at 100 classes on two threads).
     Features are read, and val scored, here, one seed after another."""
@@ -200,20 +200,13 @@ def train(ctx: FitContext, plans: list[RunPlan]) -> list[Trained]:
         val = ctx.val_features(plan.split)
         inputs.append((F.normalize(torch.from_numpy(feats).float(), dim=-1), torch.from_numpy(labels), val))
 
-    def solve(indices, tick) -> list[tuple[list[LogisticFit], float]]:
-        out = []
-        for r in indices:
-            start = time.perf_counter()
-            x, y, val = inputs[r]
-            with threads(1):  # one thread whether or not other seeds train beside it: the same numbers
-                fits = fit_logistic_path(x, y, data.num_classes, candidate_cs(cfg, val is not None), device=ctx.device)
-            out.append((fits, time.perf_counter() - start))
-            if tick is not None:
-                tick(1)
-        return out
+    def solve(r: int) -> tuple[list[LogisticFit], float]:
+        start = time.perf_counter()
+        x, y, val = inputs[r]
+        fits = fit_logistic_path(x, y, data.num_classes, candidate_cs(cfg, val is not None), device=ctx.device)
+        return fits, time.perf_counter() - start
 
-    progress = (lambda done, total: ctx.tick(done, total)) if ctx.progress else None
-    solved = run_stacks([[r] for r in range(len(plans))], solve, len(plans), 1, progress, ctx.device)
+    solved = run_apart(len(plans), solve, ctx.tick, ctx.device)
     done = zip(plans, inputs, solved, strict=True)
     return [_trained(ctx, plan, val, fits, seconds) for plan, (_, _, val), (fits, seconds) in done]
 

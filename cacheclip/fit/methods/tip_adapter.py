@@ -49,12 +49,12 @@ from cacheclip.fit.trainer import (
     Recipe,
     Samples,
     Stack,
+    run_apart,
     run_cross_entropy,
     run_stacks,
     stack_blocks,
     stack_chunks,
     stack_vals,
-    threads,
     train_stack,
 )
 from cacheclip.settings import setting
@@ -532,27 +532,19 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
         kept = [t.epoch or last_epoch_record(cfg.epochs, ctx.epoch_fallback) for t in trained]
     seconds = (time.perf_counter() - start) / max(1, len(plans))  # training's share; each adds its search
 
-    def search(indices, tick) -> list[tuple[float, float, dict, float]]:
-        """Each seed's (alpha, beta) search on one thread, the seeds at once on the cores: the same
-        numbers whatever the machine, and no two-thread products to stall beside a busy process."""
-        found = []
-        for r in indices:
-            begin = time.perf_counter()
-            _, _, labels, keys, val, val_set = inputs[r]
-            source = "full val split" if val_set == "full" else ctx.selection_source
-            with threads(1):
-                found.append((*choose(val, keys, labels, cfg, data, source), time.perf_counter() - begin))
-            if tick is not None and not finetune:
-                tick(1)
-        return found
+    def search(r: int) -> tuple[float, float, dict, float]:
+        """Seed r's (alpha, beta) search and its seconds (``run_apart``: one thread each, the seeds at once)."""
+        begin = time.perf_counter()
+        _, _, labels, keys, val, val_set = inputs[r]
+        source = "full val split" if val_set == "full" else ctx.selection_source
+        return (*choose(val, keys, labels, cfg, data, source), time.perf_counter() - begin)
 
-    progress = (lambda done, total: ctx.tick(done, total)) if ctx.progress and not finetune else None
-    searched = run_stacks([[r] for r in range(len(plans))], search, len(plans), 1, progress, ctx.device)
+    searched = run_apart(len(plans), search, None if finetune else ctx.tick, ctx.device)
     out = []
     for (plan, _, labels, keys, val, val_set), record, (alpha, beta, selection, took) in zip(
         inputs, kept, searched, strict=True
     ):
-        begin = time.perf_counter() - took
+        begin = time.perf_counter()
         if record is not None:
             selection["epoch"] = record
         predict = _predictor(keys, labels, data, alpha, beta)
@@ -573,7 +565,7 @@ def _train(ctx: FitContext, plans: list[RunPlan], finetune: bool) -> list[Traine
             "logits": "s * normalize(f) @ normalize(class_weights).T + alpha * exp(-beta * (1 - "
             "normalize(f) @ keys.T)) @ values",
         }
-        took = seconds + time.perf_counter() - begin
+        took += seconds + time.perf_counter() - begin
         out.append(Trained(plan, predict, selection, val_metrics, config, (tensors, meta), took, val_set))
     return out
 
